@@ -1,0 +1,1 @@
+"""The `pollen` command: superlink, supernode, serverapp, demo."""

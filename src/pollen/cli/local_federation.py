@@ -1,0 +1,152 @@
+"""A whole federation as child processes on this machine (for `pollen demo`, tests, benchmarks).
+
+Every process started here is stopped here, by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from pollen.errors import PollenError
+
+_LISTENING = re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)")
+
+
+@dataclass
+class Child:
+    """A child process whose output goes to a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; return the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def pollen_command(*args: str) -> list[str]:
+    """``pollen ARGS...`` run by this Python interpreter."""
+    return [sys.executable, "-m", "pollen", *args]
+
+
+def spawn(name: str, args: Sequence[str], log_dir: Path, cwd: Path | None = None) -> Child:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    handle: IO[bytes] = log_path.open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        list(args),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    handle.close()
+    return Child(name, process, log_path)
+
+
+def wait_for_log(child: Child, pattern: re.Pattern[str], timeout: float) -> re.Match[str]:
+    """Wait until ``child``'s log matches ``pattern``; PollenError if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        match = pattern.search(child.log())
+        if match:
+            return match
+        if child.process.poll() is not None:
+            raise PollenError(
+                f"{child.name} exited with {child.process.returncode}: "
+                f"{child.log().strip().splitlines()[-1:]}"
+            )
+        time.sleep(0.05)
+    raise PollenError(f"{child.name} did not report {pattern.pattern!r} within {timeout:g} s")
+
+
+@dataclass
+class LocalFederation:
+    """A SuperLink (on OS-chosen ports) and the SuperNodes started against it."""
+
+    workdir: Path
+    superlink: Child | None = None
+    fleet_port: int = 0
+    driver_port: int = 0
+    nodes: list[Child] = field(default_factory=list)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.workdir / "logs"
+
+    def start_superlink(self, *extra: str) -> Child:
+        args = pollen_command(
+            "superlink",
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--driver-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(self.workdir / "superlink.db"),
+            *extra,
+        )
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.superlink = spawn("superlink", args, self.log_dir)
+        match = wait_for_log(self.superlink, _LISTENING, timeout=30)
+        self.fleet_port, self.driver_port = int(match[1]), int(match[2])
+        return self.superlink
+
+    def start_supernode(
+        self, app: str, directory: Path, node_config: str = "", *extra: str
+    ) -> Child:
+        args = pollen_command(
+            "supernode",
+            app,
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{self.fleet_port}",
+            "--dir",
+            str(directory),
+            "--node-config",
+            node_config,
+            *extra,
+        )
+        child = spawn(f"supernode-{len(self.nodes)}", args, self.log_dir)
+        self.nodes.append(child)
+        return child
+
+    def serverapp_command(self, app: str, directory: Path, *extra: str) -> list[str]:
+        return pollen_command(
+            "serverapp",
+            app,
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{self.driver_port}",
+            "--dir",
+            str(directory),
+            "--output-dir",
+            str(self.workdir / "runs"),
+            *extra,
+        )
+
+    def stop(self) -> None:
+        for child in [*self.nodes, *([self.superlink] if self.superlink else [])]:
+            child.stop()

@@ -1,0 +1,54 @@
+"""The `pollen` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from pollen import __version__
+from pollen.cli.demo_cmd import demo
+from pollen.cli.serverapp_cmd import serverapp
+from pollen.cli.superlink_cmd import superlink
+from pollen.cli.supernode_cmd import supernode
+from pollen.errors import PollenError
+
+
+class _Group(click.Group):
+    """Turns every `PollenError` into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PollenError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pollen")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+def cli(verbose: bool) -> None:
+    """Pollen: federated learning with long-running, authenticated nodes.
+
+    Start a SuperLink, one SuperNode per data owner, then a ServerApp.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+cli.add_command(superlink)
+cli.add_command(supernode)
+cli.add_command(serverapp)
+cli.add_command(demo)
+
+
+def main() -> None:
+    cli(prog_name="pollen")

@@ -1,0 +1,86 @@
+"""``pollen serverapp MODULE:ATTR``: one federated run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import click
+
+from pollen.cli.app_loading import load_app
+from pollen.cli.lifecycle import run_until_signalled
+from pollen.cli.options import require_insecure
+from pollen.errors import RunError
+from pollen.records.config_string import parse_config_string
+from pollen.server.run import ServerAppConfig, run_server_app
+from pollen.server.server_app import ServerApp
+from pollen.transport.addresses import parse_address
+
+
+@click.command()
+@click.argument("app")
+@click.option("--insecure", is_flag=True, help="Connect without TLS.")
+@click.option(
+    "--superlink",
+    "superlink_address",
+    default="127.0.0.1:9091",
+    show_default=True,
+    help="The SuperLink's Driver API, HOST:PORT.",
+)
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Folder holding the app's module.",
+)
+@click.option("--run-config", default="", help="key=value,... given to every ClientApp.")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path),
+    default=Path(".pollen") / "runs",
+    show_default=True,
+    help="final_model.npz and metrics.json go to OUTPUT_DIR/RUN_ID/.",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the SuperLink before giving up.",
+)
+def serverapp(
+    app: str,
+    insecure: bool,
+    superlink_address: str,
+    directory: Path,
+    run_config: str,
+    output_dir: Path,
+    connect_timeout: float,
+) -> None:
+    """Run APP (e.g. server:app) as one run on the SuperLink's connected nodes."""
+    require_insecure(insecure)
+    config = ServerAppConfig(
+        superlink=parse_address(superlink_address, "--superlink"),
+        app_name=app,
+        run_config=parse_config_string(run_config, "--run-config"),
+        output_root=output_dir,
+        connect_timeout=connect_timeout,
+    )
+    server_app = load_app(app, directory, ServerApp)
+
+    async def drive(stop: asyncio.Event) -> None:
+        run = asyncio.create_task(run_server_app(server_app, config))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not run.done():
+            run.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await run
+            raise RunError("interrupted; the run did not finish")
+        run.result()
+
+    run_until_signalled(drive)

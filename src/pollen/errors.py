@@ -1,0 +1,43 @@
+"""The one exception hierarchy of Pollen.
+
+Every message names the cause and, where there is one, the fix. The CLI turns a
+`PollenError` into one line on stderr and the exit code of its class.
+"""
+
+from __future__ import annotations
+
+
+class PollenError(Exception):
+    """Base of every error Pollen raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigurationError(PollenError):
+    """A command-line option, config string or file is wrong; the user must fix it."""
+
+    exit_code = 2
+
+
+class AppLoadError(ConfigurationError):
+    """A `module:attribute` app reference cannot be loaded."""
+
+
+class RecordError(PollenError):
+    """A record (arrays blob, config, metrics) is malformed or does not match."""
+
+
+class BlobError(PollenError):
+    """A blob is missing, incomplete or does not match its digest."""
+
+
+class ConnectionFailed(PollenError):
+    """The SuperLink could not be reached within the allowed time."""
+
+
+class RunError(PollenError):
+    """A federated run could not continue (no results, too few nodes, ...)."""
+
+
+class ClientAppError(PollenError):
+    """The ClientApp returned something Pollen cannot send back."""

@@ -1,0 +1,77 @@
+from pollen.proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CreateRunRequest(_message.Message):
+    __slots__ = ("app", "run_config")
+    class RunConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _common_pb2.Scalar
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_common_pb2.Scalar, _Mapping]] = ...) -> None: ...
+    APP_FIELD_NUMBER: _ClassVar[int]
+    RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    run_config: _containers.MessageMap[str, _common_pb2.Scalar]
+    def __init__(self, app: _Optional[str] = ..., run_config: _Optional[_Mapping[str, _common_pb2.Scalar]] = ...) -> None: ...
+
+class CreateRunReply(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+
+class GetNodesRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+
+class GetNodesReply(_message.Message):
+    __slots__ = ("node_ids",)
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PushTasksRequest(_message.Message):
+    __slots__ = ("run_id", "tasks")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
+    def __init__(self, run_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+
+class PushTasksReply(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StreamResultsRequest(_message.Message):
+    __slots__ = ("run_id", "task_ids")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FinishRunRequest(_message.Message):
+    __slots__ = ("run_id", "status", "message")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    status: str
+    message: str
+    def __init__(self, run_id: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FinishRunReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,156 @@
+"""Arrays laid out as one flat buffer: a small JSON header, then raw array data.
+
+Layout (safetensors-style): 8 bytes little-endian header length ``H``, ``H`` bytes
+of UTF-8 JSON, then the data section. Each array's data starts on a 64-byte
+boundary of the data section so that receivers can build arrays with
+``numpy.frombuffer`` without copying. The header lists arrays in order:
+``{"format": "pollen-arrays/1", "arrays": [{"dtype": "<f4", "shape": [3, 4],
+"offset": 0, "nbytes": 48}, ...]}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pollen.errors import RecordError
+
+FORMAT = "pollen-arrays/1"
+_ALIGN = 64
+_LEN = struct.Struct("<Q")
+_ALLOWED_KINDS = "biufc"  # bool, signed, unsigned, float, complex
+_MAX_HEADER = 64 * 1024 * 1024
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """Where one array lives in a flat buffer, and what it is."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def _aligned(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _check_dtype(index: int, dtype: np.dtype[np.generic]) -> None:
+    if dtype.kind not in _ALLOWED_KINDS:
+        raise RecordError(
+            f"array {index} has dtype {dtype}; only bool, integer, float and complex "
+            "arrays can be sent (convert it with .astype(...))"
+        )
+
+
+def plan_layout(arrays: Sequence[npt.NDArray[np.generic]]) -> tuple[bytes, list[ArraySpec]]:
+    """Return the encoded header (length prefix included) and each array's spec."""
+    specs: list[ArraySpec] = []
+    offset = 0
+    for index, array in enumerate(arrays):
+        if not isinstance(array, np.ndarray):
+            raise RecordError(
+                f"item {index} is a {type(array).__name__}, not a numpy array; "
+                "return a list of numpy.ndarray"
+            )
+        _check_dtype(index, array.dtype)
+        specs.append(ArraySpec(array.dtype.str, tuple(array.shape), offset, array.nbytes))
+        offset = _aligned(offset + array.nbytes)
+    entries = [
+        {"dtype": s.dtype, "shape": list(s.shape), "offset": s.offset, "nbytes": s.nbytes}
+        for s in specs
+    ]
+    header = json.dumps({"format": FORMAT, "arrays": entries}, separators=(",", ":")).encode()
+    padded = _aligned(_LEN.size + len(header)) - _LEN.size
+    header = header.ljust(padded, b" ")
+    return _LEN.pack(len(header)) + header, specs
+
+
+def encode_arrays(arrays: Sequence[npt.NDArray[np.generic]]) -> bytearray:
+    """Lay ``arrays`` out as one flat buffer, copying each array's data once."""
+    header, specs = plan_layout(arrays)
+    data_size = specs[-1].offset + specs[-1].nbytes if specs else 0
+    out = bytearray(len(header) + data_size)
+    out[: len(header)] = header
+    base = len(header)
+    for array, spec in zip(arrays, specs, strict=True):
+        if spec.nbytes == 0:
+            continue
+        dest = np.frombuffer(out, dtype=array.dtype, count=array.size, offset=base + spec.offset)
+        dest.reshape(array.shape)[...] = array
+    return out
+
+
+def read_specs(buffer: Buffer) -> tuple[int, list[ArraySpec]]:
+    """Parse and check the header of a flat buffer; return (data start, specs)."""
+    view = memoryview(buffer)
+    if len(view) < _LEN.size:
+        raise RecordError("arrays blob is shorter than its 8-byte header length")
+    (header_len,) = _LEN.unpack(view[: _LEN.size])
+    if header_len > _MAX_HEADER or _LEN.size + header_len > len(view):
+        raise RecordError(f"arrays blob header length {header_len} exceeds the blob")
+    try:
+        header = json.loads(bytes(view[_LEN.size : _LEN.size + header_len]))
+        if header.get("format") != FORMAT:
+            raise RecordError(f"arrays blob format is {header.get('format')!r}; expected {FORMAT}")
+        specs = [
+            ArraySpec(
+                str(e["dtype"]),
+                tuple(int(d) for d in e["shape"]),
+                int(e["offset"]),
+                int(e["nbytes"]),
+            )
+            for e in header["arrays"]
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise RecordError(f"arrays blob header is not valid: {exc}") from exc
+    start = _LEN.size + header_len
+    for index, spec in enumerate(specs):
+        _check_spec(index, spec, len(view) - start)
+    return start, specs
+
+
+def _check_spec(index: int, spec: ArraySpec, data_size: int) -> None:
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError as exc:
+        raise RecordError(f"array {index} has an unknown dtype {spec.dtype!r}") from exc
+    _check_dtype(index, dtype)
+    count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+    if min(spec.shape, default=0) < 0 or count * dtype.itemsize != spec.nbytes:
+        raise RecordError(f"array {index}: shape {spec.shape} does not match {spec.nbytes} bytes")
+    if spec.offset < 0 or spec.offset + spec.nbytes > data_size:
+        raise RecordError(f"array {index} lies outside the blob")
+
+
+def decode_arrays(buffer: Buffer) -> list[npt.NDArray[np.generic]]:
+    """Arrays of a flat buffer, as views over it (no copy).
+
+    Arrays are writable when ``buffer`` is a writable ``bytearray``.
+    """
+    start, specs = read_specs(buffer)
+    arrays: list[npt.NDArray[np.generic]] = []
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if spec.nbytes == 0:
+            arrays.append(np.zeros(spec.shape, dtype=dtype))
+            continue
+        flat = np.frombuffer(
+            buffer, dtype=dtype, count=spec.nbytes // dtype.itemsize, offset=start + spec.offset
+        )
+        arrays.append(flat.reshape(spec.shape))
+    return arrays
+
+
+def sha256_hex(buffer: Buffer) -> str:
+    """The content address of a blob: sha256 of its bytes, lowercase hex."""
+    return hashlib.sha256(buffer).hexdigest()

@@ -1,0 +1,65 @@
+"""Running a `ServerApp` against a SuperLink, from connection to written outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from pollen.errors import ConnectionFailed, PollenError
+from pollen.records.typing import UserConfig
+from pollen.server.driver import DriverClient
+from pollen.server.outputs import write_outputs
+from pollen.server.round_loop import RoundLoop, RunOutcome
+from pollen.server.server_app import ServerApp
+from pollen.transport.addresses import Address
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerAppConfig:
+    """Where a ServerApp connects, what it tells the nodes, where it writes."""
+
+    superlink: Address
+    app_name: str = ""
+    run_config: UserConfig = field(default_factory=dict)
+    output_root: Path = Path(".pollen") / "runs"
+    connect_timeout: float = 30.0
+    credentials: grpc.ChannelCredentials | None = None
+
+
+async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOutcome, Path]:
+    """Create a run, drive its rounds, write its outputs; the run is marked failed on error."""
+    driver = await DriverClient.connect(
+        config.superlink, config.credentials, config.connect_timeout
+    )
+    try:
+        return await _drive(app, config, driver)
+    except grpc.aio.AioRpcError as exc:
+        raise ConnectionFailed(
+            f"SuperLink at {config.superlink}: {exc.code().name.lower()} ({exc.details()})"
+        ) from exc
+    finally:
+        await driver.close()
+
+
+async def _drive(
+    app: ServerApp, config: ServerAppConfig, driver: DriverClient
+) -> tuple[RunOutcome, Path]:
+    run_id = await driver.create_run(config.app_name, config.run_config)
+    logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
+    try:
+        outcome = await RoundLoop(app, driver, run_id).run()
+        directory = write_outputs(outcome, config.output_root / str(run_id))
+    except (PollenError, asyncio.CancelledError) as exc:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await driver.finish_run(run_id, "failed", str(exc)[:500] or "interrupted")
+        raise
+    await driver.finish_run(run_id, "finished")
+    logger.info("run %d finished; outputs in %s", run_id, directory)
+    return outcome, directory

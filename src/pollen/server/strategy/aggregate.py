@@ -1,0 +1,89 @@
+"""Running weighted sums: results are folded in as they arrive and then dropped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pollen.errors import RecordError
+from pollen.records.typing import Metrics, NDArrays, Scalar
+
+
+def _shapes(arrays: Sequence[np.ndarray]) -> str:
+    text = ", ".join(str(tuple(a.shape)) for a in arrays[:6])
+    return text + (", ..." if len(arrays) > 6 else "")
+
+
+class RunningWeightedMean:
+    """sum(weight_i * arrays_i) / sum(weight_i), accumulated in float64 one result at a time.
+
+    Memory: one float64 accumulator per array of the model, whatever the number
+    of results. Integer and bool arrays are averaged and rounded back.
+    """
+
+    def __init__(self, reference: NDArrays) -> None:
+        self._reference = [(a.shape, a.dtype) for a in reference]
+        self._sums: list[np.ndarray] | None = None
+        self.total_weight = 0
+        self.count = 0
+
+    def check(self, arrays: NDArrays) -> None:
+        """Refuse arrays that do not match the global model's count and shapes."""
+        expected = [shape for shape, _ in self._reference]
+        got = [tuple(a.shape) for a in arrays]
+        if got != expected:
+            raise RecordError(
+                f"returned {len(arrays)} arrays with shapes {_shapes(arrays)}; the global model "
+                f"has {len(expected)} arrays with shapes {', '.join(map(str, expected[:6]))}"
+            )
+
+    def add(self, arrays: NDArrays, weight: int) -> None:
+        self.check(arrays)
+        if weight <= 0:
+            raise RecordError("reported 0 training examples, so its update cannot be weighted")
+        if self._sums is None:
+            self._sums = [
+                np.zeros(shape, np.complex128 if dtype.kind == "c" else np.float64)
+                for shape, dtype in self._reference
+            ]
+        for total, array in zip(self._sums, arrays, strict=True):
+            total += np.multiply(array, weight, dtype=total.dtype)
+        self.total_weight += weight
+        self.count += 1
+
+    def result(self) -> NDArrays | None:
+        if self._sums is None:
+            return None
+        out: NDArrays = []
+        for total, (_, dtype) in zip(self._sums, self._reference, strict=True):
+            mean = total / self.total_weight
+            if dtype.kind in "biu":
+                mean = np.rint(mean.real)
+            out.append(mean.astype(dtype))
+        return out
+
+
+def weighted_loss_avg(results: Sequence[tuple[int, float]]) -> float:
+    """Loss averaged over examples: sum(n_i * loss_i) / sum(n_i)."""
+    examples = sum(n for n, _ in results)
+    if examples == 0:
+        return float(np.mean([loss for _, loss in results])) if results else 0.0
+    return sum(n * loss for n, loss in results) / examples
+
+
+def weighted_metrics_avg(results: Sequence[tuple[int, Metrics]]) -> Metrics:
+    """Each numeric metric averaged over examples, across the results that report it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, int] = {}
+    for examples, metrics in results:
+        for name, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            sums[name] = sums.get(name, 0.0) + examples * value
+            weights[name] = weights.get(name, 0) + examples
+    averaged: dict[str, Scalar] = {}
+    for name, total in sums.items():
+        if weights[name]:
+            averaged[name] = total / weights[name]
+    return averaged

@@ -1,0 +1,148 @@
+"""Federated Averaging (McMahan et al., 2017), with results folded in as they arrive."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from pollen.errors import ConfigurationError
+from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.typing import (
+    Config,
+    Metrics,
+    NDArrays,
+    Parameters,
+    parameters_to_ndarrays,
+)
+from pollen.server.strategy.aggregate import (
+    RunningWeightedMean,
+    weighted_loss_avg,
+    weighted_metrics_avg,
+)
+from pollen.server.strategy.strategy import EvaluateIns, FitAggregator, FitIns, Strategy
+
+MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
+ConfigFn = Callable[[int], Config]
+EvaluateFn = Callable[[int, NDArrays, Config], tuple[float, Metrics] | None]
+
+
+def _fraction(name: str, value: float, allow_zero: bool) -> float:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ConfigurationError(f"FedAvg({name}={value}): must be in {interval}")
+    return value
+
+
+class _FedAvgAggregator(FitAggregator):
+    def __init__(self, parameters: NDArrays, metrics_fn: MetricsAggregationFn) -> None:
+        self._mean = RunningWeightedMean(parameters)
+        self._metrics: list[tuple[int, Metrics]] = []
+        self._metrics_fn = metrics_fn
+
+    def add(self, node_id: int, result: FitRes) -> None:
+        self._mean.add(result.parameters, result.num_examples)
+        self._metrics.append((result.num_examples, result.metrics))
+
+    def finish(self) -> tuple[NDArrays | None, Metrics]:
+        return self._mean.result(), self._metrics_fn(self._metrics) if self._metrics else {}
+
+
+class FedAvg(Strategy):
+    """Average the nodes' weights, each weighted by its number of training examples.
+
+    Node sampling: ``max(int(fraction_fit * available), min_fit_clients)`` nodes,
+    drawn at random with the round loop's seeded generator. Without an
+    aggregation function, numeric metrics are averaged weighted by examples.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_fit: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_fit_clients: int = 2,
+        min_evaluate_clients: int = 2,
+        min_available_clients: int = 2,
+        evaluate_fn: EvaluateFn | None = None,
+        on_fit_config_fn: ConfigFn | None = None,
+        on_evaluate_config_fn: ConfigFn | None = None,
+        accept_failures: bool = True,
+        initial_parameters: Parameters | NDArrays | None = None,
+        fit_metrics_aggregation_fn: MetricsAggregationFn | None = None,
+        evaluate_metrics_aggregation_fn: MetricsAggregationFn | None = None,
+    ) -> None:
+        self.fraction_fit = _fraction("fraction_fit", fraction_fit, allow_zero=False)
+        self.fraction_evaluate = _fraction("fraction_evaluate", fraction_evaluate, True)
+        for name, value in (
+            ("min_fit_clients", min_fit_clients),
+            ("min_evaluate_clients", min_evaluate_clients),
+            ("min_available_clients", min_available_clients),
+        ):
+            if value < 1:
+                raise ConfigurationError(f"FedAvg({name}={value}): must be at least 1")
+        self.min_fit_clients = min_fit_clients
+        self.min_evaluate_clients = min_evaluate_clients
+        self.min_available_clients = min_available_clients
+        self.evaluate_fn = evaluate_fn
+        self.on_fit_config_fn = on_fit_config_fn
+        self.on_evaluate_config_fn = on_evaluate_config_fn
+        self.accept_failures = accept_failures
+        self.initial_parameters = initial_parameters
+        self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn or weighted_metrics_avg
+        self.evaluate_metrics_aggregation_fn = (
+            evaluate_metrics_aggregation_fn or weighted_metrics_avg
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"FedAvg(fraction_fit={self.fraction_fit}, fraction_evaluate={self.fraction_evaluate})"
+        )
+
+    def initialize_parameters(self) -> NDArrays | None:
+        initial = self.initial_parameters
+        self.initial_parameters = None  # do not keep a second copy of the model alive
+        if isinstance(initial, Parameters):
+            return parameters_to_ndarrays(initial)
+        return initial
+
+    def _sample(
+        self, fraction: float, minimum: int, nodes: list[int], rng: random.Random
+    ) -> list[int]:
+        size = min(len(nodes), max(int(fraction * len(nodes)), minimum))
+        return rng.sample(sorted(nodes), size)
+
+    def configure_fit(
+        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
+    ) -> list[tuple[int, FitIns]]:
+        config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
+        chosen = self._sample(self.fraction_fit, self.min_fit_clients, node_ids, rng)
+        return [(node_id, FitIns(dict(config))) for node_id in chosen]
+
+    def fit_aggregator(self, server_round: int, parameters: NDArrays) -> FitAggregator:
+        return _FedAvgAggregator(parameters, self.fit_metrics_aggregation_fn)
+
+    def configure_evaluate(
+        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
+    ) -> list[tuple[int, EvaluateIns]]:
+        if self.fraction_evaluate == 0.0:
+            return []
+        config = self.on_evaluate_config_fn(server_round) if self.on_evaluate_config_fn else {}
+        chosen = self._sample(self.fraction_evaluate, self.min_evaluate_clients, node_ids, rng)
+        return [(node_id, EvaluateIns(dict(config))) for node_id in chosen]
+
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+    ) -> tuple[float | None, Metrics]:
+        if not results:
+            return None, {}
+        loss = weighted_loss_avg([(r.num_examples, r.loss) for _, r in results])
+        metrics = self.evaluate_metrics_aggregation_fn(
+            [(r.num_examples, r.metrics) for _, r in results]
+        )
+        return loss, metrics
+
+    def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
+        if self.evaluate_fn is None:
+            return None
+        return self.evaluate_fn(server_round, parameters, {})

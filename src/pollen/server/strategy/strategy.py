@@ -1,0 +1,72 @@
+"""The `Strategy` interface: how a federated algorithm picks nodes and combines results."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.typing import Config, Metrics, NDArrays
+
+
+@dataclass
+class FitIns:
+    """Instructions for one node's training: the global model goes along implicitly."""
+
+    config: Config = field(default_factory=dict)
+
+
+@dataclass
+class EvaluateIns:
+    """Instructions for one node's evaluation of the global model."""
+
+    config: Config = field(default_factory=dict)
+
+
+class FitAggregator(ABC):
+    """Folds fit results in one at a time, so memory stays O(model) whatever the nodes."""
+
+    @abstractmethod
+    def add(self, node_id: int, result: FitRes) -> None:
+        """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason."""
+
+    @abstractmethod
+    def finish(self) -> tuple[NDArrays | None, Metrics]:
+        """The new global model (None when no result was folded in) and fit metrics."""
+
+
+class Strategy(ABC):
+    """Base of FedAvg and friends."""
+
+    min_available_clients: int = 1
+
+    @abstractmethod
+    def initialize_parameters(self) -> NDArrays | None:
+        """The initial global model, or None to ask one node for its weights."""
+
+    @abstractmethod
+    def configure_fit(
+        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
+    ) -> list[tuple[int, FitIns]]:
+        """Which nodes train this round, and with what config."""
+
+    @abstractmethod
+    def fit_aggregator(self, server_round: int, parameters: NDArrays) -> FitAggregator:
+        """A fresh aggregator for this round's fit results."""
+
+    @abstractmethod
+    def configure_evaluate(
+        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
+    ) -> list[tuple[int, EvaluateIns]]:
+        """Which nodes evaluate this round (none to skip), and with what config."""
+
+    @abstractmethod
+    def aggregate_evaluate(
+        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+    ) -> tuple[float | None, Metrics]:
+        """Combine the nodes' evaluation results into one loss and metrics."""
+
+    def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
+        """Evaluate the global model on the server; None when there is no server-side data."""
+        return None

@@ -1,0 +1,1 @@
+"""The SuperLink: Fleet and Driver gRPC services, state, blobs and task dispatch."""

@@ -1,0 +1,71 @@
+"""Blob upload and download handlers shared by the Fleet and Driver services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+
+import grpc
+
+from pollen.errors import BlobError
+from pollen.proto import common_pb2 as pb
+from pollen.records.messages import BlobRef
+from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.dispatch import Clock
+from pollen.superlink.state import State
+from pollen.transport.blob_stream import CHUNK_SIZE
+
+
+async def receive_upload(
+    chunks: AsyncIterable[pb.BlobChunk],
+    store: BlobStore,
+    state: State,
+    clock: Clock,
+    context: grpc.aio.ServicerContext[pb.BlobChunk, pb.BlobRef],
+) -> pb.BlobRef:
+    """Write an uploaded blob to disk, verify its digest, record it once."""
+    writer = None
+    try:
+        async for chunk in chunks:
+            if writer is None:
+                writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
+            writer.write(chunk.offset, chunk.data)
+        if writer is None:
+            raise BlobError("upload carried no chunk")
+        ref = writer.commit()
+    except BlobError as exc:
+        if writer is not None:
+            writer.abort()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    state.add_blob(ref.digest, ref.size, clock())
+    return pb.BlobRef(digest=ref.digest, size=ref.size)
+
+
+async def send_download(
+    request: pb.DownloadBlobRequest,
+    store: BlobStore,
+    context: grpc.aio.ServicerContext[pb.DownloadBlobRequest, pb.BlobChunk],
+) -> AsyncIterator[pb.BlobChunk]:
+    """Stream a stored blob from ``request.offset`` in chunks read from disk."""
+    try:
+        size = store.size(request.digest)
+    except BlobError as exc:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    if request.offset > size:
+        await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {size}")
+    position = request.offset
+    first = True
+    for data in store.read_chunks(request.digest, request.offset, CHUNK_SIZE):
+        yield pb.BlobChunk(
+            digest=request.digest if first else "",
+            total_size=size if first else 0,
+            offset=position,
+            data=data,
+        )
+        first = False
+        position += len(data)
+    if first:  # empty blob or offset at the end: still say how big it is
+        yield pb.BlobChunk(digest=request.digest, total_size=size, offset=position)

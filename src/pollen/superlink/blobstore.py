@@ -1,0 +1,92 @@
+"""Content-addressed blobs on disk: each digest stored once, however many readers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from pollen.errors import BlobError
+from pollen.records.messages import BlobRef
+
+
+def _check_digest(digest: str) -> None:
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BlobError(f"{digest[:80]!r} is not a sha256 hex digest")
+
+
+class BlobWriter:
+    """Receives one blob chunk by chunk, hashing as it goes; commits only if it matches."""
+
+    def __init__(self, store: BlobStore, ref: BlobRef) -> None:
+        _check_digest(ref.digest)
+        self._store = store
+        self.ref = ref
+        self._temp = store.root / f".{uuid.uuid4().hex}.part"
+        self._file = self._temp.open("wb")
+        self._hasher = hashlib.sha256()
+        self.received = 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.received or self.received + len(data) > self.ref.size:
+            raise BlobError(
+                f"blob {self.ref.digest[:12]}: chunk at offset {offset} with {len(data)} bytes "
+                f"does not follow byte {self.received} of {self.ref.size}"
+            )
+        self._file.write(data)
+        self._hasher.update(data)
+        self.received += len(data)
+
+    def commit(self) -> BlobRef:
+        self._file.close()
+        if self.received != self.ref.size or self._hasher.hexdigest() != self.ref.digest:
+            self.abort()
+            raise BlobError(
+                f"blob {self.ref.digest[:12]}: received {self.received} of {self.ref.size} bytes "
+                "or content does not match the digest; upload it again"
+            )
+        os.replace(self._temp, self._store.path(self.ref.digest))
+        return self.ref
+
+    def abort(self) -> None:
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """Blob files under ``root``, named by their sha256 digest."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".*.part"):
+            stale.unlink(missing_ok=True)
+
+    def path(self, digest: str) -> Path:
+        _check_digest(digest)
+        return self.root / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError as exc:
+            raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
+
+    def writer(self, ref: BlobRef) -> BlobWriter:
+        return BlobWriter(self, ref)
+
+    def read_chunks(self, digest: str, offset: int, chunk_size: int) -> Iterator[bytes]:
+        """The blob's bytes from ``offset`` in chunks, read from disk as they are sent."""
+        try:
+            handle = self.path(digest).open("rb")
+        except FileNotFoundError as exc:
+            raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
+        with handle:
+            handle.seek(offset)
+            while chunk := handle.read(chunk_size):
+                yield chunk

@@ -1,0 +1,118 @@
+"""The Driver API: what ServerApps call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import grpc
+
+from pollen.errors import RecordError
+from pollen.proto import common_pb2 as pb
+from pollen.proto import driver_pb2 as dpb
+from pollen.proto import driver_pb2_grpc
+from pollen.records.messages import Task
+from pollen.superlink.blob_transfer import receive_upload, send_download
+from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.dispatch import Dispatcher
+from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class DriverService(driver_pb2_grpc.DriverServicer):
+    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore) -> None:
+        self._dispatcher = dispatcher
+        self._state = dispatcher.state
+        self._blobs = blobs
+
+    async def _running_run(self, run_id: int, context: Context) -> None:
+        run = self._state.get_run(run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} does not exist")
+        if run.status != "running":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"run {run_id} is {run.status}"
+            )
+
+    async def CreateRun(
+        self, request: dpb.CreateRunRequest, context: Context
+    ) -> dpb.CreateRunReply:
+        try:
+            run_config = map_from_proto(request.run_config)
+        except RecordError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        run_id = self._state.create_run(request.app, run_config, self._dispatcher.clock())
+        logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
+        return dpb.CreateRunReply(run_id=run_id)
+
+    async def GetNodes(self, request: dpb.GetNodesRequest, context: Context) -> dpb.GetNodesReply:
+        await self._running_run(request.run_id, context)
+        return dpb.GetNodesReply(node_ids=self._dispatcher.online_nodes())
+
+    async def PushTasks(
+        self, request: dpb.PushTasksRequest, context: Context
+    ) -> dpb.PushTasksReply:
+        await self._running_run(request.run_id, context)
+        tasks: list[Task] = []
+        for message in request.tasks:
+            try:
+                task = task_from_proto(message)
+            except RecordError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if task.parameters is not None and not self._blobs.exists(task.parameters.digest):
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"blob {task.parameters.digest[:12]} was not uploaded; upload it first",
+                )
+            if not task.task_id or self._state.get_task(task.task_id) is not None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"task id {task.task_id!r} is empty or taken"
+                )
+            task.run_id = request.run_id
+            tasks.append(task)
+        self._dispatcher.push_tasks(tasks)
+        return dpb.PushTasksReply(task_ids=[t.task_id for t in tasks])
+
+    async def StreamResults(
+        self, request: dpb.StreamResultsRequest, context: Context
+    ) -> AsyncIterator[pb.Result]:
+        wanted = set(request.task_ids)
+        queue = self._dispatcher.listen(request.run_id)
+        try:
+            for result in self._state.get_results(wanted):
+                if result.run_id == request.run_id:
+                    wanted.discard(result.task_id)
+                    yield result_to_proto(result)
+            while wanted:
+                result = await queue.get()
+                if result.task_id in wanted:
+                    wanted.discard(result.task_id)
+                    yield result_to_proto(result)
+        finally:
+            self._dispatcher.unlisten(request.run_id, queue)
+
+    async def FinishRun(
+        self, request: dpb.FinishRunRequest, context: Context
+    ) -> dpb.FinishRunReply:
+        await self._running_run(request.run_id, context)
+        status = request.status if request.status in ("finished", "failed") else "finished"
+        self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
+        logger.info("run %d %s %s", request.run_id, status, request.message)
+        return dpb.FinishRunReply()
+
+    async def UploadBlob(
+        self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context
+    ) -> pb.BlobRef:
+        return await receive_upload(
+            request_iterator, self._blobs, self._state, self._dispatcher.clock, context
+        )
+
+    async def DownloadBlob(
+        self, request: pb.DownloadBlobRequest, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        async for chunk in send_download(request, self._blobs, context):
+            yield chunk

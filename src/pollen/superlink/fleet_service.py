@@ -1,0 +1,121 @@
+"""The Fleet API: what SuperNodes call. Every request names its node."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import grpc
+
+from pollen.errors import RecordError
+from pollen.proto import common_pb2 as pb
+from pollen.proto import fleet_pb2 as fpb
+from pollen.proto import fleet_pb2_grpc
+from pollen.superlink.blob_transfer import receive_upload, send_download
+from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.dispatch import Dispatcher
+from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
+
+logger = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class FleetService(fleet_pb2_grpc.FleetServicer):
+    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore, heartbeat_interval: float):
+        self._dispatcher = dispatcher
+        self._state = dispatcher.state
+        self._blobs = blobs
+        self._heartbeat_interval = heartbeat_interval
+
+    async def _known_node(self, node_id: int, context: Context) -> None:
+        node = self._state.get_node(node_id)
+        if node is None or node.status == "left":
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"node {node_id} is not registered; register again"
+            )
+
+    async def RegisterNode(
+        self, request: fpb.RegisterNodeRequest, context: Context
+    ) -> fpb.RegisterNodeReply:
+        node_id = request.previous_node_id
+        node = self._state.get_node(node_id) if node_id else None
+        if node is None or node.status == "left":
+            node_id = secrets.randbits(53) or 1
+        self._state.add_node(node_id, self._dispatcher.clock())
+        logger.info("node %d registered from %s", node_id, context.peer())
+        return fpb.RegisterNodeReply(node_id=node_id, heartbeat_interval=self._heartbeat_interval)
+
+    async def Subscribe(
+        self, request: fpb.SubscribeRequest, context: Context
+    ) -> AsyncIterator[pb.Task]:
+        await self._known_node(request.node_id, context)
+        subscription = self._dispatcher.subscribe(request.node_id)
+        try:
+            while (task := await subscription.queue.get()) is not None:
+                self._state.mark_delivered(task.task_id)
+                yield task_to_proto(task)
+        finally:
+            self._dispatcher.unsubscribe(subscription, "its task stream closed")
+
+    async def PushResult(
+        self, request: fpb.PushResultRequest, context: Context
+    ) -> fpb.PushResultReply:
+        await self._known_node(request.node_id, context)
+        try:
+            result = result_from_proto(request.result)
+        except RecordError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        task = self._state.get_task(result.task_id)
+        if task is None or task.node_id != request.node_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"task {result.task_id[:12]} is not a task of node {request.node_id}",
+            )
+        if result.parameters is not None and not self._blobs.exists(result.parameters.digest):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"result blob {result.parameters.digest[:12]} was not uploaded; upload it first",
+            )
+        # The task, not the node, says which run, node and kind this answers.
+        result.run_id, result.node_id, result.kind = task.run_id, task.node_id, task.kind
+        self._dispatcher.add_result(result)
+        return fpb.PushResultReply()
+
+    async def Heartbeat(
+        self, request: fpb.HeartbeatRequest, context: Context
+    ) -> fpb.HeartbeatReply:
+        await self._known_node(request.node_id, context)
+        self._dispatcher.heartbeat(request.node_id)
+        return fpb.HeartbeatReply(heartbeat_interval=self._heartbeat_interval)
+
+    async def UnregisterNode(
+        self, request: fpb.UnregisterNodeRequest, context: Context
+    ) -> fpb.UnregisterNodeReply:
+        await self._known_node(request.node_id, context)
+        self._dispatcher.unregister(request.node_id)
+        logger.info("node %d left", request.node_id)
+        return fpb.UnregisterNodeReply()
+
+    async def GetRun(self, request: fpb.GetRunRequest, context: Context) -> fpb.GetRunReply:
+        await self._known_node(request.node_id, context)
+        run = self._state.get_run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
+        return fpb.GetRunReply(run=run_to_proto(run))
+
+    async def UploadBlob(
+        self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context
+    ) -> pb.BlobRef:
+        return await receive_upload(
+            request_iterator, self._blobs, self._state, self._dispatcher.clock, context
+        )
+
+    async def DownloadBlob(
+        self, request: pb.DownloadBlobRequest, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        await self._known_node(request.node_id, context)
+        async for chunk in send_download(request, self._blobs, context):
+            yield chunk

@@ -1,0 +1,280 @@
+"""`State` in one SQLite file (WAL mode): the SuperLink's embedded default."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+from pollen.errors import ConfigurationError
+from pollen.records.config_json import config_from_json, config_to_json
+from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
+from pollen.records.typing import UserConfig
+from pollen.superlink.state import NodeRecord, NodeStatus
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    run_config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    node_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    parameters_digest TEXT,
+    parameters_size INTEGER,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks(node_id, status);
+CREATE TABLE IF NOT EXISTS results (
+    task_id TEXT PRIMARY KEY REFERENCES tasks(task_id),
+    run_id INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    parameters_digest TEXT,
+    parameters_size INTEGER,
+    num_examples INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    metrics TEXT NOT NULL,
+    error TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+
+def _ref(digest: str | None, size: int | None) -> BlobRef | None:
+    return BlobRef(digest, int(size or 0)) if digest else None
+
+
+class SqliteState:
+    """SQLite-backed `State`. Use from one thread (the SuperLink's event loop)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.parent.is_dir():
+            raise ConfigurationError(
+                f"--database {path}: directory {path.parent} does not exist; create it first"
+            )
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._check_version(path)
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise ConfigurationError(
+                f"--database {path}: not a usable SQLite database ({exc}); "
+                "point --database at a new file or a Pollen state file"
+            ) from exc
+
+    def _check_version(self, path: Path) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"--database {path}: written by a newer Pollen (schema {version}, this one "
+                f"reads {SCHEMA_VERSION}); upgrade Pollen or use another --database"
+            )
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        cursor = self._db.execute(sql, args)
+        return cast(list[sqlite3.Row], cursor.fetchall())
+
+    # nodes
+    def add_node(self, node_id: int, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO nodes VALUES (?, 'online', ?, ?) ON CONFLICT(node_id) "
+            "DO UPDATE SET status='online', last_seen=excluded.last_seen",
+            (node_id, now, now),
+        )
+
+    def get_node(self, node_id: int) -> NodeRecord | None:
+        rows = self._rows("SELECT * FROM nodes WHERE node_id=?", node_id)
+        if not rows:
+            return None
+        node_id_, status, registered_at, last_seen = rows[0]
+        return NodeRecord(node_id_, status, registered_at, last_seen)
+
+    def set_node_status(self, node_id: int, status: NodeStatus, now: float) -> None:
+        self._db.execute(
+            "UPDATE nodes SET status=?, last_seen=? WHERE node_id=?", (status, now, node_id)
+        )
+
+    def list_nodes(self, status: NodeStatus) -> list[int]:
+        return [r[0] for r in self._rows("SELECT node_id FROM nodes WHERE status=?", status)]
+
+    # runs
+    def create_run(self, app: str, run_config: UserConfig, now: float) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO runs (app, run_config, status, created_at) VALUES (?, ?, 'running', ?)",
+            (app, config_to_json(run_config), now),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def get_run(self, run_id: int) -> RunInfo | None:
+        rows = self._rows("SELECT run_id, app, run_config, status FROM runs WHERE run_id=?", run_id)
+        if not rows:
+            return None
+        run_id_, app, run_config, status = rows[0]
+        return RunInfo(run_id_, app, config_from_json(run_config), status)
+
+    def finish_run(self, run_id: int, status: str, message: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE runs SET status=?, message=?, finished_at=? WHERE run_id=?",
+            (status, message, now, run_id),
+        )
+
+    # tasks
+    def add_tasks(self, tasks: Sequence[Task]) -> None:
+        rows = [
+            (
+                t.task_id,
+                t.run_id,
+                t.node_id,
+                t.kind,
+                t.parameters.digest if t.parameters else None,
+                t.parameters.size if t.parameters else None,
+                config_to_json(t.config),
+                "pending",
+                t.created_at,
+            )
+            for t in tasks
+        ]
+        with self._transaction():
+            self._db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _transaction(self) -> sqlite3.Connection:
+        # sqlite3's context manager commits on success and rolls back on error;
+        # with isolation_level=None we open the transaction ourselves.
+        self._db.execute("BEGIN")
+        return self._db
+
+    def _task(self, row: sqlite3.Row) -> Task:
+        task_id, run_id, node_id, kind, digest, size, config, _status, created_at = row
+        return Task(
+            run_id,
+            node_id,
+            cast(TaskKind, kind),
+            _ref(digest, size),
+            config_from_json(config),
+            task_id,
+            created_at,
+        )
+
+    def get_task(self, task_id: str) -> Task | None:
+        rows = self._rows("SELECT * FROM tasks WHERE task_id=?", task_id)
+        return self._task(rows[0]) if rows else None
+
+    def pending_tasks(self, node_id: int) -> list[Task]:
+        rows = self._rows(
+            "SELECT * FROM tasks WHERE node_id=? AND status='pending' ORDER BY created_at", node_id
+        )
+        return [self._task(r) for r in rows]
+
+    def mark_delivered(self, task_id: str) -> None:
+        self._db.execute(
+            "UPDATE tasks SET status='delivered' WHERE task_id=? AND status='pending'", (task_id,)
+        )
+
+    def open_tasks(self, node_id: int) -> list[Task]:
+        rows = self._rows(
+            "SELECT * FROM tasks WHERE node_id=? AND status IN ('pending', 'delivered')", node_id
+        )
+        return [self._task(r) for r in rows]
+
+    # results
+    def add_result(self, result: Result) -> bool:
+        """Store ``result``; False when its task already has one (the first wins)."""
+        ref = result.parameters
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE tasks SET status='answered' WHERE task_id=? AND status != 'answered'",
+                (result.task_id,),
+            )
+            if cursor.rowcount == 0:
+                return False
+            self._db.execute(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    result.task_id,
+                    result.run_id,
+                    result.node_id,
+                    result.kind,
+                    ref.digest if ref else None,
+                    ref.size if ref else None,
+                    result.num_examples,
+                    result.loss,
+                    config_to_json(result.metrics),
+                    result.error,
+                    result.created_at,
+                ),
+            )
+        return True
+
+    def get_results(self, task_ids: Iterable[str]) -> list[Result]:
+        ids = list(task_ids)
+        results: list[Result] = []
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            for row in self._rows(f"SELECT * FROM results WHERE task_id IN ({marks})", *batch):
+                (
+                    task_id,
+                    run_id,
+                    node_id,
+                    kind,
+                    digest,
+                    size,
+                    num_examples,
+                    loss,
+                    metrics,
+                    error,
+                    created_at,
+                ) = row
+                results.append(
+                    Result(
+                        task_id,
+                        run_id,
+                        node_id,
+                        cast(TaskKind, kind),
+                        _ref(digest, size),
+                        num_examples,
+                        loss,
+                        config_from_json(metrics),
+                        error,
+                        created_at,
+                    )
+                )
+        return results
+
+    # blobs
+    def add_blob(self, digest: str, size: int, now: float) -> None:
+        self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (digest, size, now))
+
+    def has_blob(self, digest: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM blobs WHERE digest=?", digest))
+
+    def close(self) -> None:
+        self._db.close()

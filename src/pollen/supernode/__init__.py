@@ -1,0 +1,1 @@
+"""The SuperNode: connects to the Fleet API, runs the ClientApp on each task."""

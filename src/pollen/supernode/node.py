@@ -1,0 +1,101 @@
+"""A SuperNode's life: connect, register, take tasks, reconnect with backoff, leave."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from pollen.client.client_app import ClientApp
+from pollen.records.typing import UserConfig
+from pollen.supernode.fleet_client import FleetClient
+from pollen.supernode.task_runner import TaskRunner
+from pollen.transport.addresses import Address
+from pollen.transport.backoff import Backoff
+from pollen.transport.channels import open_channel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SuperNodeConfig:
+    """Where a SuperNode connects and what it tells its ClientApp."""
+
+    superlink: Address
+    node_config: UserConfig = field(default_factory=dict)
+    credentials: grpc.ChannelCredentials | None = None
+    max_backoff: float = 10.0
+
+
+async def _heartbeat(fleet: FleetClient) -> None:
+    while True:
+        await asyncio.sleep(fleet.heartbeat_interval)
+        await fleet.heartbeat()
+
+
+async def _serve(fleet: FleetClient, runner: TaskRunner, previous_node_id: int) -> None:
+    """Register (or re-register) and run tasks until the stream ends."""
+    node_id = await fleet.register(previous_node_id)
+    logger.info("connected as node %d", node_id)
+    heartbeat = asyncio.create_task(_heartbeat(fleet))
+    try:
+        async for task in fleet.tasks():
+            await runner.run(fleet, task)
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await heartbeat
+
+
+async def run_supernode(
+    app: ClientApp, config: SuperNodeConfig, stop: asyncio.Event | None = None
+) -> None:
+    """Serve tasks until ``stop`` is set (or forever); leave the federation on the way out."""
+    stop = stop or asyncio.Event()
+    runner = TaskRunner(app, config.node_config)
+    backoff = Backoff(maximum=config.max_backoff)
+    node_id = 0
+    while not stop.is_set():
+        async with open_channel(config.superlink, config.credentials) as channel:
+            fleet = FleetClient(channel)
+            serving = asyncio.create_task(_serve(fleet, runner, node_id))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            node_id = fleet.node_id or node_id
+            if stop.is_set():
+                serving.cancel()
+                await _leave(fleet, serving)
+                return
+            error = serving.exception()
+            if fleet.node_id:  # this attempt got through: start backing off afresh
+                backoff.reset()
+            delay = backoff.next_delay()
+            logger.warning(
+                "SuperLink at %s: %s; reconnecting in %.1f s",
+                config.superlink,
+                _describe(error),
+                delay,
+            )
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "task stream closed"
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name.lower()} ({error.details()})"
+    return f"{type(error).__name__}: {error}"
+
+
+async def _leave(fleet: FleetClient, serving: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+        await serving
+    if fleet.node_id:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await fleet.unregister()
+            logger.info("node %d left the federation", fleet.node_id)

@@ -1,0 +1,89 @@
+"""Running one task: fetch its blob, call the ClientApp, upload and push the result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+
+from pollen.client.client_app import ClientApp, Reply
+from pollen.errors import PollenError
+from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
+from pollen.records.context import Context
+from pollen.records.messages import BlobRef, Result, Task
+from pollen.records.typing import NDArrays, UserConfig
+from pollen.supernode.blob_cache import BlobCache
+from pollen.supernode.fleet_client import FleetClient
+
+logger = logging.getLogger(__name__)
+
+
+class TaskRunner:
+    """Runs tasks for one node; keeps a `Context` per run and a blob cache."""
+
+    def __init__(self, app: ClientApp, node_config: UserConfig, cache: BlobCache | None = None):
+        self.app = app
+        self.node_config = node_config
+        self.cache = cache or BlobCache()
+        self._contexts: dict[int, Context] = {}
+
+    async def _context(self, fleet: FleetClient, task: Task) -> Context:
+        context = self._contexts.get(task.run_id)
+        if context is None:
+            run = await fleet.get_run(task.run_id)
+            context = Context(fleet.node_id, dict(self.node_config), run.run_id, run.run_config)
+            self._contexts[task.run_id] = context
+        context.node_id = fleet.node_id
+        return context
+
+    async def _parameters(self, fleet: FleetClient, ref: BlobRef | None) -> bytearray | None:
+        if ref is None:
+            return None
+        blob = self.cache.get(ref.digest)
+        if blob is None:
+            blob = await fleet.download_blob(ref)
+            self.cache.put(ref.digest, blob)
+        # The app may change its arrays in place; the cached blob must stay intact.
+        return bytearray(blob)
+
+    async def run(self, fleet: FleetClient, task: Task) -> None:
+        """Run ``task`` and push its result; a failing ClientApp becomes an error result.
+
+        Connection errors propagate: the node reconnects and the SuperLink has
+        already failed the task when the stream broke.
+        """
+        started = time.perf_counter()
+        result = Result(task.task_id, task.run_id, task.node_id, task.kind)
+        context = await self._context(fleet, task)
+        try:
+            blob = await self._parameters(fleet, task.parameters)
+            reply, encoded = await asyncio.to_thread(self._execute, task, blob, context)
+        except grpc.aio.AioRpcError:
+            raise
+        except PollenError as exc:
+            result.error = str(exc)
+        except Exception as exc:  # the user's code failed: report it, keep the node alive
+            logger.exception("ClientApp failed on %s task of run %d", task.kind, task.run_id)
+            result.error = f"ClientApp raised {type(exc).__name__}: {exc}"
+        else:
+            result.num_examples = reply.num_examples
+            result.loss = reply.loss
+            result.metrics = reply.metrics
+            if encoded is not None:
+                result.parameters = await fleet.upload_blob(encoded, sha256_hex(encoded))
+        if result.error:
+            logger.warning("task %s failed: %s", task.task_id[:8], result.error)
+        await fleet.push_result(result)
+        logger.info(
+            "run %d: %s task done in %.3f s", task.run_id, task.kind, time.perf_counter() - started
+        )
+
+    def _execute(
+        self, task: Task, blob: bytearray | None, context: Context
+    ) -> tuple[Reply, bytearray | None]:
+        parameters: NDArrays = decode_arrays(blob) if blob is not None else []
+        reply = self.app.run_task(task.kind, parameters, task.config, context)
+        encoded = encode_arrays(reply.parameters) if reply.parameters is not None else None
+        return reply, encoded

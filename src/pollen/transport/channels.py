@@ -1,0 +1,69 @@
+"""gRPC channels and servers with Pollen's options, plaintext or with credentials."""
+
+from __future__ import annotations
+
+import grpc
+
+from pollen.errors import ConfigurationError
+from pollen.transport.addresses import Address
+
+# Blobs move in chunks well below this; it bounds what one hostile message may cost.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+_SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def open_channel(
+    address: Address, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """An asynchronous channel to ``address``; plaintext when ``credentials`` is None."""
+    target = str(address)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=_OPTIONS)
+    return grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
+
+
+def new_server() -> grpc.aio.Server:
+    """An asynchronous gRPC server with Pollen's message limits."""
+    return grpc.aio.server(options=_SERVER_OPTIONS)
+
+
+def bind(
+    server: grpc.aio.Server,
+    address: Address,
+    option: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind ``server`` to ``address`` and return the port (useful with port 0)."""
+    target = str(address)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(target)
+        else:
+            port = server.add_secure_port(target, credentials)
+    except RuntimeError as exc:
+        port = 0
+        cause = str(exc)
+    else:
+        cause = "address in use or not available"
+    if port == 0:
+        raise ConfigurationError(
+            f"{option} {target}: cannot listen there ({cause}); "
+            f"stop what uses it or choose another {option}"
+        )
+    return port
