@@ -63,8 +63,12 @@ async def run_supernode(
             fleet = FleetClient(channel)
             serving = asyncio.create_task(_serve(fleet, runner, node_id))
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
+            try:
+                await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when this coroutine itself is cancelled
+                stopping.cancel()
+                if not stop.is_set() and not serving.done():
+                    serving.cancel()
             node_id = fleet.node_id or node_id
             if stop.is_set():
                 serving.cancel()

@@ -1,0 +1,88 @@
+"""Shared fixtures: in-process federations on 127.0.0.1:0 and paths to test apps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pollen.client.client_app import ClientApp
+from pollen.supernode.node import SuperNodeConfig, run_supernode
+from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
+from pollen.transport.addresses import Address
+
+APPS_DIR = Path(__file__).parent / "apps"
+REPO_ROOT = Path(__file__).parent.parent
+LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for tests that must know it in advance)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def superlink_config(tmp_path: Path, **overrides: object) -> SuperLinkConfig:
+    config = SuperLinkConfig(
+        database=tmp_path / "superlink.db",
+        fleet_address=LOOPBACK_ANY_PORT,
+        driver_address=LOOPBACK_ANY_PORT,
+    )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+@dataclass
+class Node:
+    """An in-process SuperNode and the event that stops it gracefully."""
+
+    task: asyncio.Task[None]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def leave(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+def start_node(app: ClientApp, fleet_port: int, **node_config: object) -> Node:
+    config = SuperNodeConfig(
+        superlink=Address("127.0.0.1", fleet_port),
+        node_config=dict(node_config),  # type: ignore[arg-type]
+        max_backoff=0.5,
+    )
+    stop = asyncio.Event()
+    return Node(asyncio.create_task(run_supernode(app, config, stop)), stop)
+
+
+async def wait_until(predicate: object, timeout: float = 10.0) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def federation(
+    tmp_path: Path, app: ClientApp, node_configs: list[dict[str, object]]
+) -> AsyncIterator[tuple[SuperLink, list[Node]]]:
+    """A SuperLink with one in-process SuperNode per config, all connected."""
+    async with open_superlink(superlink_config(tmp_path)) as link:
+        nodes = [start_node(app, link.fleet_port, **config) for config in node_configs]
+        try:
+            await wait_until(lambda: len(link.dispatcher.online_nodes()) == len(nodes))
+            yield link, nodes
+        finally:
+            for node in nodes:
+                node.stop.set()
+            await asyncio.wait_for(
+                asyncio.gather(*(n.task for n in nodes), return_exceptions=True), 10
+            )

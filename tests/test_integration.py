@@ -1,0 +1,217 @@
+"""A real SuperLink on 127.0.0.1:0 with in-process SuperNodes and ServerApps."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pollen.errors import ConnectionFailed, RunError
+from pollen.server.driver import DriverClient
+from pollen.server.run import ServerAppConfig, run_server_app
+from pollen.superlink.server import open_superlink
+from pollen.transport.addresses import Address
+from tests.apps import numpy_apps
+from tests.conftest import federation, free_port, start_node, superlink_config, wait_until
+
+
+def server_config(tmp_path: Path, driver_port: int, **extra: object) -> ServerAppConfig:
+    return ServerAppConfig(
+        superlink=Address("127.0.0.1", driver_port),
+        output_root=tmp_path / "runs",
+        connect_timeout=5,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def test_three_rounds_with_two_nodes_average_and_write_outputs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"examples": 1}, {"examples": 3}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            outcome, directory = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=3),
+                server_config(tmp_path, link.driver_port),
+            )
+        # every node adds 1 per round, so the average moves by exactly 1 per round
+        np.testing.assert_array_equal(outcome.parameters[0], np.full((2, 3), 3, np.float32))
+        np.testing.assert_array_equal(outcome.parameters[1], np.arange(4) + 3)
+        assert [r.fit_results for r in outcome.history.rounds] == [2, 2, 2]
+        # train_loss weighted by examples: (1*1 + 3*(1/3)) / 4
+        assert outcome.history.rounds[0].fit_metrics["train_loss"] == pytest.approx(0.5)
+        assert outcome.history.rounds[-1].evaluate_metrics == {"accuracy": 0.5}
+        with np.load(directory / "final_model.npz") as saved:
+            np.testing.assert_array_equal(saved["arr_0"], outcome.parameters[0])
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_global_model_blob_is_stored_once_for_all_nodes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            app = numpy_apps.make_server_app(num_rounds=1, min_available=3, fraction_evaluate=0)
+            await run_server_app(app, server_config(tmp_path, link.driver_port))
+            blobs = [p for p in link.blobs.root.iterdir() if not p.name.startswith(".")]
+        # one global model + one result per node (all three results are identical bytes)
+        assert len(blobs) == 2
+
+    asyncio.run(scenario())
+
+
+def test_failing_client_app_becomes_an_error_result_and_the_node_stays(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"behaviour": "raise"}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
+            outcome, _ = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=2, min_fit=1),
+                server_config(tmp_path, link.driver_port),
+            )
+            assert all(not n.task.done() for n in nodes)
+        first = outcome.history.rounds[0]
+        assert first.fit_results == 1
+        assert "ValueError: fit failed on purpose" in first.fit_failures[0]
+        assert len(outcome.history.rounds) == 2
+
+    asyncio.run(scenario())
+
+
+def test_wrong_shapes_are_rejected_with_the_reason_and_the_round_goes_on(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"behaviour": "wrong-shape"}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            outcome, _ = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=1, min_fit=1),
+                server_config(tmp_path, link.driver_port),
+            )
+        record = outcome.history.rounds[0]
+        assert record.fit_results == 1
+        assert "result rejected" in record.fit_failures[0]
+        assert "(5,)" in record.fit_failures[0] and "(2, 3)" in record.fit_failures[0]
+        np.testing.assert_array_equal(outcome.parameters[0], np.ones((2, 3), np.float32))
+
+    asyncio.run(scenario())
+
+
+def test_too_few_nodes_ends_with_a_message_saying_how_many(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            app = numpy_apps.make_server_app(min_available=3, node_wait_timeout=0.3)
+            with pytest.raises(RunError, match="only 2 of 3 required nodes connected"):
+                await run_server_app(app, server_config(tmp_path, link.driver_port))
+
+    asyncio.run(scenario())
+
+
+def test_a_node_that_left_is_never_sampled_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
+            await nodes[0].leave()
+            assert len(link.dispatcher.online_nodes()) == 1
+            outcome, _ = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=2, min_available=1, min_fit=1),
+                server_config(tmp_path, link.driver_port),
+            )
+            assert [r.fit_results for r in outcome.history.rounds] == [1, 1]
+            assert all(not r.fit_failures for r in outcome.history.rounds)
+            assert len(link.dispatcher.state.list_nodes("left")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_runs_at_once_and_one_after_another_share_the_same_nodes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
+            config = server_config(tmp_path, link.driver_port)
+            both = await asyncio.gather(
+                run_server_app(numpy_apps.make_server_app(num_rounds=2), config),
+                run_server_app(numpy_apps.make_server_app(num_rounds=3), config),
+            )
+            after, _ = await run_server_app(numpy_apps.make_server_app(num_rounds=1), config)
+            assert not any(n.task.done() for n in nodes)
+        run_ids = {both[0][0].run_id, both[1][0].run_id, after.run_id}
+        assert len(run_ids) == 3
+        assert float(both[1][0].parameters[0][0, 0]) == 3.0
+
+    asyncio.run(scenario())
+
+
+def test_server_app_gives_up_when_the_superlink_is_unreachable(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = server_config(tmp_path, free_port())
+        config.connect_timeout = 0.3
+        with pytest.raises(ConnectionFailed, match="did not answer within 0.3 s"):
+            await run_server_app(numpy_apps.make_server_app(), config)
+
+    asyncio.run(scenario())
+
+
+def test_node_waits_for_a_late_superlink_and_survives_its_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        port = free_port()
+        config = superlink_config(tmp_path, fleet_address=Address("127.0.0.1", port))
+        node = start_node(numpy_apps.app, port)
+        await asyncio.sleep(0.5)  # the node is retrying against nothing
+        async with open_superlink(config) as link:
+            await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
+            first_id = link.dispatcher.online_nodes()[0]
+        async with open_superlink(config) as link:
+            await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
+            assert link.dispatcher.online_nodes() == [first_id]  # same node id after restart
+            outcome, _ = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=1, min_available=1, min_fit=1),
+                server_config(tmp_path, link.driver_port),
+            )
+            assert outcome.history.rounds[0].fit_results == 1
+            await node.leave()
+
+    asyncio.run(scenario())
+
+
+def test_node_that_disconnects_mid_task_fails_its_task_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        marker = tmp_path / "started"
+        configs: list[dict[str, object]] = [
+            {}, {"behaviour": "slow", "marker": str(marker), "delay": 3},
+        ]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
+            run = asyncio.create_task(
+                run_server_app(
+                    numpy_apps.make_server_app(
+                        num_rounds=1, min_available=1, min_fit=2, fraction_evaluate=0
+                    ),
+                    server_config(tmp_path, link.driver_port),
+                )
+            )
+            await wait_until(marker.exists)
+            nodes[1].task.cancel()  # the node's connection drops while its ClientApp runs
+            started = asyncio.get_running_loop().time()
+            outcome, _ = await asyncio.wait_for(run, 5)
+            assert asyncio.get_running_loop().time() - started < 1.0
+        record = outcome.history.rounds[0]
+        assert record.fit_results == 1
+        assert "went offline" in record.fit_failures[0]
+
+    asyncio.run(scenario())
+
+
+def test_driver_lists_only_connected_nodes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            run_id = await driver.create_run("test", {"lr": 0.1})
+            assert len(await driver.get_nodes(run_id)) == 2
+            nodes[1].task.cancel()
+            await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
+            assert len(await driver.get_nodes(run_id)) == 1
+            await driver.close()
+
+    asyncio.run(scenario())
