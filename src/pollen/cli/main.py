@@ -40,6 +40,7 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)-7s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
+        force=True,
     )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
 

@@ -97,6 +97,15 @@ class RoundLoop:
         self.run_id = run_id
         self.rng = random.Random(app.config.seed)
         self.round = _Round(driver, run_id, app.config.round_timeout)
+        self._uploaded: tuple[NDArrays, BlobRef] | None = None
+
+    async def _upload(self, parameters: NDArrays) -> BlobRef:
+        # Evaluate and the next round's fit send the same model: upload it once.
+        if self._uploaded is not None and self._uploaded[0] is parameters:
+            return self._uploaded[1]
+        ref = await self.driver.upload_arrays(parameters)
+        self._uploaded = (parameters, ref)
+        return ref
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
@@ -124,7 +133,7 @@ class RoundLoop:
         instructions = self.strategy.configure_fit(server_round, parameters, nodes, self.rng)
         if not instructions:
             return parameters
-        ref = await self.driver.upload_arrays(parameters)
+        ref = await self._upload(parameters)
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
         chosen = [(node, ins.config) for node, ins in instructions]
         failures = record.fit_failures
@@ -152,10 +161,12 @@ class RoundLoop:
         return new_parameters
 
     async def evaluate(self, server_round: int, parameters: NDArrays, record: RoundRecord) -> None:
-        nodes = await self._nodes()
+        # No waiting here: the nodes that just trained are connected, and a round
+        # that lost a node must still be able to finish.
+        nodes = await self.driver.get_nodes(self.run_id)
         instructions = self.strategy.configure_evaluate(server_round, parameters, nodes, self.rng)
         if instructions:
-            ref = await self.driver.upload_arrays(parameters)
+            ref = await self._upload(parameters)
             chosen = [(node, ins.config) for node, ins in instructions]
             results: list[tuple[int, EvaluateRes]] = []
             async for result in self.round.run("evaluate", ref, chosen, record.evaluate_failures):

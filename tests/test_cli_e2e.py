@@ -1,0 +1,102 @@
+"""The `pollen` commands as real subprocesses, as a user runs them in three terminals."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pollen.cli.local_federation import LocalFederation, pollen_command, spawn, wait_for_log
+from tests.conftest import APPS_DIR, REPO_ROOT, free_port
+
+QUICKSTART = REPO_ROOT / "examples" / "quickstart-pytorch"
+
+
+@pytest.fixture
+def fed(tmp_path: Path) -> Iterator[LocalFederation]:
+    federation = LocalFederation(tmp_path / "fed")
+    federation.start_superlink()
+    try:
+        yield federation
+    finally:
+        federation.stop()
+
+
+def run_serverapp(fed: LocalFederation, app: str, directory: Path,
+                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fed.serverapp_command(app, directory), capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def test_quickstart_trains_to_90_percent_in_five_rounds(fed: LocalFederation) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    for partition in (0, 1):
+        fed.start_supernode("client:app", QUICKSTART, f"partition-id={partition},num-partitions=2")
+    done = run_serverapp(fed, "server:app", QUICKSTART)
+    assert done.returncode == 0, done.stderr
+    assert "round 5/5" in done.stderr  # per-round progress is shown
+    [metrics_file] = (fed.workdir / "runs").glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert len(metrics["rounds"]) == 5
+    assert metrics["rounds"][-1]["evaluate_metrics"]["accuracy"] >= 0.9
+    assert (metrics_file.parent / "final_model.npz").is_file()
+
+
+def test_node_killed_mid_round_lets_the_round_finish_with_the_other(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    marker = tmp_path / "slow-node-started"
+    fed.start_supernode("numpy_apps:app", APPS_DIR)
+    slow = fed.start_supernode(
+        "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=60"
+    )
+    server = spawn("serverapp", fed.serverapp_command("numpy_apps:two_nodes_one_round",
+                                                      APPS_DIR), fed.log_dir)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        os.kill(slow.process.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert server.process.wait(timeout=30) == 0, server.log()
+        assert time.monotonic() - killed_at < 10  # the stream broke; no timeout was waited
+    finally:
+        server.stop()
+    [metrics_file] = (fed.workdir / "runs").glob("*/metrics.json")
+    record = json.loads(metrics_file.read_text())["rounds"][0]
+    assert record["fit_results"] == 1
+    assert "went offline" in record["fit_failures"][0]
+
+
+def test_supernode_retries_while_the_superlink_is_away_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    node = spawn(
+        "supernode",
+        pollen_command("supernode", "numpy_apps:app", "--insecure", "--superlink",
+                       f"127.0.0.1:{free_port()}", "--dir", str(APPS_DIR), "--max-backoff", "0.5"),
+        tmp_path,
+    )
+    try:
+        wait_for_log(node, re.compile(r"reconnecting in .*\n(.*\n)*.*reconnecting in"), 30)
+    finally:
+        assert node.stop() == 0
+    assert "Traceback" not in node.log()
+
+
+def test_superlink_stops_gracefully_on_sigint(fed: LocalFederation) -> None:
+    assert fed.superlink is not None
+    fed.superlink.process.send_signal(signal.SIGINT)
+    assert fed.superlink.process.wait(timeout=10) == 0
+    assert "SuperLink stopped" in fed.superlink.log()

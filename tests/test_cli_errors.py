@@ -1,0 +1,104 @@
+"""Bad input to the `pollen` command: one line naming the cause and the fix, and an exit code."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pollen.cli.main import cli
+from tests.conftest import APPS_DIR, free_port
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(output: str, *fragments: str) -> None:
+    lines = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, output
+    assert "Traceback" not in output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("app", "fragments"),
+    [
+        ("nothere:app", ["module 'nothere' not found"]),
+        ("numpy_apps:missing", ["has no attribute 'missing'"]),
+        ("numpy_apps:server_app", ["is a ServerApp, not a ClientApp"]),
+        ("no-colon", ["is not MODULE:ATTRIBUTE"]),
+    ],
+)
+def test_supernode_app_that_cannot_be_loaded(app: str, fragments: list[str]) -> None:
+    code, output = run("supernode", app, "--insecure", "--dir", str(APPS_DIR))
+    assert code == 2
+    assert_one_line_error(output, *fragments)
+
+
+def test_serverapp_app_of_the_wrong_kind() -> None:
+    code, output = run("serverapp", "numpy_apps:app", "--insecure", "--dir", str(APPS_DIR))
+    assert code == 2
+    assert_one_line_error(output, "is a ClientApp, not a ServerApp")
+
+
+def test_missing_dir(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    code, output = run("supernode", "client:app", "--insecure", "--dir", str(missing))
+    assert code == 2
+    assert_one_line_error(output, f"--dir {missing}: no such directory")
+
+
+@pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", "host:99999", ":9092"])
+def test_unparsable_address(address: str, tmp_path: Path) -> None:
+    code, output = run("superlink", "--insecure", "--fleet-api-address", address,
+                       "--database", str(tmp_path / "s.db"))
+    assert code == 2
+    assert_one_line_error(output, "--fleet-api-address", "is not HOST:PORT")
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run("superlink", "--insecure", "--driver-api-address",
+                           f"127.0.0.1:{port}", "--fleet-api-address", "127.0.0.1:0",
+                           "--database", str(tmp_path / "s.db"))
+    assert code == 2
+    assert_one_line_error(output, f"--driver-api-address 127.0.0.1:{port}: cannot listen")
+
+
+@pytest.mark.parametrize("command", [["superlink"], ["supernode", "client:app"],
+                                     ["serverapp", "server:app"]])
+def test_plaintext_without_insecure_is_refused(command: list[str]) -> None:
+    code, output = run(*command)
+    assert code == 2
+    assert_one_line_error(output, "--insecure")
+
+
+def test_malformed_node_config() -> None:
+    code, output = run("supernode", "numpy_apps:app", "--insecure", "--dir", str(APPS_DIR),
+                       "--node-config", "partition-id")
+    assert code == 2
+    assert_one_line_error(output, "--node-config", "is not key=value")
+
+
+def test_database_in_a_missing_directory(tmp_path: Path) -> None:
+    code, output = run("superlink", "--insecure", "--fleet-api-address", "127.0.0.1:0",
+                       "--driver-api-address", "127.0.0.1:0",
+                       "--database", str(tmp_path / "no" / "s.db"))
+    assert code == 2
+    assert_one_line_error(output, "does not exist")
+
+
+def test_serverapp_gives_up_when_the_superlink_is_unreachable() -> None:
+    code, output = run("serverapp", "numpy_apps:server_app", "--insecure", "--dir",
+                       str(APPS_DIR), "--superlink", f"127.0.0.1:{free_port()}",
+                       "--connect-timeout", "0.3")
+    assert code == 1
+    assert_one_line_error(output, "did not answer within 0.3 s")
