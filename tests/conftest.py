@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pollen.client.client_app import ClientApp
-from pollen.supernode.node import SuperNodeConfig, run_supernode
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
+from pollen.supernode.node import SuperNodeConfig, run_supernode
 from pollen.transport.addresses import Address
 
 APPS_DIR = Path(__file__).parent / "apps"

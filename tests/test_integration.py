@@ -147,7 +147,7 @@ def test_server_app_gives_up_when_the_superlink_is_unreachable(tmp_path: Path) -
     async def scenario() -> None:
         config = server_config(tmp_path, free_port())
         config.connect_timeout = 0.3
-        with pytest.raises(ConnectionFailed, match="did not answer within 0.3 s"):
+        with pytest.raises(ConnectionFailed, match=r"did not answer within 0\.3 s"):
             await run_server_app(numpy_apps.make_server_app(), config)
 
     asyncio.run(scenario())
@@ -179,7 +179,8 @@ def test_node_that_disconnects_mid_task_fails_its_task_at_once(tmp_path: Path) -
     async def scenario() -> None:
         marker = tmp_path / "started"
         configs: list[dict[str, object]] = [
-            {}, {"behaviour": "slow", "marker": str(marker), "delay": 3},
+            {},
+            {"behaviour": "slow", "marker": str(marker), "delay": 3},
         ]
         async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
             run = asyncio.create_task(

@@ -100,4 +100,6 @@ def get_weights(net: Net) -> list[np.ndarray]:
 
 def set_weights(net: Net, weights: list[np.ndarray]) -> None:
     keys = net.state_dict().keys()
-    net.load_state_dict(OrderedDict((k, torch.tensor(v)) for k, v in zip(keys, weights)))
+    net.load_state_dict(
+        OrderedDict((k, torch.tensor(v)) for k, v in zip(keys, weights, strict=True))
+    )

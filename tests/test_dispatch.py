@@ -1,0 +1,108 @@
+"""Task delivery and node liveness in the SuperLink's dispatcher, with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from pollen.records.messages import Task
+from pollen.superlink.dispatch import Dispatcher
+from pollen.superlink.sqlite_state import SqliteState
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(tmp_path: Path) -> tuple[Dispatcher, FakeClock, int]:
+    clock = FakeClock()
+    state = SqliteState(tmp_path / "s.db")
+    state.add_node(7, clock())
+    run_id = state.create_run("app", {}, clock())
+    return Dispatcher(state, clock), clock, run_id
+
+
+def drain(queue: asyncio.Queue[Task | None]) -> list[Task | None]:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def test_tasks_pushed_before_subscribing_are_delivered_once(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    dispatcher.state.add_tasks([Task(run_id, 7, "fit")])  # stored while the node was away
+    subscription = dispatcher.subscribe(7)
+    dispatcher.push_tasks([Task(run_id, 7, "evaluate")])
+    delivered = drain(subscription.queue)
+    assert [t.kind for t in delivered if t] == ["fit", "evaluate"]
+
+
+def test_task_for_a_node_that_is_not_connected_fails_at_once(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    task = Task(run_id, 7, "fit")
+    dispatcher.push_tasks([task])
+    [result] = dispatcher.state.get_results([task.task_id])
+    assert "is not connected" in result.error
+
+
+def test_stream_closing_fails_open_tasks_and_wakes_the_listener(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    listener = dispatcher.listen(run_id)
+    subscription = dispatcher.subscribe(7)
+    task = Task(run_id, 7, "fit")
+    dispatcher.push_tasks([task])
+    dispatcher.unsubscribe(subscription, "its task stream closed")
+    result = listener.get_nowait()
+    assert result.task_id == task.task_id
+    assert "went offline (its task stream closed)" in result.error
+    assert dispatcher.online_nodes() == []
+
+
+def test_silent_node_is_closed_after_three_heartbeat_intervals(tmp_path: Path) -> None:
+    dispatcher, clock, _ = make(tmp_path)
+    subscription = dispatcher.subscribe(7)
+    clock.now += 10
+    dispatcher.heartbeat(7)
+    clock.now += 14
+    assert dispatcher.close_stale(15) == []
+    clock.now += 2
+    assert dispatcher.close_stale(15) == [7]
+    assert drain(subscription.queue) == [None]
+    assert "no heartbeat" in subscription.close_reason
+
+
+def test_newer_subscription_replaces_the_older(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    old = dispatcher.subscribe(7)
+    new = dispatcher.subscribe(7)
+    assert drain(old.queue) == [None]
+    dispatcher.unsubscribe(old, "closed")  # the old stream ending must not take the node offline
+    assert dispatcher.online_nodes() == [7]
+    dispatcher.push_tasks([Task(run_id, 7, "fit")])
+    assert len(drain(new.queue)) == 1
+
+
+def test_shutdown_does_not_fail_tasks(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    subscription = dispatcher.subscribe(7)
+    task = Task(run_id, 7, "fit")
+    dispatcher.push_tasks([task])
+    dispatcher.close_all()
+    dispatcher.unsubscribe(subscription, "closed")
+    assert dispatcher.state.get_results([task.task_id]) == []
+
+
+def test_unregistered_node_is_left_and_its_tasks_fail(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    dispatcher.subscribe(7)
+    task = Task(run_id, 7, "fit")
+    dispatcher.push_tasks([task])
+    dispatcher.unregister(7)
+    assert dispatcher.state.list_nodes("left") == [7]
+    [result] = dispatcher.state.get_results([task.task_id])
+    assert "unregistered" in result.error
