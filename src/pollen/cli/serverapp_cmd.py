@@ -10,7 +10,7 @@ import click
 
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
-from pollen.cli.options import require_insecure
+from pollen.cli.options import app_options, require_insecure
 from pollen.errors import RunError
 from pollen.records.config_string import parse_config_string
 from pollen.server.run import ServerAppConfig, run_server_app
@@ -19,23 +19,7 @@ from pollen.transport.addresses import parse_address
 
 
 @click.command()
-@click.argument("app")
-@click.option("--insecure", is_flag=True, help="Connect without TLS.")
-@click.option(
-    "--superlink",
-    "superlink_address",
-    default="127.0.0.1:9091",
-    show_default=True,
-    help="The SuperLink's Driver API, HOST:PORT.",
-)
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder holding the app's module.",
-)
+@app_options("Driver API", "127.0.0.1:9091")
 @click.option("--run-config", default="", help="key=value,... given to every ClientApp.")
 @click.option(
     "--output-dir",

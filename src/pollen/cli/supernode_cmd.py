@@ -9,7 +9,7 @@ import click
 
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
-from pollen.cli.options import require_insecure
+from pollen.cli.options import app_options, require_insecure
 from pollen.client.client_app import ClientApp
 from pollen.records.config_string import parse_config_string
 from pollen.supernode.node import SuperNodeConfig, run_supernode
@@ -17,23 +17,7 @@ from pollen.transport.addresses import parse_address
 
 
 @click.command()
-@click.argument("app")
-@click.option("--insecure", is_flag=True, help="Connect without TLS.")
-@click.option(
-    "--superlink",
-    "superlink_address",
-    default="127.0.0.1:9092",
-    show_default=True,
-    help="The SuperLink's Fleet API, HOST:PORT.",
-)
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(path_type=Path),
-    default=Path("."),
-    show_default=True,
-    help="Folder holding the app's module.",
-)
+@app_options("Fleet API", "127.0.0.1:9092")
 @click.option("--node-config", default="", help="key=value,... given to the ClientApp.")
 @click.option(
     "--max-backoff",
