@@ -29,11 +29,15 @@ def fed(tmp_path: Path) -> Iterator[LocalFederation]:
         federation.stop()
 
 
-def run_serverapp(fed: LocalFederation, app: str, directory: Path,
-                  timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_serverapp(
+    fed: LocalFederation, app: str, directory: Path, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        fed.serverapp_command(app, directory), capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        fed.serverapp_command(app, directory),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -60,8 +64,9 @@ def test_node_killed_mid_round_lets_the_round_finish_with_the_other(
     slow = fed.start_supernode(
         "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=60"
     )
-    server = spawn("serverapp", fed.serverapp_command("numpy_apps:two_nodes_one_round",
-                                                      APPS_DIR), fed.log_dir)
+    server = spawn(
+        "serverapp", fed.serverapp_command("numpy_apps:two_nodes_one_round", APPS_DIR), fed.log_dir
+    )
     try:
         deadline = time.monotonic() + 60
         while not marker.exists():
@@ -84,8 +89,17 @@ def test_supernode_retries_while_the_superlink_is_away_and_stops_on_sigterm(
 ) -> None:
     node = spawn(
         "supernode",
-        pollen_command("supernode", "numpy_apps:app", "--insecure", "--superlink",
-                       f"127.0.0.1:{free_port()}", "--dir", str(APPS_DIR), "--max-backoff", "0.5"),
+        pollen_command(
+            "supernode",
+            "numpy_apps:app",
+            "--insecure",
+            "--superlink",
+            f"127.0.0.1:{free_port()}",
+            "--dir",
+            str(APPS_DIR),
+            "--max-backoff",
+            "0.5",
+        ),
         tmp_path,
     )
     try:

@@ -55,8 +55,14 @@ def test_missing_dir(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:", "host:99999", ":9092"])
 def test_unparsable_address(address: str, tmp_path: Path) -> None:
-    code, output = run("superlink", "--insecure", "--fleet-api-address", address,
-                       "--database", str(tmp_path / "s.db"))
+    code, output = run(
+        "superlink",
+        "--insecure",
+        "--fleet-api-address",
+        address,
+        "--database",
+        str(tmp_path / "s.db"),
+    )
     assert code == 2
     assert_one_line_error(output, "--fleet-api-address", "is not HOST:PORT")
 
@@ -66,15 +72,23 @@ def test_port_in_use(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, output = run("superlink", "--insecure", "--driver-api-address",
-                           f"127.0.0.1:{port}", "--fleet-api-address", "127.0.0.1:0",
-                           "--database", str(tmp_path / "s.db"))
+        code, output = run(
+            "superlink",
+            "--insecure",
+            "--driver-api-address",
+            f"127.0.0.1:{port}",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(tmp_path / "s.db"),
+        )
     assert code == 2
     assert_one_line_error(output, f"--driver-api-address 127.0.0.1:{port}: cannot listen")
 
 
-@pytest.mark.parametrize("command", [["superlink"], ["supernode", "client:app"],
-                                     ["serverapp", "server:app"]])
+@pytest.mark.parametrize(
+    "command", [["superlink"], ["supernode", "client:app"], ["serverapp", "server:app"]]
+)
 def test_plaintext_without_insecure_is_refused(command: list[str]) -> None:
     code, output = run(*command)
     assert code == 2
@@ -82,23 +96,45 @@ def test_plaintext_without_insecure_is_refused(command: list[str]) -> None:
 
 
 def test_malformed_node_config() -> None:
-    code, output = run("supernode", "numpy_apps:app", "--insecure", "--dir", str(APPS_DIR),
-                       "--node-config", "partition-id")
+    code, output = run(
+        "supernode",
+        "numpy_apps:app",
+        "--insecure",
+        "--dir",
+        str(APPS_DIR),
+        "--node-config",
+        "partition-id",
+    )
     assert code == 2
     assert_one_line_error(output, "--node-config", "is not key=value")
 
 
 def test_database_in_a_missing_directory(tmp_path: Path) -> None:
-    code, output = run("superlink", "--insecure", "--fleet-api-address", "127.0.0.1:0",
-                       "--driver-api-address", "127.0.0.1:0",
-                       "--database", str(tmp_path / "no" / "s.db"))
+    code, output = run(
+        "superlink",
+        "--insecure",
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--driver-api-address",
+        "127.0.0.1:0",
+        "--database",
+        str(tmp_path / "no" / "s.db"),
+    )
     assert code == 2
     assert_one_line_error(output, "does not exist")
 
 
 def test_serverapp_gives_up_when_the_superlink_is_unreachable() -> None:
-    code, output = run("serverapp", "numpy_apps:server_app", "--insecure", "--dir",
-                       str(APPS_DIR), "--superlink", f"127.0.0.1:{free_port()}",
-                       "--connect-timeout", "0.3")
+    code, output = run(
+        "serverapp",
+        "numpy_apps:server_app",
+        "--insecure",
+        "--dir",
+        str(APPS_DIR),
+        "--superlink",
+        f"127.0.0.1:{free_port()}",
+        "--connect-timeout",
+        "0.3",
+    )
     assert code == 1
     assert_one_line_error(output, "did not answer within 0.3 s")

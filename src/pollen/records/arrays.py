@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def read_specs(buffer: Buffer) -> tuple[int, list[ArraySpec]]:
             )
             for e in header["arrays"]
         ]
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
         raise RecordError(f"arrays blob header is not valid: {exc}") from exc
     start = _LEN.size + header_len
     for index, spec in enumerate(specs):
@@ -122,10 +123,11 @@ def read_specs(buffer: Buffer) -> tuple[int, list[ArraySpec]]:
 def _check_spec(index: int, spec: ArraySpec, data_size: int) -> None:
     try:
         dtype = np.dtype(spec.dtype)
-    except TypeError as exc:
+    except (TypeError, ValueError, SyntaxError) as exc:
         raise RecordError(f"array {index} has an unknown dtype {spec.dtype!r}") from exc
     _check_dtype(index, dtype)
-    count = int(np.prod(spec.shape, dtype=np.int64)) if spec.shape else 1
+    # Python integers: a hostile shape must not wrap around as int64 would.
+    count = math.prod(spec.shape)
     if min(spec.shape, default=0) < 0 or count * dtype.itemsize != spec.nbytes:
         raise RecordError(f"array {index}: shape {spec.shape} does not match {spec.nbytes} bytes")
     if spec.offset < 0 or spec.offset + spec.nbytes > data_size:

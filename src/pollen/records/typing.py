@@ -58,10 +58,13 @@ def parameters_to_ndarrays(parameters: Parameters) -> NDArrays:
 
 def to_scalar(key: str, value: object) -> Scalar:
     """``value`` as a `Scalar`; numpy scalars become Python ones, others are refused."""
-    if isinstance(value, bool | int | float | str | bytes):
+    # numpy scalars first: np.float64 and np.str_ are also float and str instances
+    if isinstance(value, np.generic):
+        item = value.item()
+        if isinstance(item, bool | int | float | str | bytes):
+            return item
+    elif isinstance(value, bool | int | float | str | bytes):
         return value
-    if isinstance(value, np.generic) and isinstance(value.item(), bool | int | float):
-        return value.item()  # type: ignore[no-any-return]
     raise RecordError(
         f"value of {key!r} is a {type(value).__name__}; use bool, int, float, str or bytes"
     )

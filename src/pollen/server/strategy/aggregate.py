@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,10 @@ from pollen.records.typing import Metrics, NDArrays, Scalar
 def _shapes(arrays: Sequence[np.ndarray]) -> str:
     text = ", ".join(str(tuple(a.shape)) for a in arrays[:6])
     return text + (", ..." if len(arrays) > 6 else "")
+
+
+def _accumulator_dtype(dtype: np.dtype[Any]) -> type[np.generic]:
+    return np.complex128 if dtype.kind == "c" else np.float64
 
 
 class RunningWeightedMean:
@@ -29,7 +34,7 @@ class RunningWeightedMean:
         self.count = 0
 
     def check(self, arrays: NDArrays) -> None:
-        """Refuse arrays that do not match the global model's count and shapes."""
+        """Refuse arrays that do not match the global model's count, shapes and kinds."""
         expected = [shape for shape, _ in self._reference]
         got = [tuple(a.shape) for a in arrays]
         if got != expected:
@@ -37,6 +42,11 @@ class RunningWeightedMean:
                 f"returned {len(arrays)} arrays with shapes {_shapes(arrays)}; the global model "
                 f"has {len(expected)} arrays with shapes {', '.join(map(str, expected[:6]))}"
             )
+        for index, (array, (_, dtype)) in enumerate(zip(arrays, self._reference, strict=True)):
+            if not np.can_cast(array.dtype, _accumulator_dtype(dtype), "same_kind"):
+                raise RecordError(
+                    f"array {index} has dtype {array.dtype}; the global model's is {dtype}"
+                )
 
     def add(self, arrays: NDArrays, weight: int) -> None:
         self.check(arrays)
@@ -44,8 +54,7 @@ class RunningWeightedMean:
             raise RecordError("reported 0 training examples, so its update cannot be weighted")
         if self._sums is None:
             self._sums = [
-                np.zeros(shape, np.complex128 if dtype.kind == "c" else np.float64)
-                for shape, dtype in self._reference
+                np.zeros(shape, _accumulator_dtype(dtype)) for shape, dtype in self._reference
             ]
         for total, array in zip(self._sums, arrays, strict=True):
             total += np.multiply(array, weight, dtype=total.dtype)
