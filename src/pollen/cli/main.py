@@ -10,6 +10,7 @@ import click
 
 from pollen import __version__
 from pollen.cli.demo_cmd import demo
+from pollen.cli.keys_cmd import keys
 from pollen.cli.serverapp_cmd import serverapp
 from pollen.cli.superlink_cmd import superlink
 from pollen.cli.supernode_cmd import supernode
@@ -47,8 +48,11 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(superlink)
 cli.add_command(supernode)
+cli.add_command(supernode, name="client-app")
 cli.add_command(serverapp)
+cli.add_command(serverapp, name="server-app")
 cli.add_command(demo)
+cli.add_command(keys)
 
 
 def main() -> None:

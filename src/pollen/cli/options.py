@@ -8,13 +8,11 @@ from typing import Any, TypeVar
 
 import click
 
-from pollen.errors import ConfigurationError
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def app_options(api: str, default_address: str) -> Callable[[F], F]:
-    """APP argument, --insecure, --superlink and --dir: how an app finds its code and SuperLink."""
+    """APP, --insecure, --superlink/--server, --dir, --root-certificates, --auth-private-key."""
 
     def decorate(command: F) -> F:
         for option in reversed(
@@ -23,6 +21,7 @@ def app_options(api: str, default_address: str) -> Callable[[F], F]:
                 click.option("--insecure", is_flag=True, help="Connect without TLS."),
                 click.option(
                     "--superlink",
+                    "--server",
                     "superlink_address",
                     default=default_address,
                     show_default=True,
@@ -36,18 +35,19 @@ def app_options(api: str, default_address: str) -> Callable[[F], F]:
                     show_default=True,
                     help="Folder holding the app's module.",
                 ),
+                click.option(
+                    "--root-certificates",
+                    type=click.Path(path_type=Path),
+                    help="CA certificate (ca.crt) to verify the SuperLink's TLS certificate.",
+                ),
+                click.option(
+                    "--auth-private-key",
+                    type=click.Path(path_type=Path),
+                    help="Private key to authenticate with (the public key is derived from it).",
+                ),
             ]
         ):
             command = option(command)
         return command
 
     return decorate
-
-
-def require_insecure(insecure: bool) -> None:
-    """Plaintext must be asked for explicitly."""
-    if not insecure:
-        raise ConfigurationError(
-            "refusing to use plaintext connections without --insecure; pass --insecure "
-            "to run without TLS (for a trusted network or local testing only)"
-        )

@@ -10,7 +10,8 @@ import click
 
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
-from pollen.cli.options import app_options, require_insecure
+from pollen.cli.options import app_options
+from pollen.cli.security_options import client_credentials, client_identity
 from pollen.errors import RunError
 from pollen.records.config_string import parse_config_string
 from pollen.server.run import ServerAppConfig, run_server_app
@@ -40,13 +41,21 @@ def serverapp(
     insecure: bool,
     superlink_address: str,
     directory: Path,
+    root_certificates: Path | None,
+    auth_private_key: Path | None,
     run_config: str,
     output_dir: Path,
     connect_timeout: float,
 ) -> None:
-    """Run APP (e.g. server:app) as one run on the SuperLink's connected nodes."""
-    require_insecure(insecure)
+    """Run APP (e.g. server:app) as one run on the SuperLink's connected nodes.
+
+    Also spelled `pollen server-app`. --auth-private-key is the operator key for a
+    Driver API started with --operator-keys.
+    """
+    credentials = client_credentials(insecure, root_certificates)
     config = ServerAppConfig(
+        credentials=credentials,
+        identity=client_identity(auth_private_key, tls=credentials is not None),
         superlink=parse_address(superlink_address, "--superlink"),
         app_name=app,
         run_config=parse_config_string(run_config, "--run-config"),

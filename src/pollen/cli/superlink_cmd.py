@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pollen.cli.lifecycle import run_until_signalled
-from pollen.cli.options import require_insecure
+from pollen.cli.security_options import server_security
 from pollen.superlink.server import (
     DEFAULT_DATABASE,
     DEFAULT_DRIVER_ADDRESS,
@@ -18,9 +18,39 @@ from pollen.superlink.server import (
 )
 from pollen.transport.addresses import parse_address
 
+PATH = click.Path(path_type=Path)
+
 
 @click.command()
 @click.option("--insecure", is_flag=True, help="Accept plaintext connections (no TLS).")
+@click.option(
+    "--certificates",
+    type=(PATH, PATH, PATH),
+    default=None,
+    metavar="CA CERT KEY",
+    help="TLS: CA certificate, server certificate and its key (certificates/ca.crt ...).",
+)
+@click.option("--ssl-ca-certfile", type=PATH, help="TLS CA certificate (long form).")
+@click.option("--ssl-certfile", type=PATH, help="TLS server certificate (long form).")
+@click.option("--ssl-keyfile", type=PATH, help="TLS server key (long form).")
+@click.option(
+    "--require-client-authentication",
+    type=(PATH, PATH, PATH),
+    default=None,
+    metavar="CSV PRIVATE PUBLIC",
+    help="Admit only SuperNodes whose keys are in CSV; PRIVATE/PUBLIC: the SuperLink's key pair.",
+)
+@click.option("--auth-list-public-keys", type=PATH, help="Allow-list of node keys (long form).")
+@click.option(
+    "--auth-superlink-private-key",
+    type=PATH,
+    help="The SuperLink's private key, which signs each session (long form).",
+)
+@click.option(
+    "--operator-keys",
+    type=PATH,
+    help="Allow-list of ServerApp operator keys; required for a non-loopback Driver API.",
+)
 @click.option(
     "--fleet-api-address",
     default=str(DEFAULT_FLEET_ADDRESS),
@@ -53,9 +83,29 @@ def superlink(
     driver_api_address: str,
     database: Path,
     heartbeat_interval: float,
+    certificates: tuple[Path, Path, Path] | None,
+    ssl_ca_certfile: Path | None,
+    ssl_certfile: Path | None,
+    ssl_keyfile: Path | None,
+    require_client_authentication: tuple[Path, Path, Path] | None,
+    auth_list_public_keys: Path | None,
+    auth_superlink_private_key: Path | None,
+    operator_keys: Path | None,
 ) -> None:
-    """Run the SuperLink: Fleet API for SuperNodes, Driver API for ServerApps."""
-    require_insecure(insecure)
+    """Run the SuperLink: Fleet API for SuperNodes, Driver API for ServerApps.
+
+    The allow-list files are watched: keys added join within seconds, keys removed
+    are cut off, open streams included.
+    """
+    security = server_security(
+        insecure,
+        certificates,
+        (ssl_ca_certfile, ssl_certfile, ssl_keyfile),
+        require_client_authentication,
+        auth_list_public_keys,
+        auth_superlink_private_key,
+        operator_keys,
+    )
     if database == DEFAULT_DATABASE:
         database.parent.mkdir(parents=True, exist_ok=True)
     config = SuperLinkConfig(
@@ -63,6 +113,7 @@ def superlink(
         fleet_address=parse_address(fleet_api_address, "--fleet-api-address"),
         driver_address=parse_address(driver_api_address, "--driver-api-address"),
         heartbeat_interval=heartbeat_interval,
+        security=security,
     )
 
     async def serve(stop: asyncio.Event) -> None:

@@ -18,6 +18,12 @@ from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import iter_chunks, receive_blob
 from pollen.transport.channels import open_channel
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
+from pollen.transport.request_signing import (
+    ClientIdentity,
+    SessionHolder,
+    open_session,
+    request_signers,
+)
 
 
 class DriverClient:
@@ -34,16 +40,29 @@ class DriverClient:
         address: Address,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 30.0,
+        identity: ClientIdentity | None = None,
     ) -> DriverClient:
-        """Connect, waiting up to ``timeout`` seconds for the SuperLink to answer."""
-        channel = open_channel(address, credentials)
+        """Connect, waiting up to ``timeout`` seconds for the SuperLink to answer.
+
+        With an ``identity`` (operator key), join the Driver API's session first.
+        """
+        holder = SessionHolder()
+        channel = open_channel(address, credentials, request_signers(holder) if identity else [])
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
+            if identity is not None:
+                await open_session(channel, identity, "driver", holder)
         except TimeoutError:
             await channel.close()
             raise ConnectionFailed(
                 f"SuperLink Driver API at {address} did not answer within {timeout:g} s; "
                 "start it with `pollen superlink` or check --superlink"
+                + (" and --root-certificates" if credentials else "")
+            ) from None
+        except grpc.aio.AioRpcError as exc:
+            await channel.close()
+            raise ConnectionFailed(
+                f"SuperLink Driver API at {address} refused the operator key: {exc.details()}"
             ) from None
         return cls(channel, address)
 

@@ -17,6 +17,7 @@ from pollen.server.outputs import write_outputs
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
+from pollen.transport.request_signing import ClientIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,14 @@ class ServerAppConfig:
     output_root: Path = Path(".pollen") / "runs"
     connect_timeout: float = 30.0
     credentials: grpc.ChannelCredentials | None = None
+    identity: ClientIdentity | None = None
+    """The operator key, for a Driver API that requires one."""
 
 
 async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOutcome, Path]:
     """Create a run, drive its rounds, write its outputs; the run is marked failed on error."""
     driver = await DriverClient.connect(
-        config.superlink, config.credentials, config.connect_timeout
+        config.superlink, config.credentials, config.connect_timeout, config.identity
     )
     try:
         return await _drive(app, config, driver)

@@ -89,6 +89,12 @@ class Dispatcher:
             subscription.close("the node unregistered")
         self.fail_open_tasks(node_id, f"node {node_id} unregistered")
 
+    def disconnect(self, node_id: int, reason: str) -> None:
+        """Close ``node_id``'s open stream (its key was revoked or replaced)."""
+        subscription = self._subscriptions.get(node_id)
+        if subscription is not None:
+            subscription.close(reason)
+
     def heartbeat(self, node_id: int) -> None:
         self._last_seen[node_id] = self.clock()
 

@@ -13,6 +13,7 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto import fleet_pb2_grpc
+from pollen.superlink.auth_interceptor import current_session
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
@@ -23,14 +24,37 @@ logger = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+def _new_node_id() -> int:
+    return secrets.randbits(53) or 1
+
+
 class FleetService(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore, heartbeat_interval: float):
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        blobs: BlobStore,
+        heartbeat_interval: float,
+        authenticated: bool = False,
+    ) -> None:
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
         self._heartbeat_interval = heartbeat_interval
+        self._authenticated = authenticated
 
     async def _known_node(self, node_id: int, context: Context) -> None:
+        """The request's node exists and, with authentication, is the caller's own."""
+        if self._authenticated:
+            session = current_session.get()
+            if session is None or not session.node_id:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, "register this session first"
+                )
+            if node_id != session.node_id:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"node {session.node_id} cannot act for node {node_id}",
+                )
         node = self._state.get_node(node_id)
         if node is None or node.status == "left":
             await context.abort(
@@ -40,13 +64,22 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def RegisterNode(
         self, request: fpb.RegisterNodeRequest, context: Context
     ) -> fpb.RegisterNodeReply:
-        node_id = request.previous_node_id
-        node = self._state.get_node(node_id) if node_id else None
-        if node is None or node.status == "left":
-            node_id = secrets.randbits(53) or 1
-        self._state.add_node(node_id, self._dispatcher.clock())
+        node_id, fingerprint = self._node_id_for(request)
+        self._state.add_node(node_id, self._dispatcher.clock(), fingerprint)
         logger.info("node %d registered from %s", node_id, context.peer())
         return fpb.RegisterNodeReply(node_id=node_id, heartbeat_interval=self._heartbeat_interval)
+
+    def _node_id_for(self, request: fpb.RegisterNodeRequest) -> tuple[int, str | None]:
+        """With authentication the key decides the node id; without, the node's memory does."""
+        session = current_session.get() if self._authenticated else None
+        if session is not None:
+            node_id = self._state.node_for_key(session.fingerprint) or _new_node_id()
+            session.node_id = node_id
+            return node_id, session.fingerprint
+        node = self._state.get_node(request.previous_node_id) if request.previous_node_id else None
+        if node is None or node.status == "left":
+            return _new_node_id(), None
+        return node.node_id, None
 
     async def Subscribe(
         self, request: fpb.SubscribeRequest, context: Context
@@ -102,8 +135,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def GetRun(self, request: fpb.GetRunRequest, context: Context) -> fpb.GetRunReply:
         await self._known_node(request.node_id, context)
         run = self._state.get_run(request.run_id)
-        if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
+        if run is None or not self._state.node_has_run(request.node_id, request.run_id):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"run {request.run_id} does not exist or has no task for node {request.node_id}",
+            )
         return fpb.GetRunReply(run=run_to_proto(run))
 
     async def UploadBlob(
@@ -117,5 +153,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self, request: pb.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[pb.BlobChunk]:
         await self._known_node(request.node_id, context)
+        if not self._state.node_can_read_blob(request.node_id, request.digest):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"blob {request.digest[:12]} is not part of a task of node {request.node_id}",
+            )
         async for chunk in send_download(request, self._blobs, context):
             yield chunk

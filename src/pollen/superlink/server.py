@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
+from pollen.superlink.audit import Audit
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
+from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
+from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
@@ -30,15 +33,14 @@ DEFAULT_DATABASE = Path(".pollen") / "superlink.db"
 
 @dataclass
 class SuperLinkConfig:
-    """Where a SuperLink listens and keeps its state."""
+    """Where a SuperLink listens, keeps its state, and whom it admits."""
 
     database: Path = DEFAULT_DATABASE
     fleet_address: Address = DEFAULT_FLEET_ADDRESS
     driver_address: Address = DEFAULT_DRIVER_ADDRESS
     heartbeat_interval: float = 5.0
     """Seconds between node heartbeats; a node silent for 3 intervals is offline."""
-    fleet_credentials: grpc.ServerCredentials | None = None
-    driver_credentials: grpc.ServerCredentials | None = None
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     clock: Clock = field(default=time.time)
 
     @property
@@ -54,6 +56,8 @@ class SuperLink:
     driver_port: int
     dispatcher: Dispatcher
     blobs: BlobStore
+    fleet_guard: ApiGuard | None = None
+    driver_guard: ApiGuard | None = None
 
 
 async def _watch_heartbeats(dispatcher: Dispatcher, interval: float) -> None:
@@ -62,44 +66,98 @@ async def _watch_heartbeats(dispatcher: Dispatcher, interval: float) -> None:
         dispatcher.close_stale(3 * interval)
 
 
+def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:
+    """What happens to a node whose key is revoked: its stream closes, its tasks fail."""
+
+    def revoke(session: Session | None, fingerprint: str) -> None:
+        node_id = session.node_id if session else dispatcher.state.node_for_key(fingerprint)
+        if node_id:
+            dispatcher.disconnect(node_id, f"key {fingerprint} revoked")
+
+    return revoke
+
+
+def _guards(config: SuperLinkConfig, audit: Audit) -> tuple[ApiGuard | None, ApiGuard | None]:
+    security = config.security
+    security.check(config.fleet_address, config.driver_address)
+    fleet = driver = None
+    if security.client_keys is not None:
+        fleet = make_guard("fleet", security.client_keys, security, audit, config.clock)
+    if security.operator_keys is not None:
+        driver = make_guard("driver", security.operator_keys, security, audit, config.clock)
+    return fleet, driver
+
+
+def _credentials(config: SuperLinkConfig, address: Address) -> grpc.ServerCredentials | None:
+    tls = config.security.tls
+    return tls.credentials([address.host]) if tls is not None else None
+
+
 @contextlib.asynccontextmanager
 async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     """Run a SuperLink for the duration of the ``async with`` block."""
+    fleet_credentials = _credentials(config, config.fleet_address)
+    driver_credentials = _credentials(config, config.driver_address)
     state = SqliteState(config.database)
-    blobs = BlobStore(config.blob_dir)
-    dispatcher = Dispatcher(state, config.clock)
-    fleet = new_server()
-    driver = new_server()
+    try:
+        blobs = BlobStore(config.blob_dir)
+        dispatcher = Dispatcher(state, config.clock)
+        fleet_guard, driver_guard = _guards(config, Audit(state, config.clock))
+    except BaseException:
+        state.close()
+        raise
+    fleet = new_server([fleet_guard.interceptor] if fleet_guard else [])
+    driver = new_server([driver_guard.interceptor] if driver_guard else [])
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
-            FleetService(dispatcher, blobs, config.heartbeat_interval), fleet
+            FleetService(dispatcher, blobs, config.heartbeat_interval, fleet_guard is not None),
+            fleet,
         )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             DriverService(dispatcher, blobs), driver
         )
-        fleet_port = bind(
-            fleet, config.fleet_address, "--fleet-api-address", config.fleet_credentials
-        )
+        revoke = _cut_off(dispatcher)
+        if fleet_guard is not None:
+            fleet_guard.add_service(fleet, lambda old: revoke(old, old.fingerprint))
+        if driver_guard is not None:
+            driver_guard.add_service(driver)
+        fleet_port = bind(fleet, config.fleet_address, "--fleet-api-address", fleet_credentials)
         driver_port = bind(
-            driver, config.driver_address, "--driver-api-address", config.driver_credentials
+            driver, config.driver_address, "--driver-api-address", driver_credentials
         )
         await fleet.start()
         await driver.start()
         logger.info(
-            "SuperLink listening: Fleet API %s:%d, Driver API %s:%d, state %s",
+            "SuperLink listening: Fleet API %s:%d, Driver API %s:%d, state %s (%s)",
             config.fleet_address.host,
             fleet_port,
             config.driver_address.host,
             driver_port,
             config.database,
+            _describe_security(config),
         )
-        watcher = asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval))
+        watched = [(g, revoke) for g in (fleet_guard, driver_guard) if g is not None]
+        background = [
+            asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval)),
+            asyncio.create_task(watch_allowlists(watched)),
+        ]
         try:
-            yield SuperLink(fleet_port, driver_port, dispatcher, blobs)
+            yield SuperLink(fleet_port, driver_port, dispatcher, blobs, fleet_guard, driver_guard)
         finally:
-            watcher.cancel()
+            for task in background:
+                task.cancel()
             dispatcher.close_all()
     finally:
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
         state.close()
         logger.info("SuperLink stopped")
+
+
+def _describe_security(config: SuperLinkConfig) -> str:
+    security = config.security
+    parts = ["TLS" if security.tls else "plaintext"]
+    if security.client_keys:
+        parts.append("client authentication")
+    if security.operator_keys:
+        parts.append("operator authentication")
+    return ", ".join(parts)

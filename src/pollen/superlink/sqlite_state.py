@@ -11,7 +11,7 @@ from pollen.errors import ConfigurationError
 from pollen.records.config_json import config_from_json, config_to_json
 from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import UserConfig
-from pollen.superlink.state import NodeRecord, NodeStatus
+from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
 
 SCHEMA_VERSION = 1
 
@@ -20,7 +20,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id INTEGER PRIMARY KEY,
     status TEXT NOT NULL,
     registered_at REAL NOT NULL,
-    last_seen REAL NOT NULL
+    last_seen REAL NOT NULL,
+    key_fingerprint TEXT UNIQUE
 );
 CREATE TABLE IF NOT EXISTS runs (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -55,6 +56,16 @@ CREATE TABLE IF NOT EXISTS results (
     metrics TEXT NOT NULL,
     error TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_digest ON tasks(parameters_digest);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    api TEXT NOT NULL,
+    event TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    reason TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
@@ -103,18 +114,22 @@ class SqliteState:
         return cast(list[sqlite3.Row], cursor.fetchall())
 
     # nodes
-    def add_node(self, node_id: int, now: float) -> None:
+    def add_node(self, node_id: int, now: float, key_fingerprint: str | None = None) -> None:
         self._db.execute(
-            "INSERT INTO nodes VALUES (?, 'online', ?, ?) ON CONFLICT(node_id) "
+            "INSERT INTO nodes VALUES (?, 'online', ?, ?, ?) ON CONFLICT(node_id) "
             "DO UPDATE SET status='online', last_seen=excluded.last_seen",
-            (node_id, now, now),
+            (node_id, now, now, key_fingerprint),
         )
+
+    def node_for_key(self, key_fingerprint: str) -> int | None:
+        rows = self._rows("SELECT node_id FROM nodes WHERE key_fingerprint=?", key_fingerprint)
+        return int(rows[0][0]) if rows else None
 
     def get_node(self, node_id: int) -> NodeRecord | None:
         rows = self._rows("SELECT * FROM nodes WHERE node_id=?", node_id)
         if not rows:
             return None
-        node_id_, status, registered_at, last_seen = rows[0]
+        node_id_, status, registered_at, last_seen, _ = rows[0]
         return NodeRecord(node_id_, status, registered_at, last_seen)
 
     def set_node_status(self, node_id: int, status: NodeStatus, now: float) -> None:
@@ -268,6 +283,34 @@ class SqliteState:
                     )
                 )
         return results
+
+    def node_has_run(self, node_id: int, run_id: int) -> bool:
+        return bool(
+            self._rows("SELECT 1 FROM tasks WHERE node_id=? AND run_id=? LIMIT 1", node_id, run_id)
+        )
+
+    def node_can_read_blob(self, node_id: int, digest: str) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 FROM tasks WHERE node_id=? AND parameters_digest=? LIMIT 1",
+                node_id,
+                digest,
+            )
+        )
+
+    # audit
+    def add_audit(self, event: AuditEvent) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, api, event, fingerprint, peer, reason) VALUES (?,?,?,?,?,?)",
+            (event.at, event.api, event.event, event.fingerprint, event.peer, event.reason),
+        )
+
+    def list_audit(self, limit: int = 1000) -> list[AuditEvent]:
+        rows = self._rows(
+            "SELECT at, api, event, fingerprint, peer, reason FROM audit ORDER BY id DESC LIMIT ?",
+            limit,
+        )
+        return [AuditEvent(*row) for row in reversed(rows)]
 
     # blobs
     def add_blob(self, digest: str, size: int, now: float) -> None:

@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 import grpc
 
 from pollen.client.client_app import ClientApp
+from pollen.errors import PollenError
 from pollen.records.typing import UserConfig
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.task_runner import TaskRunner
 from pollen.transport.addresses import Address
 from pollen.transport.backoff import Backoff
 from pollen.transport.channels import open_channel
+from pollen.transport.request_signing import (
+    ClientIdentity,
+    SessionHolder,
+    open_session,
+    request_signers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +35,13 @@ class SuperNodeConfig:
     superlink: Address
     node_config: UserConfig = field(default_factory=dict)
     credentials: grpc.ChannelCredentials | None = None
+    identity: ClientIdentity | None = None
+    """The node's key pair; required by a SuperLink with client authentication."""
     max_backoff: float = 10.0
+
+
+class JoinRefused(PollenError):
+    """The SuperLink refused this node's key: retrying would not help."""
 
 
 async def _heartbeat(fleet: FleetClient) -> None:
@@ -36,8 +50,26 @@ async def _heartbeat(fleet: FleetClient) -> None:
         await fleet.heartbeat()
 
 
-async def _serve(fleet: FleetClient, runner: TaskRunner, previous_node_id: int) -> None:
-    """Register (or re-register) and run tasks until the stream ends."""
+async def _join(channel: grpc.aio.Channel, config: SuperNodeConfig, holder: SessionHolder) -> None:
+    """Prove the node's key to the SuperLink; a refusal ends the node."""
+    if config.identity is None:
+        return
+    try:
+        await open_session(channel, config.identity, "fleet", holder)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            raise JoinRefused(
+                f"the SuperLink at {config.superlink} refused this node: {exc.details()}; "
+                "ask its operator to add the node's public key to the allow-list"
+            ) from None
+        raise
+
+
+async def _serve(
+    fleet: FleetClient, runner: TaskRunner, previous_node_id: int, join: Awaitable[None]
+) -> None:
+    """Join, register (or re-register) and run tasks until the stream ends."""
+    await join
     node_id = await fleet.register(previous_node_id)
     logger.info("connected as node %d", node_id)
     heartbeat = asyncio.create_task(_heartbeat(fleet))
@@ -59,9 +91,12 @@ async def run_supernode(
     backoff = Backoff(maximum=config.max_backoff)
     node_id = 0
     while not stop.is_set():
-        async with open_channel(config.superlink, config.credentials) as channel:
+        holder = SessionHolder()
+        interceptors = request_signers(holder) if config.identity else []
+        async with open_channel(config.superlink, config.credentials, interceptors) as channel:
             fleet = FleetClient(channel)
-            serving = asyncio.create_task(_serve(fleet, runner, node_id))
+            join = _join(channel, config, holder)
+            serving = asyncio.create_task(_serve(fleet, runner, node_id, join))
             stopping = asyncio.create_task(stop.wait())
             try:
                 await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -75,6 +110,8 @@ async def run_supernode(
                 await _leave(fleet, serving)
                 return
             error = serving.exception()
+            if isinstance(error, PollenError):
+                raise error
             if fleet.node_id:  # this attempt got through: start backing off afresh
                 backoff.reset()
             delay = backoff.next_delay()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from pollen.errors import ConfigurationError
@@ -29,18 +31,20 @@ _SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 def open_channel(
-    address: Address, credentials: grpc.ChannelCredentials | None = None
+    address: Address,
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """An asynchronous channel to ``address``; plaintext when ``credentials`` is None."""
     target = str(address)
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=_OPTIONS)
-    return grpc.aio.secure_channel(target, credentials, options=_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=_OPTIONS, interceptors=interceptors)
 
 
-def new_server() -> grpc.aio.Server:
+def new_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
     """An asynchronous gRPC server with Pollen's message limits."""
-    return grpc.aio.server(options=_SERVER_OPTIONS)
+    return grpc.aio.server(options=_SERVER_OPTIONS, interceptors=interceptors)
 
 
 def bind(

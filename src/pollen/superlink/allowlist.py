@@ -1,0 +1,84 @@
+"""The allow-list: the public keys that may join, read from a file and reloaded when it changes.
+
+Two layouts are accepted, mixed freely: the seed's ``client_public_keys.csv``
+(keys on one line, comma-separated) and one key per line, with ``#`` comments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pollen.errors import ConfigurationError
+from pollen.transport import keys
+
+logger = logging.getLogger(__name__)
+
+
+def parse_allowlist(text: str, path: Path) -> dict[str, keys.PublicKey]:
+    """Keys by fingerprint; errors name the file and the line."""
+    allowed: dict[str, keys.PublicKey] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        content = line.split("#", 1)[0].strip()
+        for item in (part.strip() for part in content.split(",")):
+            if item:
+                key = keys.parse_public_key(item, f"{path} line {number}")
+                allowed[keys.fingerprint(key)] = key
+    return allowed
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+@dataclass
+class AllowList:
+    """The keys of one file, as last read successfully."""
+
+    path: Path
+    keys: dict[str, keys.PublicKey] = field(default_factory=dict)
+    _seen: tuple[int, int, int] | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> AllowList:
+        """Read ``path``; a missing or malformed file is a `ConfigurationError`."""
+        allowlist = cls(path)
+        signature = _signature(path)
+        if signature is None:
+            raise ConfigurationError(f"{path}: allow-list file not found")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigurationError(f"{path}: cannot read the allow-list ({exc})") from None
+        allowlist.keys = parse_allowlist(text, path)
+        allowlist._seen = signature
+        return allowlist
+
+    def __contains__(self, fingerprint: str) -> bool:
+        return fingerprint in self.keys
+
+    def reload_if_changed(self) -> tuple[set[str], set[str]] | None:
+        """Re-read the file if it changed; return (added, removed) fingerprints, or None.
+
+        A file that is now malformed or gone keeps the previous keys in force
+        (a typo must not lock every node out) and is logged as an error.
+        """
+        signature = _signature(self.path)
+        if signature == self._seen:
+            return None
+        self._seen = signature
+        try:
+            fresh = AllowList.load(self.path).keys
+        except ConfigurationError as exc:
+            logger.error("allow-list not reloaded, previous keys stay in force: %s", exc)
+            return None
+        added = set(fresh) - set(self.keys)
+        removed = set(self.keys) - set(fresh)
+        self.keys = fresh
+        return added, removed

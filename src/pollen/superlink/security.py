@@ -1,0 +1,121 @@
+"""The SuperLink's security settings: TLS, who may join each API, and live key revocation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from pollen.errors import ConfigurationError
+from pollen.proto import auth_pb2_grpc
+from pollen.superlink.allowlist import AllowList
+from pollen.superlink.audit import Audit
+from pollen.superlink.auth_interceptor import AuthInterceptor
+from pollen.superlink.auth_service import AuthService, AuthSettings
+from pollen.superlink.rate_limit import FailureLimiter
+from pollen.superlink.sessions import Session, SessionStore
+from pollen.transport import keys
+from pollen.transport.addresses import Address
+from pollen.transport.tls import ServerTls
+
+logger = logging.getLogger(__name__)
+
+RELOAD_SECONDS = 0.5
+"""How often allow-list files are checked for changes."""
+
+
+@dataclass
+class SecurityConfig:
+    """TLS certificates, the node allow-list, the SuperLink's key pair, the operator keys."""
+
+    tls: ServerTls | None = None
+    client_keys: Path | None = None
+    server_key: keys.PrivateKey | None = None
+    operator_keys: Path | None = None
+    max_failures: int = 5
+    failure_window: float = 60.0
+
+    def check(self, fleet: Address, driver: Address) -> None:
+        """Refuse combinations that would leave a hole, saying why."""
+        if self.client_keys is not None and self.tls is None:
+            raise ConfigurationError(
+                "client authentication needs TLS: without it the session handshake and every "
+                "request could be read and tampered with; add --certificates CA CERT KEY"
+            )
+        if self.operator_keys is not None and self.tls is None:
+            raise ConfigurationError("--operator-keys needs TLS; add --certificates CA CERT KEY")
+        if not driver.is_loopback and self.operator_keys is None:
+            raise ConfigurationError(
+                f"--driver-api-address {driver} is reachable from other machines; anyone there "
+                "could start runs. Keep it on 127.0.0.1 or require --operator-keys CSV"
+            )
+
+
+@dataclass
+class ApiGuard:
+    """Authentication of one API: its allow-list, sessions and gRPC pieces."""
+
+    settings: AuthSettings
+
+    @property
+    def interceptor(self) -> AuthInterceptor:
+        return AuthInterceptor(self.settings.sessions)
+
+    def add_service(
+        self, server: grpc.aio.Server, on_displaced: Callable[[Session], None] | None = None
+    ) -> None:
+        auth_pb2_grpc.add_AuthServicer_to_server(  # type: ignore[no-untyped-call]
+            AuthService(self.settings, on_displaced), server
+        )
+
+    def reload(self, on_revoked: Callable[[Session | None, str], None]) -> None:
+        """Apply changes of the allow-list file: added keys may join, removed ones are cut off."""
+        changes = self.settings.allowlist.reload_if_changed()
+        if changes is None:
+            return
+        added, removed = changes
+        for fingerprint in sorted(added):
+            self.settings.audit.record(self.settings.api, "key-added", fingerprint, "allow-list")
+        for fingerprint in sorted(removed):
+            session = self.settings.sessions.revoke(fingerprint)
+            self.settings.audit.record(
+                self.settings.api,
+                "revoke",
+                fingerprint,
+                session.peer if session else "-",
+                "key removed from the allow-list",
+            )
+            on_revoked(session, fingerprint)
+
+
+def make_guard(
+    api: str,
+    allowlist_path: Path,
+    config: SecurityConfig,
+    audit: Audit,
+    clock: Callable[[], float] = time.time,
+) -> ApiGuard:
+    settings = AuthSettings(
+        api=api,
+        allowlist=AllowList.load(allowlist_path),
+        sessions=SessionStore(clock),
+        limiter=FailureLimiter(config.max_failures, config.failure_window, clock),
+        audit=audit,
+        server_key=config.server_key,
+    )
+    logger.info("%s API: %d keys allowed (%s)", api, len(settings.allowlist.keys), allowlist_path)
+    return ApiGuard(settings)
+
+
+async def watch_allowlists(
+    guards: list[tuple[ApiGuard, Callable[[Session | None, str], None]]],
+) -> None:
+    while True:
+        await asyncio.sleep(RELOAD_SECONDS)
+        for guard, on_revoked in guards:
+            guard.reload(on_revoked)

@@ -1,0 +1,119 @@
+"""Authenticated sessions: one-time challenges, session keys, replay protection."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from pollen.transport.session_crypto import (
+    META_MAC,
+    META_NONCE,
+    META_SESSION,
+    META_TIMESTAMP,
+    WINDOW_SECONDS,
+    request_mac,
+)
+
+CHALLENGE_SECONDS = 30.0
+
+
+@dataclass(eq=False)
+class Session:
+    """One joined client: its key, the derived MAC key and the nonces it has used."""
+
+    session_id: bytes
+    key: bytes
+    fingerprint: str
+    peer: str
+    node_id: int = 0
+    nonces: dict[str, float] = field(default_factory=dict)
+
+
+class RequestRejected(Exception):
+    """A request failed authentication; the message says why (logged, not sent in full)."""
+
+
+class SessionStore:
+    """Sessions of one API (Fleet or Driver). A newer session of a key replaces the older."""
+
+    def __init__(self, clock: Callable[[], float], window: float = WINDOW_SECONDS) -> None:
+        self.clock = clock
+        self.window = window
+        self._challenges: dict[bytes, tuple[str, float]] = {}
+        self._sessions: dict[bytes, Session] = {}
+        self._by_key: dict[str, Session] = {}
+
+    def issue_challenge(self, fingerprint: str) -> bytes:
+        now = self.clock()
+        self._challenges = {
+            c: (fp, t) for c, (fp, t) in self._challenges.items() if now - t < CHALLENGE_SECONDS
+        }
+        challenge = secrets.token_bytes(32)
+        self._challenges[challenge] = (fingerprint, now)
+        return challenge
+
+    def take_challenge(self, challenge: bytes, fingerprint: str) -> bool:
+        """True once per challenge, if it was issued to ``fingerprint`` and is fresh."""
+        issued = self._challenges.pop(challenge, None)
+        if issued is None:
+            return False
+        return issued[0] == fingerprint and self.clock() - issued[1] < CHALLENGE_SECONDS
+
+    def open(
+        self, session_id: bytes, key: bytes, fingerprint: str, peer: str
+    ) -> tuple[Session, Session | None]:
+        """A new session for ``fingerprint``; returns it and the session it displaced."""
+        displaced = self._by_key.pop(fingerprint, None)
+        if displaced is not None:
+            self._sessions.pop(displaced.session_id, None)
+        session = Session(session_id, key, fingerprint, peer)
+        if displaced is not None:
+            session.node_id = displaced.node_id
+        self._sessions[session.session_id] = session
+        self._by_key[fingerprint] = session
+        return session, displaced
+
+    def revoke(self, fingerprint: str) -> Session | None:
+        session = self._by_key.pop(fingerprint, None)
+        if session is not None:
+            self._sessions.pop(session.session_id, None)
+        return session
+
+    def is_current(self, session: Session) -> bool:
+        return self._sessions.get(session.session_id) is session
+
+    def verify(self, method: str, metadata: Mapping[str, str], body_digest: str) -> Session:
+        """The session a request belongs to, if its MAC, timestamp and nonce hold."""
+        try:
+            session_id = bytes.fromhex(metadata[META_SESSION])
+            timestamp = metadata[META_TIMESTAMP]
+            nonce = metadata[META_NONCE]
+            mac = metadata[META_MAC]
+            sent_at = int(timestamp) / 1000
+        except (KeyError, ValueError):
+            raise RequestRejected("request is not authenticated; join first") from None
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise RequestRejected("unknown or expired session; join again")
+        expected = request_mac(session.key, method, timestamp, nonce, body_digest)
+        if not hmac.compare_digest(expected, mac):
+            raise RequestRejected("request signature does not match its method and body")
+        now = self.clock()
+        if abs(now - sent_at) > self.window:
+            raise RequestRejected(
+                f"request timestamp is {now - sent_at:+.0f} s off the SuperLink's clock "
+                f"(allowed ±{self.window:g} s); sync the clock or stop replaying"
+            )
+        self._forget_old_nonces(session, now)
+        if nonce in session.nonces:
+            raise RequestRejected("request nonce was already used (replayed request)")
+        session.nonces[nonce] = sent_at
+        return session
+
+    def _forget_old_nonces(self, session: Session, now: float) -> None:
+        # A nonce older than the window cannot pass the timestamp check any more.
+        if len(session.nonces) > 1024:
+            cutoff = now - 2 * self.window
+            session.nonces = {n: t for n, t in session.nonces.items() if t >= cutoff}

@@ -1,0 +1,75 @@
+"""The cryptography of sessions, shared by both ends.
+
+Joining: the client asks for a fresh challenge, then signs a transcript binding
+the API, its public key, the challenge and an ephemeral X25519 key with its
+private key (proof of possession). The server answers with its own ephemeral
+key and, when it has ``server_credentials``, a signature over the whole
+transcript that a client can pin. Both derive the session key by HKDF over the
+X25519 secret: it never travels, not even inside TLS.
+
+Requests: each carries the session id, a timestamp, a nonce and an HMAC-SHA256
+under the session key over method, timestamp, nonce and the body's digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+WINDOW_SECONDS = 30.0
+"""A request's timestamp must be within this many seconds of the server's clock."""
+
+AUTH_METHOD_PREFIX = "/pollen.v1.Auth/"
+META_SESSION = "pollen-session"
+META_TIMESTAMP = "pollen-timestamp"
+META_NONCE = "pollen-nonce"
+META_MAC = "pollen-mac"
+EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """What both ends hold after a join: the session id and the derived MAC key."""
+
+    session_id: bytes
+    key: bytes
+
+
+def join_transcript(
+    api: str, public_key: bytes, challenge: bytes, client_ephemeral: bytes
+) -> bytes:
+    """What the client signs to prove it holds the private key of ``public_key``."""
+    parts = [b"pollen-join-v1", api.encode(), public_key, challenge, client_ephemeral]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def server_transcript(join: bytes, server_ephemeral: bytes, session_id: bytes) -> bytes:
+    """What the server signs with ``server_credentials`` so that clients can pin it."""
+    parts = [b"pollen-accept-v1", join, server_ephemeral, session_id]
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def new_ephemeral() -> tuple[x25519.X25519PrivateKey, bytes]:
+    private = x25519.X25519PrivateKey.generate()
+    return private, private.public_key().public_bytes_raw()
+
+
+def derive_session_key(
+    private: x25519.X25519PrivateKey, peer_public: bytes, transcript: bytes
+) -> bytes:
+    """HKDF-SHA256 over the X25519 secret, bound to the whole join transcript."""
+    shared = private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
+    hkdf = HKDF(
+        hashes.SHA256(), 32, salt=hashlib.sha256(transcript).digest(), info=b"pollen-session-key-v1"
+    )
+    return hkdf.derive(shared)
+
+
+def request_mac(key: bytes, method: str, timestamp_ms: str, nonce: str, body_digest: str) -> str:
+    message = "\n".join(("pollen-request-v1", method, timestamp_ms, nonce, body_digest)).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
