@@ -29,6 +29,17 @@ def fed(tmp_path: Path) -> Iterator[LocalFederation]:
         federation.stop()
 
 
+@pytest.fixture
+def secure_fed(tmp_path: Path) -> Iterator[LocalFederation]:
+    """TLS and client authentication, credentials for two nodes."""
+    federation = LocalFederation(tmp_path / "secure", clients=2)
+    federation.start_superlink()
+    try:
+        yield federation
+    finally:
+        federation.stop()
+
+
 def run_serverapp(
     fed: LocalFederation, app: str, directory: Path, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -41,7 +52,8 @@ def run_serverapp(
     )
 
 
-def test_quickstart_trains_to_90_percent_in_five_rounds(fed: LocalFederation) -> None:
+def test_quickstart_trains_to_90_percent_in_five_rounds(secure_fed: LocalFederation) -> None:
+    fed = secure_fed
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     for partition in (0, 1):
@@ -114,3 +126,99 @@ def test_superlink_stops_gracefully_on_sigint(fed: LocalFederation) -> None:
     fed.superlink.process.send_signal(signal.SIGINT)
     assert fed.superlink.process.wait(timeout=10) == 0
     assert "SuperLink stopped" in fed.superlink.log()
+
+
+def test_the_seeds_commands_as_written_with_an_unlisted_node_refused(tmp_path: Path) -> None:
+    """keys generate, superlink --certificates/--require-client-authentication,
+    client-app --server --authentication-keys, server-app --root-certificates --server."""
+    subprocess.run(
+        pollen_command("keys", "generate", "2", "--out", str(tmp_path)),
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        pollen_command("keys", "generate", "1", "--out", str(tmp_path / "other")),
+        check=True,
+        capture_output=True,
+    )
+    certs, keys = tmp_path / "certificates", tmp_path / "keys"
+    superlink = spawn(
+        "superlink",
+        pollen_command(
+            "superlink",
+            "--certificates",
+            str(certs / "ca.crt"),
+            str(certs / "server.pem"),
+            str(certs / "server.key"),
+            "--require-client-authentication",
+            str(keys / "client_public_keys.csv"),
+            str(keys / "server_credentials"),
+            str(keys / "server_credentials.pub"),
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--driver-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(tmp_path / "s.db"),
+        ),
+        tmp_path,
+    )
+    children = [superlink]
+    try:
+        listening = wait_for_log(
+            superlink, re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)"), 30
+        )
+        fleet, driver = listening[1], listening[2]
+
+        def client_app(name: str, private: Path) -> None:
+            children.append(
+                spawn(
+                    name,
+                    pollen_command(
+                        "client-app",
+                        "numpy_apps:app",
+                        "--root-certificates",
+                        str(certs / "ca.crt"),
+                        "--server",
+                        f"127.0.0.1:{fleet}",
+                        "--dir",
+                        str(APPS_DIR),
+                        "--authentication-keys",
+                        str(private),
+                        f"{private}.pub",
+                        "--superlink-public-key",
+                        str(keys / "server_credentials.pub"),
+                    ),
+                    tmp_path,
+                )
+            )
+
+        client_app("node-1", keys / "client_credentials_1")
+        client_app("node-2", keys / "client_credentials_2")
+        client_app("intruder", tmp_path / "other" / "keys" / "client_credentials_1")
+        assert children[-1].process.wait(timeout=30) == 1
+        assert "refused this node: key is not in the allow-list" in children[-1].log()
+        done = subprocess.run(
+            pollen_command(
+                "server-app",
+                "numpy_apps:server_app",
+                "--root-certificates",
+                str(certs / "ca.crt"),
+                "--dir",
+                str(APPS_DIR),
+                "--server",
+                f"127.0.0.1:{driver}",
+                "--output-dir",
+                str(tmp_path / "runs"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "round 3/3" in done.stderr
+        assert "reject" in superlink.log() and "join" in superlink.log()
+    finally:
+        for child in children:
+            child.stop()

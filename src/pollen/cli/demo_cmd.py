@@ -15,6 +15,7 @@ from rich.table import Table
 from pollen.cli.app_loading import check_dir
 from pollen.cli.local_federation import LocalFederation
 from pollen.errors import RunError
+from pollen.transport.keygen import generate
 
 console = Console()
 
@@ -37,6 +38,29 @@ def _summary(metrics_path: Path) -> Table:
     return table
 
 
+def _show_intruder_refused(federation: LocalFederation, directory: Path) -> None:
+    """Start a node whose key is not in the allow-list and show the SuperLink refusing it."""
+    generate(federation.workdir / "intruder", 1, [], force=True)
+    key = federation.workdir / "intruder" / "keys" / "client_credentials_1"
+    intruder = federation.start_supernode(
+        "client:app",
+        directory,
+        "partition-id=0,num-partitions=1",
+        "--authentication-keys",
+        str(key),
+        f"{key}.pub",
+    )
+    try:
+        code = intruder.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        raise RunError("a node with an unlisted key was not refused within 60 s") from None
+    refusal = [line for line in intruder.log().splitlines() if line.startswith("error:")]
+    if code == 0 or not refusal:
+        raise RunError(f"a node with an unlisted key was not refused; see {intruder.log_path}")
+    console.print(f"[bold]Unlisted node[/] refused as it should be (exit {code}):")
+    console.print(f"  {refusal[-1]}", markup=False, soft_wrap=True)
+
+
 @click.command()
 @click.option(
     "--dir",
@@ -52,17 +76,24 @@ def _summary(metrics_path: Path) -> Table:
     type=click.Path(path_type=Path),
     default=Path(".pollen") / "demo",
     show_default=True,
-    help="State, logs and outputs of the demo (emptied first).",
+    help="Credentials, state, logs and outputs of the demo (emptied first).",
 )
-def demo(directory: Path, nodes: int, workdir: Path) -> None:
-    """Run a SuperLink, NODES SuperNodes and the ServerApp locally, then stop them all."""
+@click.option("--insecure", is_flag=True, help="Plaintext, without TLS or client authentication.")
+def demo(directory: Path, nodes: int, workdir: Path, insecure: bool) -> None:
+    """The seed's workflow on this machine, in one command.
+
+    Generates development keys, starts a SuperLink with TLS and client
+    authentication, NODES authorised SuperNodes, shows a node with an unlisted key
+    being refused, runs the ServerApp, prints per-round accuracy, stops everything.
+    """
     directory = check_dir(directory)
     shutil.rmtree(workdir, ignore_errors=True)
-    federation = LocalFederation(workdir.resolve())
+    federation = LocalFederation(workdir.resolve(), clients=0 if insecure else nodes)
     try:
         federation.start_superlink()
+        mode = "plaintext" if insecure else "TLS + client authentication"
         console.print(
-            f"[bold]SuperLink[/] up: Fleet API :{federation.fleet_port}, "
+            f"[bold]SuperLink[/] up ({mode}): Fleet API :{federation.fleet_port}, "
             f"Driver API :{federation.driver_port}"
         )
         for index in range(nodes):
@@ -70,6 +101,8 @@ def demo(directory: Path, nodes: int, workdir: Path) -> None:
                 "client:app", directory, f"partition-id={index},num-partitions={nodes}"
             )
         console.print(f"[bold]{nodes} SuperNodes[/] started (logs in {federation.log_dir})")
+        if not insecure:
+            _show_intruder_refused(federation, directory)
         command = federation.serverapp_command("server:app", directory)
         console.print("[bold]ServerApp[/] running:")
         code = subprocess.call(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from pollen.errors import PollenError
+from pollen.transport.keygen import generate
 
 _LISTENING = re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)")
 
@@ -84,9 +85,15 @@ def wait_for_log(child: Child, pattern: re.Pattern[str], timeout: float) -> re.M
 
 @dataclass
 class LocalFederation:
-    """A SuperLink (on OS-chosen ports) and the SuperNodes started against it."""
+    """A SuperLink (on OS-chosen ports) and the SuperNodes started against it.
+
+    With ``clients`` > 0 the federation is secure, as in the seed: credentials for
+    that many nodes are generated under ``workdir/credentials``, TLS and client
+    authentication are on, and node N uses ``keys/client_credentials_N``.
+    """
 
     workdir: Path
+    clients: int = 0
     superlink: Child | None = None
     fleet_port: int = 0
     driver_port: int = 0
@@ -96,10 +103,34 @@ class LocalFederation:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
+    @property
+    def credentials(self) -> Path:
+        return self.workdir / "credentials"
+
+    def _client_tls(self) -> list[str]:
+        if not self.clients:
+            return ["--insecure"]
+        return ["--root-certificates", str(self.credentials / "certificates" / "ca.crt")]
+
     def start_superlink(self, *extra: str) -> Child:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        security = ["--insecure"]
+        if self.clients:
+            generate(self.credentials, self.clients, [], force=True)
+            certs, keys = self.credentials / "certificates", self.credentials / "keys"
+            security = [
+                "--certificates",
+                str(certs / "ca.crt"),
+                str(certs / "server.pem"),
+                str(certs / "server.key"),
+                "--require-client-authentication",
+                str(keys / "client_public_keys.csv"),
+                str(keys / "server_credentials"),
+                str(keys / "server_credentials.pub"),
+            ]
         args = pollen_command(
             "superlink",
-            "--insecure",
+            *security,
             "--fleet-api-address",
             "127.0.0.1:0",
             "--driver-api-address",
@@ -108,19 +139,28 @@ class LocalFederation:
             str(self.workdir / "superlink.db"),
             *extra,
         )
-        self.workdir.mkdir(parents=True, exist_ok=True)
         self.superlink = spawn("superlink", args, self.log_dir)
         match = wait_for_log(self.superlink, _LISTENING, timeout=30)
         self.fleet_port, self.driver_port = int(match[1]), int(match[2])
         return self.superlink
 
+    def node_keys(self, index: int) -> list[str]:
+        """``--authentication-keys`` of generated client ``index`` (1-based)."""
+        private = self.credentials / "keys" / f"client_credentials_{index}"
+        return ["--authentication-keys", str(private), f"{private}.pub"]
+
     def start_supernode(
         self, app: str, directory: Path, node_config: str = "", *extra: str
     ) -> Child:
+        """Start a node; in a secure federation node N takes client key N unless ``extra``
+        gives ``--authentication-keys`` itself."""
+        security = self._client_tls()
+        if self.clients and "--authentication-keys" not in extra:
+            security += self.node_keys(len(self.nodes) + 1)
         args = pollen_command(
             "supernode",
             app,
-            "--insecure",
+            *security,
             "--superlink",
             f"127.0.0.1:{self.fleet_port}",
             "--dir",
@@ -137,7 +177,7 @@ class LocalFederation:
         return pollen_command(
             "serverapp",
             app,
-            "--insecure",
+            *self._client_tls(),
             "--superlink",
             f"127.0.0.1:{self.driver_port}",
             "--dir",
