@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,18 @@ from pollen.transport import keys
 logger = logging.getLogger(__name__)
 
 
+_PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
+
+
 def parse_allowlist(text: str, path: Path) -> dict[str, keys.PublicKey]:
     """Keys by fingerprint; errors name the file and the line."""
     allowed: dict[str, keys.PublicKey] = {}
+    for block in _PEM_BLOCK.finditer(text):
+        start = text.count("\n", 0, block.start()) + 1
+        key = keys.parse_public_key(block.group(), f"{path} line {start}")
+        allowed[keys.fingerprint(key)] = key
+    # blank PEM blocks out, keeping line numbers for the OpenSSH keys around them
+    text = _PEM_BLOCK.sub(lambda m: "\n" * m.group().count("\n"), text)
     for number, line in enumerate(text.splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
         for item in (part.strip() for part in content.split(",")):
@@ -44,6 +54,7 @@ class AllowList:
     path: Path
     keys: dict[str, keys.PublicKey] = field(default_factory=dict)
     _seen: tuple[int, int, int] | None = None
+    _pending: tuple[int, int, int] | None = None
 
     @classmethod
     def load(cls, path: Path) -> AllowList:
@@ -66,13 +77,19 @@ class AllowList:
     def reload_if_changed(self) -> tuple[set[str], set[str]] | None:
         """Re-read the file if it changed; return (added, removed) fingerprints, or None.
 
-        A file that is now malformed or gone keeps the previous keys in force
-        (a typo must not lock every node out) and is logged as an error.
+        A change is applied once the file has stayed the same for one more check,
+        so that a file caught half-written is not taken for the new list. A file
+        that is malformed or gone keeps the previous keys in force (a typo must
+        not lock every node out) and is logged as an error.
         """
         signature = _signature(self.path)
         if signature == self._seen:
+            self._pending = None
             return None
-        self._seen = signature
+        if signature != self._pending:
+            self._pending = signature
+            return None
+        self._seen, self._pending = signature, None
         try:
             fresh = AllowList.load(self.path).keys
         except ConfigurationError as exc:

@@ -82,15 +82,12 @@ class ApiGuard:
         for fingerprint in sorted(added):
             self.settings.audit.record(self.settings.api, "key-added", fingerprint, "allow-list")
         for fingerprint in sorted(removed):
-            session = self.settings.sessions.revoke(fingerprint)
+            sessions = self.settings.sessions.revoke(fingerprint)
+            peers = ", ".join(s.peer for s in sessions) or "-"
             self.settings.audit.record(
-                self.settings.api,
-                "revoke",
-                fingerprint,
-                session.peer if session else "-",
-                "key removed from the allow-list",
+                self.settings.api, "revoke", fingerprint, peers, "key removed from the allow-list"
             )
-            on_revoked(session, fingerprint)
+            on_revoked(sessions[-1] if sessions else None, fingerprint)
 
 
 def make_guard(
@@ -103,7 +100,7 @@ def make_guard(
     settings = AuthSettings(
         api=api,
         allowlist=AllowList.load(allowlist_path),
-        sessions=SessionStore(clock),
+        sessions=SessionStore(clock, exclusive=api == "fleet"),
         limiter=FailureLimiter(config.max_failures, config.failure_window, clock),
         audit=audit,
         server_key=config.server_key,

@@ -35,21 +35,34 @@ class RequestRejected(Exception):
     """A request failed authentication; the message says why (logged, not sent in full)."""
 
 
-class SessionStore:
-    """Sessions of one API (Fleet or Driver). A newer session of a key replaces the older."""
+MAX_CHALLENGES = 10_000
+"""Outstanding challenges kept at most; the oldest go first under a flood."""
 
-    def __init__(self, clock: Callable[[], float], window: float = WINDOW_SECONDS) -> None:
+
+class SessionStore:
+    """Sessions of one API (Fleet or Driver).
+
+    With ``exclusive`` (the Fleet API: a key is one node), a newer session of a key
+    replaces the older one. Without (the Driver API: one operator may run several
+    ServerApps at once), a key may hold several sessions.
+    """
+
+    def __init__(
+        self, clock: Callable[[], float], window: float = WINDOW_SECONDS, exclusive: bool = True
+    ) -> None:
         self.clock = clock
         self.window = window
+        self.exclusive = exclusive
         self._challenges: dict[bytes, tuple[str, float]] = {}
         self._sessions: dict[bytes, Session] = {}
-        self._by_key: dict[str, Session] = {}
 
     def issue_challenge(self, fingerprint: str) -> bytes:
         now = self.clock()
         self._challenges = {
             c: (fp, t) for c, (fp, t) in self._challenges.items() if now - t < CHALLENGE_SECONDS
         }
+        while len(self._challenges) >= MAX_CHALLENGES:
+            self._challenges.pop(next(iter(self._challenges)))
         challenge = secrets.token_bytes(32)
         self._challenges[challenge] = (fingerprint, now)
         return challenge
@@ -65,21 +78,19 @@ class SessionStore:
         self, session_id: bytes, key: bytes, fingerprint: str, peer: str
     ) -> tuple[Session, Session | None]:
         """A new session for ``fingerprint``; returns it and the session it displaced."""
-        displaced = self._by_key.pop(fingerprint, None)
-        if displaced is not None:
-            self._sessions.pop(displaced.session_id, None)
+        displaced = self.revoke(fingerprint)[-1:] if self.exclusive else []
         session = Session(session_id, key, fingerprint, peer)
-        if displaced is not None:
-            session.node_id = displaced.node_id
+        if displaced:
+            session.node_id = displaced[0].node_id
         self._sessions[session.session_id] = session
-        self._by_key[fingerprint] = session
-        return session, displaced
+        return session, displaced[0] if displaced else None
 
-    def revoke(self, fingerprint: str) -> Session | None:
-        session = self._by_key.pop(fingerprint, None)
-        if session is not None:
-            self._sessions.pop(session.session_id, None)
-        return session
+    def revoke(self, fingerprint: str) -> list[Session]:
+        """End every session of ``fingerprint``; return them, oldest first."""
+        ended = [s for s in self._sessions.values() if s.fingerprint == fingerprint]
+        for session in ended:
+            del self._sessions[session.session_id]
+        return ended
 
     def is_current(self, session: Session) -> bool:
         return self._sessions.get(session.session_id) is session

@@ -50,7 +50,11 @@ def blob_ref_to_proto(ref: BlobRef | None, out: pb.BlobRef) -> None:
 
 
 def blob_ref_from_proto(message: pb.BlobRef) -> BlobRef | None:
-    return BlobRef(message.digest, message.size) if message.digest else None
+    if not message.digest:
+        return None
+    if len(message.digest) != 64 or not all(c in "0123456789abcdef" for c in message.digest):
+        raise RecordError(f"{message.digest[:80]!r} is not a sha256 hex digest")
+    return BlobRef(message.digest, message.size)
 
 
 def _kind(text: str) -> TaskKind:
