@@ -338,3 +338,30 @@ def test_get_parameters_must_return_numpy_arrays() -> None:
 
     with pytest.raises(ClientAppError, match="get_parameters must return a list of numpy arrays"):
         app_of(Bad()).run_task("get_parameters", [], {}, context())
+
+
+def test_numpy_client_returned_via_to_client_sees_its_context() -> None:
+    seen: list[object] = []
+
+    class Recorder(NumPyClient):
+        def get_parameters(self, config: dict) -> list[np.ndarray]:
+            seen.append(self.context)
+            return []
+
+    app = ClientApp(client_fn=lambda context: Recorder().to_client())
+    context = Context(node_id=5, node_config={"partition-id": 1})
+    app.run_task("get_parameters", [], {}, context)
+    assert seen == [context]
+
+
+def test_client_fn_with_one_str_parameter_gets_the_node_id_as_cid() -> None:
+    received: list[object] = []
+
+    def client_fn(node: str) -> NumPyClient:
+        received.append(node)
+        return NumPyClient()
+
+    app = ClientApp(client_fn=client_fn)
+    with pytest.raises(NotImplementedError):
+        app.run_task("get_parameters", [], {}, Context(node_id=42, node_config={}))
+    assert received == ["42"]

@@ -486,3 +486,9 @@ def test_server_app_defaults_to_one_round_of_fedavg() -> None:
 
     assert app.config.num_rounds == 1
     assert isinstance(app.strategy, FedAvg)
+
+
+def test_flowers_inplace_argument_is_accepted() -> None:
+    strategy = FedAvg(inplace=False, min_available_clients=1)
+    parameters, _ = aggregate([np.zeros(1)], FitRes([np.ones(1)], 2), strategy=strategy)
+    np.testing.assert_array_equal(parameters[0], [1.0])

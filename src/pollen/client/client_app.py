@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollen.client.client import Client
-from pollen.client.numpy_client import NumPyClient
+from pollen.client.numpy_client import NumPyClient, NumPyClientAdapter
 from pollen.errors import ClientAppError
 from pollen.records.context import Context
 from pollen.records.messages import TaskKind
@@ -30,10 +30,13 @@ class Reply:
 def _wants_cid(client_fn: ClientFn) -> bool:
     # Older apps write client_fn(cid: str); newer ones client_fn(context: Context).
     try:
-        parameters = list(inspect.signature(client_fn).parameters)
+        parameters = list(inspect.signature(client_fn).parameters.values())
     except (TypeError, ValueError):
         return False
-    return bool(parameters) and parameters[0] == "cid"
+    if not parameters:
+        return False
+    first = parameters[0]
+    return first.name == "cid" or first.annotation in (str, "str")
 
 
 class ClientApp:
@@ -53,6 +56,8 @@ class ClientApp:
         if isinstance(made, NumPyClient):
             made.context = context
             return made.to_client()
+        if isinstance(made, NumPyClientAdapter):  # client_fn returned NumPyClient.to_client()
+            made.numpy_client.context = context
         if isinstance(made, Client):
             made.context = context
             return made

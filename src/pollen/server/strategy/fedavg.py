@@ -71,7 +71,11 @@ class FedAvg(Strategy):
         initial_parameters: Parameters | NDArrays | None = None,
         fit_metrics_aggregation_fn: MetricsAggregationFn | None = None,
         evaluate_metrics_aggregation_fn: MetricsAggregationFn | None = None,
+        inplace: bool = True,
     ) -> None:
+        # ``inplace`` is Flower's switch for in-place aggregation; Pollen always
+        # folds results into one running sum, so it is accepted and has no effect.
+        del inplace
         self.fraction_fit = _fraction("fraction_fit", fraction_fit, allow_zero=False)
         self.fraction_evaluate = _fraction("fraction_evaluate", fraction_evaluate, True)
         for name, value in (
