@@ -33,10 +33,15 @@ class Child:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def terminate(self) -> None:
+        """Ask the process to stop (SIGTERM) without waiting."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; return the exit code."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -188,5 +193,8 @@ class LocalFederation:
         )
 
     def stop(self) -> None:
+        """Stop the nodes (all at once, so that they leave in parallel), then the SuperLink."""
+        for node in self.nodes:
+            node.terminate()
         for child in [*self.nodes, *([self.superlink] if self.superlink else [])]:
             child.stop()
