@@ -39,14 +39,11 @@ from pollen.transport.request_signing import (
     request_signers,
 )
 from pollen.transport.session_crypto import (
-    META_MAC,
-    META_NONCE,
-    META_SESSION,
-    META_TIMESTAMP,
+    META_AUTH,
     SessionKeys,
+    auth_header,
     join_transcript,
     new_ephemeral,
-    request_mac,
 )
 from pollen.transport.tls import ServerTls, channel_credentials
 from tests.apps import numpy_apps
@@ -204,15 +201,10 @@ def signed_metadata(
     nonce: str | None = None,
 ) -> Metadata:
     """What a legitimate client sends with ``body`` on ``method``."""
-    timestamp = str(timestamp_ms if timestamp_ms is not None else int(time.time() * 1000))
-    nonce = nonce or secrets.token_hex(16)
+    timestamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    nonce = nonce or secrets.token_hex(12)
     digest = hashlib.sha256(body).hexdigest()
-    return (
-        (META_SESSION, session.session_id.hex()),
-        (META_TIMESTAMP, timestamp),
-        (META_NONCE, nonce),
-        (META_MAC, request_mac(session.key, method, timestamp, nonce, digest)),
-    )
+    return ((META_AUTH, auth_header(session, method, digest, timestamp, nonce)),)
 
 
 def open_session_request(

@@ -27,6 +27,7 @@ from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.security import SecurityConfig
 from pollen.superlink.server import SuperLink, open_superlink
+from pollen.superlink.sessions import SessionStore
 from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.node import JoinRefused, run_supernode
@@ -668,7 +669,8 @@ def test_a_session_that_does_not_exist_is_refused(
         ):
             fleet = await registered(client)
             body = heartbeat_body(fleet.node_id)
-            metadata = (("pollen-session", session_id), *client.sign(HEARTBEAT, body)[1:])
+            [(name, value)] = client.sign(HEARTBEAT, body)
+            metadata = ((name, session_id + value[value.index(".") :]),)
             assert await status_of(client.unary(HEARTBEAT, body, metadata)) == UNAUTHENTICATED
 
     asyncio.run(scenario())
@@ -823,3 +825,16 @@ def test_two_authenticated_nodes_and_an_operator_run_two_rounds(tmp_path: Path, 
         np.testing.assert_array_equal(outcome.parameters[0], np.full((2, 3), 2, np.float32))
 
     asyncio.run(scenario())
+
+
+def test_nonces_are_forgotten_once_they_can_no_longer_pass_the_window() -> None:
+    """Replay memory stays bounded: a busy session does not accumulate nonces forever."""
+    clock = [1000.0]
+    store = SessionStore(lambda: clock[0])
+    session, _ = store.open(b"s" * 16, b"k" * 32, "SHA256:x", "peer")
+    for index in range(5000):
+        assert session.use_nonce(f"n{index}", clock[0], 60.0)
+    assert not session.use_nonce("n1", clock[0], 60.0)  # replay refused while remembered
+    clock[0] += 61
+    assert session.use_nonce("fresh", clock[0], 60.0)
+    assert session.nonces == {"fresh"}

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf.message import Message
 
 from pollen.errors import ConnectionFailed
 from pollen.proto import common_pb2 as pb
@@ -18,21 +19,24 @@ from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import iter_chunks, receive_blob
 from pollen.transport.channels import open_channel
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
-from pollen.transport.request_signing import (
-    ClientIdentity,
-    SessionHolder,
-    open_session,
-    request_signers,
-)
+from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth, open_session
+
+_DRIVER = "/pollen.v1.Driver/"
 
 
 class DriverClient:
     """Driver API calls over one channel. Use as ``async with DriverClient.connect(...)``."""
 
-    def __init__(self, channel: grpc.aio.Channel, address: Address) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, address: Address, auth: RequestAuth | None = None
+    ) -> None:
         self._channel = channel
         self._stub = DriverStub(channel)  # type: ignore[no-untyped-call]
+        self._auth = auth
         self.address = address
+
+    def _signed(self, name: str, request: Message) -> Metadata | None:
+        return self._auth.request(_DRIVER + name, request) if self._auth else None
 
     @classmethod
     async def connect(
@@ -46,12 +50,12 @@ class DriverClient:
 
         With an ``identity`` (operator key), join the Driver API's session first.
         """
-        holder = SessionHolder()
-        channel = open_channel(address, credentials, request_signers(holder) if identity else [])
+        auth = RequestAuth() if identity is not None else None
+        channel = open_channel(address, credentials)
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
-            if identity is not None:
-                await open_session(channel, identity, "driver", holder)
+            if identity is not None and auth is not None:
+                await open_session(channel, identity, "driver", auth.holder)
         except TimeoutError:
             await channel.close()
             raise ConnectionFailed(
@@ -64,7 +68,7 @@ class DriverClient:
             raise ConnectionFailed(
                 f"SuperLink Driver API at {address} refused the operator key: {exc.details()}"
             ) from None
-        return cls(channel, address)
+        return cls(channel, address, auth)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -72,22 +76,22 @@ class DriverClient:
     async def create_run(self, app: str, run_config: UserConfig) -> int:
         request = dpb.CreateRunRequest(app=app)
         fill_map(request.run_config, run_config)
-        return int((await self._stub.CreateRun(request)).run_id)
+        reply = await self._stub.CreateRun(request, metadata=self._signed("CreateRun", request))
+        return int(reply.run_id)
 
     async def get_nodes(self, run_id: int) -> list[int]:
-        reply = await self._stub.GetNodes(dpb.GetNodesRequest(run_id=run_id))
+        request = dpb.GetNodesRequest(run_id=run_id)
+        reply = await self._stub.GetNodes(request, metadata=self._signed("GetNodes", request))
         return list(reply.node_ids)
 
     async def push_tasks(self, run_id: int, tasks: Sequence[Task]) -> None:
-        await self._stub.PushTasks(
-            dpb.PushTasksRequest(run_id=run_id, tasks=[task_to_proto(t) for t in tasks])
-        )
+        request = dpb.PushTasksRequest(run_id=run_id, tasks=[task_to_proto(t) for t in tasks])
+        await self._stub.PushTasks(request, metadata=self._signed("PushTasks", request))
 
     async def results(self, run_id: int, task_ids: Sequence[str]) -> AsyncIterator[Result]:
         """Results of ``task_ids``, each as soon as the SuperLink has it."""
-        call = self._stub.StreamResults(
-            dpb.StreamResultsRequest(run_id=run_id, task_ids=list(task_ids))
-        )
+        request = dpb.StreamResultsRequest(run_id=run_id, task_ids=list(task_ids))
+        call = self._stub.StreamResults(request, metadata=self._signed("StreamResults", request))
         try:
             async for message in call:
                 yield result_from_proto(message)
@@ -95,19 +99,20 @@ class DriverClient:
             call.cancel()
 
     async def finish_run(self, run_id: int, status: str, message: str = "") -> None:
-        await self._stub.FinishRun(
-            dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
-        )
+        request = dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
+        await self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
 
     async def upload_arrays(self, arrays: NDArrays) -> BlobRef:
         """Lay ``arrays`` out as one blob and upload it once (in chunks)."""
         buffer, digest = await asyncio.to_thread(_encode_and_hash, arrays)
         ref = BlobRef(digest, len(buffer))
-        await self._stub.UploadBlob(iter_chunks(buffer, ref))
+        metadata = self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None
+        await self._stub.UploadBlob(iter_chunks(buffer, ref), metadata=metadata)
         return ref
 
     async def download_arrays(self, ref: BlobRef) -> NDArrays:
-        call = self._stub.DownloadBlob(pb.DownloadBlobRequest(digest=ref.digest))
+        request = pb.DownloadBlobRequest(digest=ref.digest)
+        call = self._stub.DownloadBlob(request, metadata=self._signed("DownloadBlob", request))
         return decode_arrays(await receive_blob(call, ref))
 
 

@@ -13,10 +13,10 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto import fleet_pb2_grpc
-from pollen.superlink.auth_interceptor import current_session
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
+from pollen.superlink.request_verification import current_session
 from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -15,9 +16,9 @@ from pollen.errors import ConfigurationError
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
 from pollen.superlink.audit import Audit
-from pollen.superlink.auth_interceptor import AuthInterceptor
 from pollen.superlink.auth_service import AuthService, AuthSettings
 from pollen.superlink.rate_limit import FailureLimiter
+from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.sessions import Session, SessionStore
 from pollen.transport import keys
 from pollen.transport.addresses import Address
@@ -62,9 +63,9 @@ class ApiGuard:
 
     settings: AuthSettings
 
-    @property
-    def interceptor(self) -> AuthInterceptor:
-        return AuthInterceptor(self.settings.sessions)
+    def verified(self, server: grpc.aio.Server) -> Any:
+        """A stand-in for ``server`` that registers services with verified handlers."""
+        return RequestVerifier(self.settings.sessions).registrar(server)
 
     def add_service(
         self, server: grpc.aio.Server, on_displaced: Callable[[Session], None] | None = None

@@ -106,15 +106,16 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     except BaseException:
         state.close()
         raise
-    fleet = new_server([fleet_guard.interceptor] if fleet_guard else [])
-    driver = new_server([driver_guard.interceptor] if driver_guard else [])
+    fleet = new_server()
+    driver = new_server()
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
             FleetService(dispatcher, blobs, config.heartbeat_interval, fleet_guard is not None),
-            fleet,
+            fleet_guard.verified(fleet) if fleet_guard else fleet,
         )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
-            DriverService(dispatcher, blobs), driver
+            DriverService(dispatcher, blobs),
+            driver_guard.verified(driver) if driver_guard else driver,
         )
         revoke = _cut_off(dispatcher)
         if fleet_guard is not None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pollen.transport.session_crypto import (
-    META_MAC,
-    META_NONCE,
-    META_SESSION,
-    META_TIMESTAMP,
     WINDOW_SECONDS,
+    parse_auth_header,
     request_mac,
 )
 
@@ -28,7 +26,19 @@ class Session:
     fingerprint: str
     peer: str
     node_id: int = 0
-    nonces: dict[str, float] = field(default_factory=dict)
+    nonces: set[str] = field(default_factory=set)
+    nonce_expiry: deque[tuple[float, str]] = field(default_factory=deque)
+
+    def use_nonce(self, nonce: str, now: float, keep: float) -> bool:
+        """Remember ``nonce`` for ``keep`` seconds; False if it is already remembered."""
+        expiry = self.nonce_expiry
+        while expiry and expiry[0][0] <= now:
+            self.nonces.discard(expiry.popleft()[1])
+        if nonce in self.nonces:
+            return False
+        self.nonces.add(nonce)
+        expiry.append((now + keep, nonce))
+        return True
 
 
 class RequestRejected(Exception):
@@ -95,15 +105,14 @@ class SessionStore:
     def is_current(self, session: Session) -> bool:
         return self._sessions.get(session.session_id) is session
 
-    def verify(self, method: str, metadata: Mapping[str, str], body_digest: str) -> Session:
+    def verify(self, method: str, header: str | None, body_digest: str) -> Session:
         """The session a request belongs to, if its MAC, timestamp and nonce hold."""
         try:
-            session_id = bytes.fromhex(metadata[META_SESSION])
-            timestamp = metadata[META_TIMESTAMP]
-            nonce = metadata[META_NONCE]
-            mac = metadata[META_MAC]
+            if header is None:
+                raise ValueError("no pollen-auth header")
+            session_id, timestamp, nonce, mac = parse_auth_header(header)
             sent_at = int(timestamp) / 1000
-        except (KeyError, ValueError):
+        except ValueError:
             raise RequestRejected("request is not authenticated; join first") from None
         session = self._sessions.get(session_id)
         if session is None:
@@ -117,14 +126,7 @@ class SessionStore:
                 f"request timestamp is {now - sent_at:+.0f} s off the SuperLink's clock "
                 f"(allowed ±{self.window:g} s); sync the clock or stop replaying"
             )
-        self._forget_old_nonces(session, now)
-        if nonce in session.nonces:
+        # A nonce can pass the timestamp check for up to two windows after it arrives.
+        if not session.use_nonce(nonce, now, 2 * self.window):
             raise RequestRejected("request nonce was already used (replayed request)")
-        session.nonces[nonce] = sent_at
         return session
-
-    def _forget_old_nonces(self, session: Session, now: float) -> None:
-        # A nonce older than the window cannot pass the timestamp check any more.
-        if len(session.nonces) > 1024:
-            cutoff = now - 2 * self.window
-            session.nonces = {n: t for n, t in session.nonces.items() if t >= cutoff}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
+from google.protobuf.message import Message
 
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
@@ -13,19 +14,27 @@ from pollen.records.arrays import Buffer, sha256_hex
 from pollen.records.messages import BlobRef, Result, RunInfo, Task
 from pollen.transport.blob_stream import iter_chunks, receive_blob
 from pollen.transport.convert import result_to_proto, run_from_proto, task_from_proto
+from pollen.transport.request_signing import Metadata, RequestAuth
+
+_FLEET = "/pollen.v1.Fleet/"
 
 
 class FleetClient:
-    """Fleet API calls for one node over one channel."""
+    """Fleet API calls for one node over one channel, signed when ``auth`` is given."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, auth: RequestAuth | None = None) -> None:
         self._stub = FleetStub(channel)  # type: ignore[no-untyped-call]
+        self._auth = auth
         self.node_id = 0
         self.heartbeat_interval = 5.0
 
+    def _signed(self, name: str, request: Message) -> Metadata | None:
+        return self._auth.request(_FLEET + name, request) if self._auth else None
+
     async def register(self, previous_node_id: int = 0) -> int:
+        request = fpb.RegisterNodeRequest(previous_node_id=previous_node_id)
         reply = await self._stub.RegisterNode(
-            fpb.RegisterNodeRequest(previous_node_id=previous_node_id)
+            request, metadata=self._signed("RegisterNode", request)
         )
         self.node_id = reply.node_id
         self.heartbeat_interval = reply.heartbeat_interval or self.heartbeat_interval
@@ -33,32 +42,39 @@ class FleetClient:
 
     async def tasks(self) -> AsyncIterator[Task]:
         """Tasks for this node, as the SuperLink pushes them."""
-        call = self._stub.Subscribe(fpb.SubscribeRequest(node_id=self.node_id))
+        request = fpb.SubscribeRequest(node_id=self.node_id)
+        call = self._stub.Subscribe(request, metadata=self._signed("Subscribe", request))
         async for message in call:
             yield task_from_proto(message)
 
     async def heartbeat(self) -> None:
-        await self._stub.Heartbeat(fpb.HeartbeatRequest(node_id=self.node_id), timeout=10)
+        request = fpb.HeartbeatRequest(node_id=self.node_id)
+        await self._stub.Heartbeat(request, timeout=10, metadata=self._signed("Heartbeat", request))
 
     async def unregister(self) -> None:
-        await self._stub.UnregisterNode(fpb.UnregisterNodeRequest(node_id=self.node_id), timeout=5)
+        request = fpb.UnregisterNodeRequest(node_id=self.node_id)
+        await self._stub.UnregisterNode(
+            request, timeout=5, metadata=self._signed("UnregisterNode", request)
+        )
 
     async def get_run(self, run_id: int) -> RunInfo:
-        reply = await self._stub.GetRun(fpb.GetRunRequest(node_id=self.node_id, run_id=run_id))
+        request = fpb.GetRunRequest(node_id=self.node_id, run_id=run_id)
+        reply = await self._stub.GetRun(request, metadata=self._signed("GetRun", request))
         return run_from_proto(reply.run)
 
     async def push_result(self, result: Result) -> None:
-        await self._stub.PushResult(
-            fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
-        )
+        request = fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
+        await self._stub.PushResult(request, metadata=self._signed("PushResult", request))
 
     async def upload_blob(self, buffer: Buffer, digest: str | None = None) -> BlobRef:
         ref = BlobRef(digest or sha256_hex(buffer), len(buffer))
-        await self._stub.UploadBlob(iter_chunks(buffer, ref, node_id=self.node_id))
+        metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None
+        await self._stub.UploadBlob(
+            iter_chunks(buffer, ref, node_id=self.node_id), metadata=metadata
+        )
         return ref
 
     async def download_blob(self, ref: BlobRef) -> bytearray:
-        call = self._stub.DownloadBlob(
-            pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id)
-        )
+        request = pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id)
+        call = self._stub.DownloadBlob(request, metadata=self._signed("DownloadBlob", request))
         return await receive_blob(call, ref)

@@ -18,12 +18,7 @@ from pollen.supernode.task_runner import TaskRunner
 from pollen.transport.addresses import Address
 from pollen.transport.backoff import Backoff
 from pollen.transport.channels import open_channel
-from pollen.transport.request_signing import (
-    ClientIdentity,
-    SessionHolder,
-    open_session,
-    request_signers,
-)
+from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +45,12 @@ async def _heartbeat(fleet: FleetClient) -> None:
         await fleet.heartbeat()
 
 
-async def _join(channel: grpc.aio.Channel, config: SuperNodeConfig, holder: SessionHolder) -> None:
+async def _join(channel: grpc.aio.Channel, config: SuperNodeConfig, auth: RequestAuth) -> None:
     """Prove the node's key to the SuperLink; a refusal ends the node."""
     if config.identity is None:
         return
     try:
-        await open_session(channel, config.identity, "fleet", holder)
+        await open_session(channel, config.identity, "fleet", auth.holder)
     except grpc.aio.AioRpcError as exc:
         if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
             raise JoinRefused(
@@ -91,11 +86,10 @@ async def run_supernode(
     backoff = Backoff(maximum=config.max_backoff)
     node_id = 0
     while not stop.is_set():
-        holder = SessionHolder()
-        interceptors = request_signers(holder) if config.identity else []
-        async with open_channel(config.superlink, config.credentials, interceptors) as channel:
-            fleet = FleetClient(channel)
-            join = _join(channel, config, holder)
+        auth = RequestAuth()
+        async with open_channel(config.superlink, config.credentials) as channel:
+            fleet = FleetClient(channel, auth if config.identity else None)
+            join = _join(channel, config, auth)
             serving = asyncio.create_task(_serve(fleet, runner, node_id, join))
             stopping = asyncio.create_task(stop.wait())
             try:

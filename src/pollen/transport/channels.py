@@ -42,9 +42,9 @@ def open_channel(
     return grpc.aio.secure_channel(target, credentials, options=_OPTIONS, interceptors=interceptors)
 
 
-def new_server(interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> grpc.aio.Server:
+def new_server() -> grpc.aio.Server:
     """An asynchronous gRPC server with Pollen's message limits."""
-    return grpc.aio.server(options=_SERVER_OPTIONS, interceptors=interceptors)
+    return grpc.aio.server(options=_SERVER_OPTIONS)
 
 
 def bind(

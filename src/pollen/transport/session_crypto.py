@@ -25,10 +25,8 @@ WINDOW_SECONDS = 30.0
 """A request's timestamp must be within this many seconds of the server's clock."""
 
 AUTH_METHOD_PREFIX = "/pollen.v1.Auth/"
-META_SESSION = "pollen-session"
-META_TIMESTAMP = "pollen-timestamp"
-META_NONCE = "pollen-nonce"
-META_MAC = "pollen-mac"
+META_AUTH = "pollen-auth"
+"""One header per request: ``SESSION_ID.TIMESTAMP_MS.NONCE.MAC``, hex and decimal."""
 EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
@@ -73,3 +71,20 @@ def derive_session_key(
 def request_mac(key: bytes, method: str, timestamp_ms: str, nonce: str, body_digest: str) -> str:
     message = "\n".join(("pollen-request-v1", method, timestamp_ms, nonce, body_digest)).encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def auth_header(
+    session: SessionKeys, method: str, body_digest: str, timestamp_ms: int, nonce: str
+) -> str:
+    """The ``pollen-auth`` value binding a request to its session, method and body."""
+    timestamp = str(timestamp_ms)
+    mac = request_mac(session.key, method, timestamp, nonce, body_digest)
+    return f"{session.session_id.hex()}.{timestamp}.{nonce}.{mac}"
+
+
+def parse_auth_header(value: str) -> tuple[bytes, str, str, str]:
+    """(session id, timestamp in ms, nonce, mac); ValueError when malformed."""
+    session_hex, timestamp, nonce, mac = value.split(".")
+    if not timestamp.isdigit():
+        raise ValueError("timestamp is not a number")
+    return bytes.fromhex(session_hex), timestamp, nonce, mac
