@@ -63,7 +63,8 @@ def parse_public_key(text: str, where: str) -> PublicKey:
     return key  # type: ignore[return-value]
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_credential(path: Path, what: str) -> bytes:
+    """A key or certificate file's bytes; missing or unreadable files name the path."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -73,12 +74,12 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def load_public_key(path: Path) -> PublicKey:
-    return parse_public_key(_read(path, "public key").decode(errors="replace"), str(path))
+    return parse_public_key(read_credential(path, "public key").decode(errors="replace"), str(path))
 
 
 def load_private_key(path: Path) -> PrivateKey:
     """A private key file; encrypted keys take their passphrase from $POLLEN_KEY_PASSPHRASE."""
-    data = _read(path, "private key")
+    data = read_credential(path, "private key")
     passphrase = os.environ.get(PASSPHRASE_ENV)
     password = passphrase.encode() if passphrase else None
     try:

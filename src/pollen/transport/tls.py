@@ -13,19 +13,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from pollen.errors import ConfigurationError
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigurationError(f"{path}: {what} file not found") from None
-    except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot read {what} file ({exc.strerror})") from None
+from pollen.transport.keys import read_credential
 
 
 def load_certificate(path: Path) -> tuple[bytes, x509.Certificate]:
-    data = _read(path, "certificate")
+    data = read_credential(path, "certificate")
     try:
         return data, x509.load_pem_x509_certificate(data)
     except ValueError:
@@ -86,7 +78,7 @@ class ServerTls:
         """Server credentials, after checking the files and that the SANs cover ``hosts``."""
         _, ca = load_certificate(self.ca_cert)
         cert_pem, cert = load_certificate(self.cert)
-        key_pem = _read(self.key, "TLS key")
+        key_pem = read_credential(self.key, "TLS key")
         try:
             key = serialization.load_pem_private_key(key_pem, None)
         except (ValueError, TypeError) as exc:
