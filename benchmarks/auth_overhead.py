@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from federation_run import run_benchmark
 
 from pollen.cli.local_federation import Child, pollen_command, spawn, wait_for_log
 from pollen.errors import PollenError
@@ -260,7 +261,9 @@ def _best(results: Sequence[Measurement]) -> Measurement:
     return max(results, key=lambda m: m.rate)
 
 
-def report(plain: Sequence[Measurement], secure: Sequence[Measurement], args: argparse.Namespace):
+def report(
+    plain: Sequence[Measurement], secure: Sequence[Measurement], args: argparse.Namespace
+) -> str:
     where = "this process" if args.in_process else "a child process"
     lines = [
         f"Fleet API Heartbeat rate, one TLS channel, {args.concurrency} in flight, "
@@ -306,23 +309,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.concurrency < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("--seconds must be > 0, --concurrency and --repeats >= 1, --warmup >= 0")
-    try:
-        with tempfile.TemporaryDirectory(prefix="pollen-auth-bench-") as tmp:
-            plain, secure = benchmark(args, Path(tmp))
-    except grpc.aio.AioRpcError as exc:
-        print(f"auth_overhead: error: {exc.code().name.lower()}: {exc.details()}", file=sys.stderr)
-        return 1
-    except (PollenError, BenchmarkError, OSError) as exc:
-        print(f"auth_overhead: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # anything unexpected: still one line, still non-zero
-        print(f"auth_overhead: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("auth_overhead: interrupted", file=sys.stderr)
-        return 130
-    print(report(plain, secure, args))
-    return 0
+
+    def run() -> tuple[list[Measurement], list[Measurement]]:
+        try:
+            with tempfile.TemporaryDirectory(prefix="pollen-auth-bench-") as tmp:
+                return benchmark(args, Path(tmp))
+        except grpc.aio.AioRpcError as exc:
+            raise BenchmarkError(f"{exc.code().name.lower()}: {exc.details()}") from exc
+
+    return run_benchmark(
+        "auth_overhead",
+        run,
+        lambda results: report(*results, args),
+        expected=(PollenError, BenchmarkError, OSError),
+    )
 
 
 if __name__ == "__main__":

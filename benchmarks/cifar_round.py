@@ -20,30 +20,25 @@ It never downloads.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import re
 import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pollen.cli.local_federation import LocalFederation, wait_for_log
+from federation_run import run_benchmark, run_in_process, wait_until_connected
+
+from pollen.cli.local_federation import LocalFederation
 from pollen.common import Metrics
-from pollen.errors import PollenError, RunError
+from pollen.errors import RunError
 from pollen.server import ServerApp, ServerConfig
 from pollen.server.history import RoundRecord
-from pollen.server.round_loop import RunOutcome
-from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.server.strategy import FedAvg
-from pollen.transport.addresses import Address
-from pollen.transport.tls import channel_credentials
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "client-authentication-pytorch"
 NODES = 2
 TARGET_SHARE = 0.02
-_CONNECTED = re.compile(r"connected as node \d+")
 
 sys.path.insert(0, str(EXAMPLE))
 import cifar10  # noqa: E402  (the example's loader: where the archive is looked for)
@@ -81,48 +76,6 @@ def build_server_app(num_rounds: int) -> ServerApp:
     return ServerApp(config=ServerConfig(num_rounds=num_rounds), strategy=strategy)
 
 
-async def _watch(federation: LocalFederation) -> None:
-    """Raise as soon as a child process has exited: the run cannot finish then."""
-    children = [*federation.nodes, *([federation.superlink] if federation.superlink else [])]
-    while True:
-        for child in children:
-            if child.process.poll() is not None:
-                lines = child.log().strip().splitlines()
-                raise RunError(
-                    f"{child.name} exited with {child.process.returncode}: "
-                    f"{lines[-1] if lines else 'no output'}"
-                )
-        await asyncio.sleep(0.2)
-
-
-async def _drive(
-    federation: LocalFederation, app: ServerApp, workdir: Path, timeout: float
-) -> RunOutcome:
-    config = ServerAppConfig(
-        superlink=Address("127.0.0.1", federation.driver_port),
-        app_name="cifar_round",
-        output_root=workdir / "runs",
-        connect_timeout=10.0,
-        credentials=channel_credentials(federation.credentials / "certificates" / "ca.crt"),
-    )
-    run = asyncio.create_task(run_server_app(app, config))
-    watch = asyncio.create_task(_watch(federation))
-    try:
-        done, _ = await asyncio.wait(
-            {run, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if watch in done:
-            watch.result()
-        if run not in done:
-            raise RunError(f"the run did not finish within {timeout:g} s")
-        outcome, _directory = run.result()
-        return outcome
-    finally:
-        for task in (run, watch):
-            task.cancel()
-        await asyncio.gather(run, watch, return_exceptions=True)
-
-
 def measure(
     archive: Path, rounds: int, warmup: int, timeout: float, workdir: Path
 ) -> list[RoundRecord]:
@@ -132,10 +85,11 @@ def measure(
         for index in range(NODES):
             node_config = f"partition-id={index},num-partitions={NODES},data-path={archive}"
             federation.start_supernode("client:app", EXAMPLE, node_config)
-        for node in federation.nodes:  # so that no round includes a node's start-up
-            wait_for_log(node, _CONNECTED, timeout=60)
+        wait_until_connected(federation, timeout=60)
         app = build_server_app(warmup + rounds)
-        outcome = asyncio.run(_drive(federation, app, workdir, timeout))
+        outcome = run_in_process(
+            federation, app, "cifar_round", workdir / "runs", timeout, poll_interval=0.2
+        )
     finally:
         federation.stop()
     for record in outcome.history.rounds:
@@ -195,18 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({cifar10.URL}) there, or pass --data-path PATH (or set {cifar10.PATH_ENV})"
         )
         return 0
-    try:
+
+    def run() -> list[RoundRecord]:
         cifar10.verify(archive)
         with tempfile.TemporaryDirectory(prefix="pollen-cifar-bench-") as tmp:
-            records = measure(archive, args.rounds, args.warmup, args.timeout, Path(tmp))
-    except (PollenError, OSError) as exc:
-        print(f"cifar_round: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("cifar_round: interrupted", file=sys.stderr)
-        return 130
-    print(report(records, args.warmup))
-    return 0
+            return measure(archive, args.rounds, args.warmup, args.timeout, Path(tmp))
+
+    return run_benchmark("cifar_round", run, lambda records: report(records, args.warmup))
 
 
 if __name__ == "__main__":

@@ -17,24 +17,19 @@ with their own key pairs (``--require-client-authentication``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import math
-import re
 import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from pollen.cli.local_federation import LocalFederation, pollen_command, spawn, wait_for_log
-from pollen.errors import PollenError, RunError
-from pollen.server.round_loop import RunOutcome
-from pollen.server.run import ServerAppConfig, run_server_app
+from federation_run import run_benchmark, run_in_process, wait_until_connected
+
+from pollen.cli.local_federation import LocalFederation
+from pollen.errors import RunError
 from pollen.server.server_app import ServerApp
-from pollen.transport import keygen
-from pollen.transport.addresses import Address
-from pollen.transport.tls import channel_credentials
 
 APPS = Path(__file__).resolve().parent / "apps"
 TARGET_MS = 20.0
@@ -42,8 +37,6 @@ FLOWER_REFERENCE = (
     "Flower 1.42 on this machine: 6150 ms per round (polls every 3 s) "
     "[recorded figure from the spec, not measured in this run]"
 )
-_CONNECTED = re.compile(r"connected as node \d+")
-_LISTENING = re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)")
 PLAINTEXT = "plaintext"
 SECURE = "TLS + client authentication"
 
@@ -57,122 +50,18 @@ def build_server_app(num_rounds: int, nodes: int) -> ServerApp:
     return app
 
 
-async def _watch(federation: LocalFederation) -> None:
-    """Return (so that the run is abandoned) as soon as any child process has exited."""
-    children = [*federation.nodes, *([federation.superlink] if federation.superlink else [])]
-    while True:
-        for child in children:
-            if child.process.poll() is not None:
-                lines = child.log().strip().splitlines()
-                last = lines[-1] if lines else "no output"
-                raise RunError(
-                    f"{child.name} exited with {child.process.returncode} during the run: {last}"
-                )
-        await asyncio.sleep(0.1)
-
-
-def _start_secure(federation: LocalFederation, nodes: int, credentials: Path) -> None:
-    """SuperLink and SuperNodes with TLS and client authentication, keys from ``credentials``.
-
-    ``LocalFederation.start_superlink`` always passes --insecure, which the CLI refuses
-    together with certificates, so the commands are built here.
-    """
-    certificates, keys = credentials / "certificates", credentials / "keys"
-    ca = str(certificates / "ca.crt")
-    superlink = pollen_command(
-        "superlink",
-        "--certificates",
-        ca,
-        str(certificates / "server.pem"),
-        str(certificates / "server.key"),
-        "--require-client-authentication",
-        str(keys / "client_public_keys.csv"),
-        str(keys / "server_credentials"),
-        str(keys / "server_credentials.pub"),
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--driver-api-address",
-        "127.0.0.1:0",
-        "--database",
-        str(federation.workdir / "superlink.db"),
-    )
-    federation.workdir.mkdir(parents=True, exist_ok=True)
-    federation.superlink = spawn("superlink", superlink, federation.log_dir)
-    match = wait_for_log(federation.superlink, _LISTENING, timeout=30)
-    federation.fleet_port, federation.driver_port = int(match[1]), int(match[2])
-    for index in range(1, nodes + 1):
-        supernode = pollen_command(
-            "supernode",
-            "noop_client:app",
-            "--superlink",
-            f"127.0.0.1:{federation.fleet_port}",
-            "--dir",
-            str(APPS),
-            "--node-config",
-            "",
-            "--root-certificates",
-            ca,
-            "--authentication-keys",
-            str(keys / f"client_credentials_{index}"),
-            str(keys / f"client_credentials_{index}.pub"),
-        )
-        federation.nodes.append(
-            spawn(f"supernode-{len(federation.nodes)}", supernode, federation.log_dir)
-        )
-
-
-async def _drive(
-    federation: LocalFederation,
-    app: ServerApp,
-    output_root: Path,
-    timeout: float,
-    root_certificates: Path | None = None,
-) -> RunOutcome:
-    config = ServerAppConfig(
-        superlink=Address("127.0.0.1", federation.driver_port),
-        app_name="noop_server:app",
-        output_root=output_root,
-        connect_timeout=10.0,
-        credentials=channel_credentials(root_certificates) if root_certificates else None,
-    )
-    run = asyncio.create_task(run_server_app(app, config))
-    watch = asyncio.create_task(_watch(federation))
-    try:
-        done, _ = await asyncio.wait(
-            {run, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
-        if watch in done:
-            watch.result()  # raises: a child process died
-        if run not in done:
-            raise RunError(f"the run did not finish within {timeout:g} s")
-        outcome, _directory = run.result()
-        return outcome
-    finally:
-        for task in (run, watch):
-            task.cancel()
-        await asyncio.gather(run, watch, return_exceptions=True)
-
-
 def measure(
     rounds: int, nodes: int, warmup: int, timeout: float, workdir: Path, secure: bool = False
 ) -> list[float]:
     """Run ``warmup + rounds`` rounds on a fresh federation; the measured rounds' seconds."""
-    federation = LocalFederation(workdir / "federation")
-    root_certificates = None
+    federation = LocalFederation(workdir / "federation", clients=nodes if secure else 0)
     try:
-        if secure:
-            credentials = workdir / "credentials"
-            keygen.generate(credentials, clients=nodes, sans=[], force=True)
-            root_certificates = credentials / "certificates" / "ca.crt"
-            _start_secure(federation, nodes, credentials)
-        else:
-            federation.start_superlink()
-            for _ in range(nodes):
-                federation.start_supernode("noop_client:app", APPS)
-        for node in federation.nodes:  # so that no round includes a node's start-up
-            wait_for_log(node, _CONNECTED, timeout=30)
+        federation.start_superlink()
+        for _ in range(nodes):
+            federation.start_supernode("noop_client:app", APPS)
+        wait_until_connected(federation, timeout=30)
         app = build_server_app(warmup + rounds, nodes)
-        outcome = asyncio.run(_drive(federation, app, workdir / "runs", timeout, root_certificates))
+        outcome = run_in_process(federation, app, "noop_server:app", workdir / "runs", timeout)
     finally:
         federation.stop()
     records = outcome.history.rounds
@@ -243,9 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.nodes < 1 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--rounds and --nodes must be >= 1, --warmup >= 0, --timeout > 0")
-    try:
+
+    def run() -> list[float]:
         if args.workdir is not None:
-            seconds = measure(
+            return measure(
                 args.rounds,
                 args.nodes,
                 args.warmup,
@@ -253,22 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.workdir.resolve(),
                 args.secure,
             )
-        else:
-            with tempfile.TemporaryDirectory(prefix="pollen-bench-") as tmp:
-                seconds = measure(
-                    args.rounds, args.nodes, args.warmup, args.timeout, Path(tmp), args.secure
-                )
-    except (PollenError, OSError) as exc:
-        print(f"round_latency: error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # anything unexpected: still one line, still non-zero
-        print(f"round_latency: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("round_latency: interrupted", file=sys.stderr)
-        return 130
-    print(report(seconds, args.nodes, args.warmup, SECURE if args.secure else PLAINTEXT))
-    return 0
+        with tempfile.TemporaryDirectory(prefix="pollen-bench-") as tmp:
+            return measure(
+                args.rounds, args.nodes, args.warmup, args.timeout, Path(tmp), args.secure
+            )
+
+    mode = SECURE if args.secure else PLAINTEXT
+    return run_benchmark(
+        "round_latency", run, lambda seconds: report(seconds, args.nodes, args.warmup, mode)
+    )
 
 
 if __name__ == "__main__":
