@@ -33,6 +33,7 @@ class DriverClient:
         self._channel = channel
         self._stub = DriverStub(channel)  # type: ignore[no-untyped-call]
         self._auth = auth
+        self._transient: bytearray | None = None
         self.address = address
 
     def _signed(self, name: str, request: Message) -> Metadata | None:
@@ -110,10 +111,18 @@ class DriverClient:
         await self._stub.UploadBlob(iter_chunks(buffer, ref), metadata=metadata)
         return ref
 
-    async def download_arrays(self, ref: BlobRef) -> NDArrays:
+    async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
+        """Download and decode a blob.
+
+        With ``transient``, the arrays live in a buffer that the next transient
+        download reuses: use them (fold them in) before downloading again.
+        """
         request = pb.DownloadBlobRequest(digest=ref.digest)
         call = self._stub.DownloadBlob(request, metadata=self._signed("DownloadBlob", request))
-        return decode_arrays(await receive_blob(call, ref))
+        buffer = await receive_blob(call, ref, self._transient if transient else None)
+        if transient:
+            self._transient = buffer
+        return decode_arrays(buffer)
 
 
 def _encode_and_hash(arrays: NDArrays) -> tuple[bytearray, str]:

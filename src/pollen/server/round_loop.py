@@ -14,6 +14,7 @@ from pollen.records.messages import BlobRef, Result, Task, TaskKind
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import Config, NDArrays
 from pollen.server.driver import DriverClient
+from pollen.server.global_model import GlobalModel
 from pollen.server.history import History, RoundRecord
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.strategy import Strategy
@@ -97,15 +98,6 @@ class RoundLoop:
         self.run_id = run_id
         self.rng = random.Random(app.config.seed)
         self.round = _Round(driver, run_id, app.config.round_timeout)
-        self._uploaded: tuple[NDArrays, BlobRef] | None = None
-
-    async def _upload(self, parameters: NDArrays) -> BlobRef:
-        # Evaluate and the next round's fit send the same model: upload it once.
-        if self._uploaded is not None and self._uploaded[0] is parameters:
-            return self._uploaded[1]
-        ref = await self.driver.upload_arrays(parameters)
-        self._uploaded = (parameters, ref)
-        return ref
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
@@ -128,20 +120,23 @@ class RoundLoop:
                 return await self.driver.download_arrays(result.parameters)
         raise RunError(f"could not get initial parameters: {'; '.join(failures) or 'no arrays'}")
 
-    async def fit(self, server_round: int, parameters: NDArrays, record: RoundRecord) -> NDArrays:
+    async def fit(self, server_round: int, model: GlobalModel, record: RoundRecord) -> GlobalModel:
         nodes = await self._nodes()
+        parameters = await model.arrays()
         instructions = self.strategy.configure_fit(server_round, parameters, nodes, self.rng)
         if not instructions:
-            return parameters
-        ref = await self._upload(parameters)
+            return model
+        ref = await model.ref()
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
+        del parameters
+        await model.offload()  # memory: the running sum and one result, not the model too
         chosen = [(node, ins.config) for node, ins in instructions]
         failures = record.fit_failures
         async for result in self.round.run("fit", ref, chosen, failures):
             try:
                 if result.parameters is None:
                     raise RunError("fit result carries no arrays")
-                arrays = await self.driver.download_arrays(result.parameters)
+                arrays = await self.driver.download_arrays(result.parameters, transient=True)
                 aggregator.add(result.node_id, FitRes(arrays, result.num_examples, result.metrics))
                 record.fit_results += 1
             except PollenError as exc:
@@ -150,7 +145,7 @@ class RoundLoop:
             logger.warning("round %d fit: %s", server_round, failure)
         if failures and not getattr(self.strategy, "accept_failures", True):
             logger.warning("round %d: failures and accept_failures=False; model kept", server_round)
-            return parameters
+            return model
         new_parameters, record.fit_metrics = aggregator.finish()
         if new_parameters is None:
             raise RunError(
@@ -158,15 +153,16 @@ class RoundLoop:
                 + "; ".join(failures)
                 + ")"
             )
-        return new_parameters
+        return GlobalModel(self.driver, new_parameters)
 
-    async def evaluate(self, server_round: int, parameters: NDArrays, record: RoundRecord) -> None:
+    async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
         # No waiting here: the nodes that just trained are connected, and a round
         # that lost a node must still be able to finish.
         nodes = await self.driver.get_nodes(self.run_id)
+        parameters = await model.arrays()
         instructions = self.strategy.configure_evaluate(server_round, parameters, nodes, self.rng)
         if instructions:
-            ref = await self._upload(parameters)
+            ref = await model.ref()
             chosen = [(node, ins.config) for node, ins in instructions]
             results: list[tuple[int, EvaluateRes]] = []
             async for result in self.round.run("evaluate", ref, chosen, record.evaluate_failures):
@@ -185,17 +181,17 @@ class RoundLoop:
 
     async def run(self) -> RunOutcome:
         history = History(self.run_id)
-        parameters = await self.initial_parameters()
+        model = GlobalModel(self.driver, await self.initial_parameters())
         num_rounds = self.app.config.num_rounds
         for server_round in range(1, num_rounds + 1):
             started = time.perf_counter()
             record = RoundRecord(server_round)
-            parameters = await self.fit(server_round, parameters, record)
-            await self.evaluate(server_round, parameters, record)
+            model = await self.fit(server_round, model, record)
+            await self.evaluate(server_round, model, record)
             record.seconds = time.perf_counter() - started
             history.rounds.append(record)
             logger.info("%s", describe_round(record, num_rounds))
-        return RunOutcome(self.run_id, parameters, history)
+        return RunOutcome(self.run_id, await model.arrays(), history)
 
 
 def _format_metrics(metrics: dict[str, object]) -> str:

@@ -34,9 +34,16 @@ def iter_chunks(
         position += len(data)
 
 
-async def receive_blob(chunks: AsyncIterable[pb.BlobChunk], ref: BlobRef) -> bytearray:
-    """Assemble a downloaded blob into one preallocated buffer and check its digest."""
-    out = bytearray(ref.size)
+async def receive_blob(
+    chunks: AsyncIterable[pb.BlobChunk], ref: BlobRef, out: bytearray | None = None
+) -> bytearray:
+    """Assemble a downloaded blob into one preallocated buffer and check its digest.
+
+    ``out``, when its size is the blob's, is reused instead of allocating (fresh
+    memory costs page faults that show at hundreds of megabytes).
+    """
+    if out is None or len(out) != ref.size:
+        out = bytearray(ref.size)
     hasher = hashlib.sha256()
     position = 0
     async for chunk in chunks:

@@ -16,20 +16,38 @@ def _shapes(arrays: Sequence[np.ndarray]) -> str:
     return text + (", ..." if len(arrays) > 6 else "")
 
 
-def _accumulator_dtype(dtype: np.dtype[Any]) -> type[np.generic]:
-    return np.complex128 if dtype.kind == "c" else np.float64
+_BLOCK = 1 << 18
+"""Elements folded per step: bounds the scratch memory to a few MiB whatever the model."""
+
+
+def _accumulator_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """float32 for float16/float32 models, float64 for float64 and integer ones.
+
+    Measured choice: summing float32 updates in float32 costs half the memory and
+    memory traffic of float64; its relative error grows like N * 6e-8 for N
+    results at worst (under 1e-5 for 100 nodes, see tests/test_fedavg.py), far
+    below the noise of stochastic training.
+    """
+    if dtype.kind == "c":
+        return np.dtype(np.complex64 if dtype.itemsize <= 8 else np.complex128)
+    if dtype.kind == "f" and dtype.itemsize <= 4:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 class RunningWeightedMean:
-    """sum(weight_i * arrays_i) / sum(weight_i), accumulated in float64 one result at a time.
+    """sum(weight_i * arrays_i) / sum(weight_i), accumulated one result at a time.
 
-    Memory: one float64 accumulator per array of the model, whatever the number
-    of results. Integer and bool arrays are averaged and rounded back.
+    Memory: one accumulator the size of the model (see `_accumulator_dtype`) and
+    a scratch block of a few MiB, whatever the number of results. The mean is
+    computed in place, so the result costs no further copy. Integer and bool
+    arrays are averaged and rounded back.
     """
 
     def __init__(self, reference: NDArrays) -> None:
-        self._reference = [(a.shape, a.dtype) for a in reference]
+        self._reference = [(tuple(a.shape), a.dtype) for a in reference]
         self._sums: list[np.ndarray] | None = None
+        self._scratch: dict[np.dtype[Any], np.ndarray] = {}
         self.total_weight = 0
         self.count = 0
 
@@ -57,19 +75,33 @@ class RunningWeightedMean:
                 np.zeros(shape, _accumulator_dtype(dtype)) for shape, dtype in self._reference
             ]
         for total, array in zip(self._sums, arrays, strict=True):
-            total += np.multiply(array, weight, dtype=total.dtype)
+            self._fold(total.reshape(-1), np.asarray(array).reshape(-1), weight)
         self.total_weight += weight
         self.count += 1
 
+    def _fold(self, total: np.ndarray, array: np.ndarray, weight: int) -> None:
+        scratch = self._scratch.get(total.dtype)
+        if scratch is None:
+            scratch = self._scratch[total.dtype] = np.empty(_BLOCK, total.dtype)
+        for start in range(0, total.size, _BLOCK):
+            end = min(start + _BLOCK, total.size)
+            block = scratch[: end - start]
+            np.multiply(array[start:end], weight, out=block, casting="same_kind")
+            total[start:end] += block
+
     def result(self) -> NDArrays | None:
+        """The weighted mean; the accumulator becomes the result (call once)."""
         if self._sums is None:
             return None
         out: NDArrays = []
         for total, (_, dtype) in zip(self._sums, self._reference, strict=True):
-            mean = total / self.total_weight
+            np.divide(total, self.total_weight, out=total)
             if dtype.kind in "biu":
-                mean = np.rint(mean.real)
-            out.append(mean.astype(dtype))
+                out.append(np.rint(total.real).astype(dtype))
+            else:
+                out.append(total.astype(dtype, copy=False))
+        self._sums = None
+        self._scratch.clear()
         return out
 
 

@@ -29,7 +29,11 @@ class FitAggregator(ABC):
 
     @abstractmethod
     def add(self, node_id: int, result: FitRes) -> None:
-        """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason."""
+        """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason.
+
+        ``result.parameters`` are views over a download buffer that the next
+        result reuses: copy whatever must outlive this call.
+        """
 
     @abstractmethod
     def finish(self) -> tuple[NDArrays | None, Metrics]:
