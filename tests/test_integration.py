@@ -52,13 +52,33 @@ def test_three_rounds_with_two_nodes_average_and_write_outputs(tmp_path: Path) -
 
 def test_global_model_blob_is_stored_once_for_all_nodes(tmp_path: Path) -> None:
     async def scenario() -> None:
-        configs: list[dict[str, object]] = [{}, {}, {}]
+        marker = tmp_path / "training"
+        slow = {"behaviour": "slow", "marker": str(marker), "delay": 0.5}
+        configs: list[dict[str, object]] = [slow, slow, slow]
         async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
             app = numpy_apps.make_server_app(num_rounds=1, min_available=3, fraction_evaluate=0)
-            await run_server_app(app, server_config(tmp_path, link.driver_port))
-            blobs = [p for p in link.blobs.root.iterdir() if not p.name.startswith(".")]
-        # one global model + one result per node (all three results are identical bytes)
-        assert len(blobs) == 2
+            run = asyncio.create_task(
+                run_server_app(app, server_config(tmp_path, link.driver_port))
+            )
+            await wait_until(marker.exists)
+            assert len(link.blobs.stored()) == 1  # three tasks, one copy of the model
+            await run
+
+    asyncio.run(scenario())
+
+
+def test_blobs_are_deleted_when_the_run_no_longer_needs_them(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"examples": 1}, {"examples": 3}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            await run_server_app(
+                numpy_apps.make_server_app(num_rounds=3),
+                server_config(tmp_path, link.driver_port),
+            )
+            assert link.blobs.stored() == []  # no orphan files after a run
+            assert not any(p.name.endswith(".part") for p in link.blobs.root.iterdir())
+            state = link.dispatcher.state
+            assert state.unheld_blobs(created_before=float("inf")) == []
 
     asyncio.run(scenario())
 

@@ -104,18 +104,20 @@ class Run(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., app: _Optional[str] = ..., run_config: _Optional[_Mapping[str, Scalar]] = ..., status: _Optional[str] = ...) -> None: ...
 
 class BlobChunk(_message.Message):
-    __slots__ = ("digest", "total_size", "offset", "data", "node_id")
+    __slots__ = ("digest", "total_size", "offset", "data", "node_id", "run_id")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     digest: str
     total_size: int
     offset: int
     data: bytes
     node_id: int
-    def __init__(self, digest: _Optional[str] = ..., total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., node_id: _Optional[int] = ...) -> None: ...
+    run_id: int
+    def __init__(self, digest: _Optional[str] = ..., total_size: _Optional[int] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., node_id: _Optional[int] = ..., run_id: _Optional[int] = ...) -> None: ...
 
 class DownloadBlobRequest(_message.Message):
     __slots__ = ("digest", "offset", "node_id")

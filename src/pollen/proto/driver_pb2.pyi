@@ -75,3 +75,17 @@ class FinishRunRequest(_message.Message):
 class FinishRunReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReleaseBlobsRequest(_message.Message):
+    __slots__ = ("run_id", "digests")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[int] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReleaseBlobsReply(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...

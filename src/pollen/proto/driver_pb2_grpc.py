@@ -55,6 +55,11 @@ class DriverStub:
                 request_serializer=pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.SerializeToString,
                 response_deserializer=pollen_dot_proto_dot_common__pb2.Result.FromString,
                 _registered_method=True)
+        self.ReleaseBlobs = channel.unary_unary(
+                '/pollen.v1.Driver/ReleaseBlobs',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.FromString,
+                _registered_method=True)
         self.FinishRun = channel.unary_unary(
                 '/pollen.v1.Driver/FinishRun',
                 request_serializer=pollen_dot_proto_dot_driver__pb2.FinishRunRequest.SerializeToString,
@@ -101,8 +106,16 @@ class DriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseBlobs(self, request, context):
+        """Blobs this run no longer needs; each is deleted once nothing else holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FinishRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Ends the run and releases every blob it held.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -141,6 +154,11 @@ def add_DriverServicer_to_server(servicer, server):
                     servicer.StreamResults,
                     request_deserializer=pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.FromString,
                     response_serializer=pollen_dot_proto_dot_common__pb2.Result.SerializeToString,
+            ),
+            'ReleaseBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseBlobs,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.SerializeToString,
             ),
             'FinishRun': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishRun,
@@ -266,6 +284,33 @@ class Driver:
             '/pollen.v1.Driver/StreamResults',
             pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.SerializeToString,
             pollen_dot_proto_dot_common__pb2.Result.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/ReleaseBlobs',
+            pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,12 +103,17 @@ class DriverClient:
         request = dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
         await self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
 
-    async def upload_arrays(self, arrays: NDArrays) -> BlobRef:
-        """Lay ``arrays`` out as one blob and upload it once (in chunks)."""
+    async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
+        """Tell the SuperLink that this run no longer needs these blobs."""
+        request = dpb.ReleaseBlobsRequest(run_id=run_id, digests=[r.digest for r in refs])
+        await self._stub.ReleaseBlobs(request, metadata=self._signed("ReleaseBlobs", request))
+
+    async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
+        """Lay ``arrays`` out as one blob and upload it once (in chunks), held by ``run_id``."""
         buffer, digest = await asyncio.to_thread(_encode_and_hash, arrays)
         ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None
-        await self._stub.UploadBlob(iter_chunks(buffer, ref), metadata=metadata)
+        await self._stub.UploadBlob(iter_chunks(buffer, ref, run_id=run_id), metadata=metadata)
         return ref
 
     async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:

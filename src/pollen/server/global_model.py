@@ -16,8 +16,9 @@ class GlobalModel:
     produced no usable result, or server-side evaluation).
     """
 
-    def __init__(self, driver: DriverClient, arrays: NDArrays) -> None:
+    def __init__(self, driver: DriverClient, run_id: int, arrays: NDArrays) -> None:
         self._driver = driver
+        self._run_id = run_id
         self._arrays: NDArrays | None = arrays
         self._ref: BlobRef | None = None
 
@@ -30,7 +31,7 @@ class GlobalModel:
     async def ref(self) -> BlobRef:
         """The model's blob on the SuperLink, uploaded on first use."""
         if self._ref is None:
-            self._ref = await self._driver.upload_arrays(await self.arrays())
+            self._ref = await self._driver.upload_arrays(await self.arrays(), self._run_id)
         return self._ref
 
     async def offload(self) -> None:

@@ -132,7 +132,10 @@ class RoundLoop:
         await model.offload()  # memory: the running sum and one result, not the model too
         chosen = [(node, ins.config) for node, ins in instructions]
         failures = record.fit_failures
+        results: list[BlobRef] = []
         async for result in self.round.run("fit", ref, chosen, failures):
+            if result.parameters is not None:
+                results.append(result.parameters)
             try:
                 if result.parameters is None:
                     raise RunError("fit result carries no arrays")
@@ -153,7 +156,9 @@ class RoundLoop:
                 + "; ".join(failures)
                 + ")"
             )
-        return GlobalModel(self.driver, new_parameters)
+        # Folded in and replaced: the SuperLink may delete these blobs.
+        await self.driver.release_blobs(self.run_id, [ref, *results])
+        return GlobalModel(self.driver, self.run_id, new_parameters)
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
         # No waiting here: the nodes that just trained are connected, and a round
@@ -181,7 +186,7 @@ class RoundLoop:
 
     async def run(self) -> RunOutcome:
         history = History(self.run_id)
-        model = GlobalModel(self.driver, await self.initial_parameters())
+        model = GlobalModel(self.driver, self.run_id, await self.initial_parameters())
         num_rounds = self.app.config.num_rounds
         for server_round in range(1, num_rounds + 1):
             started = time.perf_counter()

@@ -24,10 +24,12 @@ async def receive_upload(
 ) -> pb.BlobRef:
     """Write an uploaded blob to disk, verify its digest, record it once."""
     writer = None
+    run_id = 0
     try:
         async for chunk in chunks:
             if writer is None:
                 writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
+                run_id = chunk.run_id
             writer.write(chunk.offset, chunk.data)
         if writer is None:
             raise BlobError("upload carried no chunk")
@@ -41,6 +43,10 @@ async def receive_upload(
             writer.abort()
         raise
     state.add_blob(ref.digest, ref.size, clock())
+    run = state.get_run(run_id) if run_id else None
+    if run is not None and run.status == "running":
+        # held from upload on, so that no other run's release deletes it before use
+        state.hold_blobs(run_id, [ref.digest])
     return pb.BlobRef(digest=ref.digest, size=ref.size)
 
 

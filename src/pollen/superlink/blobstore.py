@@ -77,6 +77,13 @@ class BlobStore:
         except FileNotFoundError as exc:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
 
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def stored(self) -> list[str]:
+        """Digests of the blob files present (temporary files excluded)."""
+        return [p.name for p in self.root.iterdir() if not p.name.startswith(".")]
+
     def writer(self, ref: BlobRef) -> BlobWriter:
         return BlobWriter(self, ref)
 

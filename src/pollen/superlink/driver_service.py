@@ -13,6 +13,7 @@ from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
 from pollen.records.messages import Task
+from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
@@ -24,10 +25,11 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DriverService(driver_pb2_grpc.DriverServicer):
-    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore) -> None:
+    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore, collector: BlobCollector) -> None:
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
+        self._collector = collector
 
     async def _running_run(self, run_id: int, context: Context) -> None:
         run = self._state.get_run(run_id)
@@ -74,6 +76,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                 )
             task.run_id = request.run_id
             tasks.append(task)
+        self._state.hold_blobs(request.run_id, {t.parameters.digest for t in tasks if t.parameters})
         self._dispatcher.push_tasks(tasks)
         return dpb.PushTasksReply(task_ids=[t.task_id for t in tasks])
 
@@ -101,8 +104,17 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         await self._running_run(request.run_id, context)
         status = request.status if request.status in ("finished", "failed") else "finished"
         self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
+        self._collector.release(request.run_id)
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()
+
+    async def ReleaseBlobs(
+        self, request: dpb.ReleaseBlobsRequest, context: Context
+    ) -> dpb.ReleaseBlobsReply:
+        if self._state.get_run(request.run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
+        deleted = self._collector.release(request.run_id, list(request.digests))
+        return dpb.ReleaseBlobsReply(deleted=deleted)
 
     async def UploadBlob(
         self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context

@@ -114,6 +114,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             )
         # The task, not the node, says which run, node and kind this answers.
         result.run_id, result.node_id, result.kind = task.run_id, task.node_id, task.kind
+        if result.parameters is not None:
+            self._state.hold_blobs(task.run_id, [result.parameters.digest])
         self._dispatcher.add_result(result)
         return fpb.PushResultReply()
 

@@ -14,6 +14,7 @@ import grpc
 
 from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
+from pollen.superlink.blob_gc import BlobCollector, sweep_periodically
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
@@ -102,6 +103,8 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     try:
         blobs = BlobStore(config.blob_dir)
         dispatcher = Dispatcher(state, config.clock)
+        collector = BlobCollector(state, blobs, config.clock)
+        collector.sweep()  # leftovers of a previous life
         fleet_guard, driver_guard = _guards(config, Audit(state, config.clock))
     except BaseException:
         state.close()
@@ -114,7 +117,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             fleet_guard.verified(fleet) if fleet_guard else fleet,
         )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
-            DriverService(dispatcher, blobs),
+            DriverService(dispatcher, blobs, collector),
             driver_guard.verified(driver) if driver_guard else driver,
         )
         revoke = _cut_off(dispatcher)
@@ -141,6 +144,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         background = [
             asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval)),
             asyncio.create_task(watch_allowlists(watched)),
+            asyncio.create_task(sweep_periodically(collector)),
         ]
         try:
             yield SuperLink(fleet_port, driver_port, dispatcher, blobs, fleet_guard, driver_guard)

@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS audit (
     peer TEXT NOT NULL,
     reason TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blob_holds (
+    digest TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    PRIMARY KEY (digest, run_id)
+);
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
@@ -314,10 +319,59 @@ class SqliteState:
 
     # blobs
     def add_blob(self, digest: str, size: int, now: float) -> None:
-        self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (digest, size, now))
+        # A blob stored again counts as new, so the orphan sweep gives it its grace period.
+        self._db.execute(
+            "INSERT INTO blobs VALUES (?, ?, ?) ON CONFLICT(digest) "
+            "DO UPDATE SET created_at=excluded.created_at",
+            (digest, size, now),
+        )
 
     def has_blob(self, digest: str) -> bool:
         return bool(self._rows("SELECT 1 FROM blobs WHERE digest=?", digest))
+
+    def hold_blobs(self, run_id: int, digests: Iterable[str]) -> None:
+        self._db.executemany(
+            "INSERT OR IGNORE INTO blob_holds VALUES (?, ?)", [(d, run_id) for d in digests]
+        )
+
+    def release_blobs(self, run_id: int, digests: Iterable[str] | None = None) -> list[str]:
+        """Drop ``run_id``'s holds (all of them when ``digests`` is None); return those digests."""
+        if digests is None:
+            released = [
+                r[0] for r in self._rows("SELECT digest FROM blob_holds WHERE run_id=?", run_id)
+            ]
+        else:
+            released = list(digests)
+        self._db.executemany(
+            "DELETE FROM blob_holds WHERE digest=? AND run_id=?", [(d, run_id) for d in released]
+        )
+        return released
+
+    def blob_in_use(self, digest: str) -> bool:
+        """Held by a run, or named by an open task of a running run."""
+        return bool(
+            self._rows(
+                "SELECT 1 FROM blob_holds WHERE digest=? UNION ALL "
+                "SELECT 1 FROM tasks JOIN runs USING (run_id) WHERE tasks.parameters_digest=? "
+                "AND tasks.status IN ('pending', 'delivered') AND runs.status='running' LIMIT 1",
+                digest,
+                digest,
+            )
+        )
+
+    def unheld_blobs(self, created_before: float) -> list[str]:
+        """Blobs older than ``created_before`` that no run holds (candidates for deletion)."""
+        return [
+            r[0]
+            for r in self._rows(
+                "SELECT digest FROM blobs WHERE created_at < ? AND digest NOT IN "
+                "(SELECT digest FROM blob_holds)",
+                created_before,
+            )
+        ]
+
+    def remove_blob(self, digest: str) -> None:
+        self._db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
 
     def close(self) -> None:
         self._db.close()

@@ -66,11 +66,13 @@ class FleetClient:
         request = fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
         await self._stub.PushResult(request, metadata=self._signed("PushResult", request))
 
-    async def upload_blob(self, buffer: Buffer, digest: str | None = None) -> BlobRef:
+    async def upload_blob(
+        self, buffer: Buffer, digest: str | None = None, run_id: int = 0
+    ) -> BlobRef:
         ref = BlobRef(digest or sha256_hex(buffer), len(buffer))
         metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None
         await self._stub.UploadBlob(
-            iter_chunks(buffer, ref, node_id=self.node_id), metadata=metadata
+            iter_chunks(buffer, ref, node_id=self.node_id, run_id=run_id), metadata=metadata
         )
         return ref
 

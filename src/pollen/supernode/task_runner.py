@@ -72,7 +72,9 @@ class TaskRunner:
             result.loss = reply.loss
             result.metrics = reply.metrics
             if encoded is not None:
-                result.parameters = await fleet.upload_blob(encoded, sha256_hex(encoded))
+                result.parameters = await fleet.upload_blob(
+                    encoded, sha256_hex(encoded), task.run_id
+                )
         if result.error:
             logger.warning("task %s failed: %s", task.task_id[:8], result.error)
         await fleet.push_result(result)

@@ -15,9 +15,9 @@ CHUNK_SIZE = 1024 * 1024
 
 
 def iter_chunks(
-    buffer: Buffer, ref: BlobRef, node_id: int = 0, offset: int = 0
+    buffer: Buffer, ref: BlobRef, node_id: int = 0, offset: int = 0, run_id: int = 0
 ) -> Iterator[pb.BlobChunk]:
-    """Chunks of ``buffer`` from ``offset``; the first names the digest and total size."""
+    """Chunks of ``buffer`` from ``offset``; the first names the digest, total size and run."""
     view = memoryview(buffer)
     first = True
     position = offset
@@ -29,6 +29,7 @@ def iter_chunks(
             offset=position,
             data=data,
             node_id=node_id if first else 0,
+            run_id=run_id if first else 0,
         )
         first = False
         position += len(data)
