@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
@@ -25,12 +26,20 @@ async def receive_upload(
     """Write an uploaded blob to disk, verify its digest, record it once."""
     writer = None
     run_id = 0
+    # Hashing and writing a chunk run in a worker thread (both release the GIL)
+    # while the event loop receives the next one.
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
     try:
         async for chunk in chunks:
             if writer is None:
                 writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
                 run_id = chunk.run_id
-            writer.write(chunk.offset, chunk.data)
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, writer.write, chunk.offset, chunk.data)
+        if pending is not None:
+            await pending
         if writer is None:
             raise BlobError("upload carried no chunk")
         ref = writer.commit()
@@ -39,6 +48,8 @@ async def receive_upload(
             writer.abort()
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
     except BaseException:
+        if pending is not None:
+            await asyncio.wait([pending])
         if writer is not None:
             writer.abort()
         raise

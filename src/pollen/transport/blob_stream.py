@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterable, Iterator
 
@@ -47,16 +48,26 @@ async def receive_blob(
         out = bytearray(ref.size)
     hasher = hashlib.sha256()
     position = 0
+    # The digest is computed in a worker thread (hashlib releases the GIL)
+    # while the event loop receives the next chunk.
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future[None] | None = None
     async for chunk in chunks:
         end = position + len(chunk.data)
         if chunk.offset != position or end > ref.size:
+            if pending is not None:
+                await pending
             raise BlobError(
                 f"blob {ref.digest[:12]}: chunk at offset {chunk.offset} does not fit "
                 f"(expected offset {position}, size {ref.size})"
             )
         out[position:end] = chunk.data
-        hasher.update(chunk.data)
+        if pending is not None:
+            await pending
+        pending = loop.run_in_executor(None, hasher.update, chunk.data)
         position = end
+    if pending is not None:
+        await pending
     if position != ref.size or hasher.hexdigest() != ref.digest:
         raise BlobError(
             f"blob {ref.digest[:12]}: received {position} of {ref.size} bytes "
