@@ -336,3 +336,13 @@ def test_cache_counts_hits_and_misses() -> None:
         cache.get(name)
 
     assert (cache.hits, cache.misses) == (3, 2)
+
+
+def test_blob_cache_does_not_keep_blobs_above_its_byte_budget() -> None:
+    from pollen.supernode.blob_cache import BlobCache
+
+    cache = BlobCache(capacity=2, max_bytes=10)
+    cache.put("small", bytearray(10))
+    cache.put("large", bytearray(11))
+    assert cache.get("small") is not None
+    assert cache.get("large") is None

@@ -103,6 +103,10 @@ class DriverClient:
         request = dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
         await self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
 
+    def drop_transient(self) -> None:
+        """Free the buffer that transient downloads reuse (between rounds)."""
+        self._transient = None
+
     async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
         """Tell the SuperLink that this run no longer needs these blobs."""
         request = dpb.ReleaseBlobsRequest(run_id=run_id, digests=[r.digest for r in refs])

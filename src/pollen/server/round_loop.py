@@ -144,6 +144,7 @@ class RoundLoop:
                 record.fit_results += 1
             except PollenError as exc:
                 failures.append(f"node {result.node_id}: result rejected: {exc}")
+        self.driver.drop_transient()
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
         if failures and not getattr(self.strategy, "accept_failures", True):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+DEFAULT_MAX_BYTES = 1 << 30
+
 
 class BlobCache:
-    """The ``capacity`` most recently used blobs. Apps get copies, never these buffers."""
+    """The ``capacity`` most recently used blobs. Apps get copies, never these buffers.
 
-    def __init__(self, capacity: int = 2) -> None:
+    Blobs larger than ``max_bytes`` are not kept: for them a second copy would
+    cost more memory than a download costs time.
+    """
+
+    def __init__(self, capacity: int = 2, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self._blobs: OrderedDict[str, bytearray] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -23,7 +30,12 @@ class BlobCache:
         self._blobs.move_to_end(digest)
         return blob
 
+    def accepts(self, size: int) -> bool:
+        return size <= self.max_bytes
+
     def put(self, digest: str, blob: bytearray) -> None:
+        if not self.accepts(len(blob)):
+            return
         self._blobs[digest] = blob
         self._blobs.move_to_end(digest)
         while len(self._blobs) > self.capacity:

@@ -44,6 +44,8 @@ class TaskRunner:
         blob = self.cache.get(ref.digest)
         if blob is None:
             blob = await fleet.download_blob(ref)
+            if not self.cache.accepts(ref.size):
+                return blob  # not kept: the app may have this very buffer
             self.cache.put(ref.digest, blob)
         # The app may change its arrays in place; the cached blob must stay intact.
         return bytearray(blob)

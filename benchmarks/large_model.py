@@ -1,0 +1,118 @@
+"""What the large-model benchmarks share: one secure federation moving a big model.
+
+A SuperLink, ``nodes`` SuperNodes and the ServerApp all run as child processes
+with TLS and client authentication (credentials generated in the work folder).
+The ClientApp (``apps/perturb_client.py``) hands the model back changed by one
+element, so every result is a distinct blob, as in real training. Each process's
+peak RSS is read from ``/proc/PID/status`` (VmHWM); round times come from the
+run's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federation_run import wait_until_connected
+
+from pollen.cli.local_federation import Child, LocalFederation, spawn
+from pollen.errors import RunError
+
+APPS = Path(__file__).resolve().parent / "apps"
+MB = 1024 * 1024
+
+
+def peak_rss(pid: int) -> int:
+    """Peak resident memory of a live process, in bytes (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class LargeModelRun:
+    model_mb: int
+    nodes: int
+    round_seconds: list[float]
+    peak_rss: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def effective_mb_per_s(self) -> float:
+        """Model bytes moved per round (to every node and back) over the median round."""
+        ordered = sorted(self.round_seconds)
+        median = ordered[len(ordered) // 2]
+        return 2 * self.nodes * self.model_mb / median
+
+
+def _wait_for_serverapp(server: Child, federation: LocalFederation, timeout: float) -> int:
+    """Wait for the ServerApp, following its peak memory; RunError if anything dies."""
+    deadline = time.monotonic() + timeout
+    peak = 0
+    while server.process.poll() is None:
+        peak = max(peak, peak_rss(server.process.pid))
+        for child in [*federation.nodes, federation.superlink]:
+            if child is not None and child.process.poll() is not None:
+                raise RunError(f"{child.name} exited with {child.process.returncode}")
+        if time.monotonic() > deadline:
+            raise RunError(f"the run did not finish within {timeout:g} s")
+        time.sleep(0.02)
+    if server.process.returncode != 0:
+        raise RunError(
+            f"the ServerApp exited with {server.process.returncode}: "
+            f"{server.log().strip().splitlines()[-1:]}"
+        )
+    return peak
+
+
+def run_large_model(
+    model_mb: int, nodes: int, rounds: int, workdir: Path, timeout: float = 1800
+) -> LargeModelRun:
+    federation = LocalFederation(workdir / "federation", clients=nodes)
+    try:
+        federation.start_superlink()
+        for _ in range(nodes):
+            federation.start_supernode("perturb_client:app", APPS)
+        wait_until_connected(federation, timeout=60)
+        os.environ.update(
+            POLLEN_BENCH_MODEL_MB=str(model_mb),
+            POLLEN_BENCH_NODES=str(nodes),
+            POLLEN_BENCH_ROUNDS=str(rounds),
+        )
+        server = spawn(
+            "serverapp", federation.serverapp_command("large_server:app", APPS), federation.log_dir
+        )
+        try:
+            server_peak = _wait_for_serverapp(server, federation, timeout)
+        finally:
+            server.stop()
+        peaks = {"serverapp": server_peak}
+        if federation.superlink is not None:
+            peaks["superlink"] = peak_rss(federation.superlink.process.pid)
+        for node in federation.nodes:
+            peaks[node.name] = peak_rss(node.process.pid)
+        [metrics] = (federation.workdir / "runs").glob("*/metrics.json")
+        seconds = [r["seconds"] for r in json.loads(metrics.read_text())["rounds"]]
+        return LargeModelRun(model_mb, nodes, seconds, peaks)
+    finally:
+        federation.stop()
+
+
+def free_disk_check(workdir: Path, model_mb: int, nodes: int) -> None:
+    """The SuperLink keeps the model and every result of a round on disk."""
+    need = (1 + nodes) * model_mb * MB * 1.2
+    free = os.statvfs(workdir).f_bavail * os.statvfs(workdir).f_frsize
+    if free < need:
+        raise RunError(
+            f"{model_mb} MB with {nodes} nodes needs about {need / 1e9:.1f} GB of "
+            f"disk in {workdir}, {free / 1e9:.1f} GB free; pass --workdir elsewhere"
+        )
+
+
+__all__ = ["LargeModelRun", "free_disk_check", "peak_rss", "run_large_model"]
