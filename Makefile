@@ -26,5 +26,14 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 	$(VENV)/bin/mypy
 
+# Every benchmark, each next to Flower 1.42 in the same run (installed once in
+# .pollen/peers/); sizes chosen to fit in 24 GB. PEER= runs Pollen alone.
+PEER ?= --peer flower
 bench: $(VENV)/.installed
-	$(PY) benchmarks/round_latency.py
+	$(PY) benchmarks/round_latency.py --secure $(PEER)
+	$(PY) benchmarks/auth_overhead.py --repeats 3
+	$(PY) benchmarks/throughput.py --model-mb 100 500 $(PEER)
+	$(PY) benchmarks/throughput.py --model-mb 2500 --rounds 2
+	$(PY) benchmarks/memory.py --model-mb 500 --nodes 2 $(PEER)
+	$(PY) benchmarks/memory.py --model-mb 500 --nodes 8
+	$(PY) benchmarks/cifar_round.py

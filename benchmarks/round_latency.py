@@ -84,7 +84,13 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def report(seconds: Sequence[float], nodes: int, warmup: int, mode: str = PLAINTEXT) -> str:
+def report(
+    seconds: Sequence[float],
+    nodes: int,
+    warmup: int,
+    mode: str = PLAINTEXT,
+    peer: Sequence[float] | None = None,
+) -> str:
     ms = [s * 1000 for s in seconds]
     median = statistics.median(ms)
     verdict = "met" if median <= TARGET_MS else "NOT met"
@@ -96,8 +102,16 @@ def report(seconds: Sequence[float], nodes: int, warmup: int, mode: str = PLAINT
             f"min {min(ms):.1f} ms, max {max(ms):.1f} ms "
             f"over {len(ms)} rounds ({warmup} warm-up rounds excluded)",
             f"target median <= {TARGET_MS:g} ms: {verdict}",
-            FLOWER_REFERENCE,
+            _peer_line(peer, median) if peer else FLOWER_REFERENCE,
         ]
+    )
+
+
+def _peer_line(peer: Sequence[float], median_ms: float) -> str:
+    flower = statistics.median(peer) * 1000
+    return (
+        f"Flower 1.42 this run (TLS + node authentication, {len(peer)} rounds): median "
+        f"{flower:.0f} ms per round; Pollen is {flower / median_ms:.0f}x faster"
     )
 
 
@@ -129,11 +143,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TLS and client authentication, with credentials generated in the work folder "
         "(default: plaintext)",
     )
+    parser.add_argument(
+        "--peer",
+        choices=["flower"],
+        default=None,
+        help="also run the workload on Flower 1.42.0 (installed in its own virtualenv)",
+    )
     args = parser.parse_args(argv)
+    peer: list[float] = []
     if args.rounds < 1 or args.nodes < 1 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--rounds and --nodes must be >= 1, --warmup >= 0, --timeout > 0")
 
     def run() -> list[float]:
+        if args.peer == "flower":
+            from peers.flower import flower_round_latency
+
+            peer.extend(flower_round_latency(rounds=3, nodes=args.nodes))
         if args.workdir is not None:
             return measure(
                 args.rounds,
@@ -150,7 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     mode = SECURE if args.secure else PLAINTEXT
     return run_benchmark(
-        "round_latency", run, lambda seconds: report(seconds, args.nodes, args.warmup, mode)
+        "round_latency",
+        run,
+        lambda seconds: report(seconds, args.nodes, args.warmup, mode, peer),
     )
 
 

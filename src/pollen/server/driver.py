@@ -16,7 +16,7 @@ from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.transport.addresses import Address
-from pollen.transport.blob_stream import iter_chunks, receive_blob
+from pollen.transport.blob_stream import download_blob, iter_chunks
 from pollen.transport.channels import open_channel
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
 from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth, open_session
@@ -126,9 +126,15 @@ class DriverClient:
         With ``transient``, the arrays live in a buffer that the next transient
         download reuses: use them (fold them in) before downloading again.
         """
-        request = pb.DownloadBlobRequest(digest=ref.digest)
-        call = self._stub.DownloadBlob(request, metadata=self._signed("DownloadBlob", request))
-        buffer = await receive_blob(call, ref, self._transient if transient else None)
+
+        def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+            request = pb.DownloadBlobRequest(digest=ref.digest, offset=offset)
+            call: AsyncIterator[pb.BlobChunk] = self._stub.DownloadBlob(
+                request, metadata=self._signed("DownloadBlob", request)
+            )
+            return call
+
+        buffer = await download_blob(open_stream, ref, self._transient if transient else None)
         if transient:
             self._transient = buffer
         return decode_arrays(buffer)

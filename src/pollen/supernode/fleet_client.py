@@ -12,7 +12,7 @@ from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
 from pollen.records.arrays import Buffer, sha256_hex
 from pollen.records.messages import BlobRef, Result, RunInfo, Task
-from pollen.transport.blob_stream import iter_chunks, receive_blob
+from pollen.transport.blob_stream import download_blob, iter_chunks
 from pollen.transport.convert import result_to_proto, run_from_proto, task_from_proto
 from pollen.transport.request_signing import Metadata, RequestAuth
 
@@ -77,6 +77,11 @@ class FleetClient:
         return ref
 
     async def download_blob(self, ref: BlobRef) -> bytearray:
-        request = pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id)
-        call = self._stub.DownloadBlob(request, metadata=self._signed("DownloadBlob", request))
-        return await receive_blob(call, ref)
+        def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+            request = pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id, offset=offset)
+            call: AsyncIterator[pb.BlobChunk] = self._stub.DownloadBlob(
+                request, metadata=self._signed("DownloadBlob", request)
+            )
+            return call
+
+        return await download_blob(open_stream, ref)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterable, Iterator
+import logging
+from collections.abc import AsyncIterable, Callable, Iterator
+
+import grpc
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
 from pollen.records.arrays import Buffer
 from pollen.records.messages import BlobRef
+
+logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1024 * 1024
 """Bytes per chunk; DESIGN.md measured 1 MiB chunks near wire speed over TLS."""
@@ -36,41 +41,81 @@ def iter_chunks(
         position += len(data)
 
 
-async def receive_blob(
-    chunks: AsyncIterable[pb.BlobChunk], ref: BlobRef, out: bytearray | None = None
-) -> bytearray:
-    """Assemble a downloaded blob into one preallocated buffer and check its digest.
+OpenStream = Callable[[int], AsyncIterable[pb.BlobChunk]]
+"""Opens a download of a blob from a byte offset."""
 
-    ``out``, when its size is the blob's, is reused instead of allocating (fresh
-    memory costs page faults that show at hundreds of megabytes).
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+ATTEMPTS = 3
+
+
+class _Assembly:
+    """A blob being received into one preallocated buffer, hashed as it arrives.
+
+    The digest is computed in a worker thread (hashlib releases the GIL) while
+    the event loop receives the next chunk.
     """
-    if out is None or len(out) != ref.size:
-        out = bytearray(ref.size)
-    hasher = hashlib.sha256()
-    position = 0
-    # The digest is computed in a worker thread (hashlib releases the GIL)
-    # while the event loop receives the next chunk.
-    loop = asyncio.get_running_loop()
-    pending: asyncio.Future[None] | None = None
-    async for chunk in chunks:
-        end = position + len(chunk.data)
-        if chunk.offset != position or end > ref.size:
-            if pending is not None:
-                await pending
+
+    def __init__(self, ref: BlobRef, out: bytearray | None) -> None:
+        self.ref = ref
+        self.out = out if out is not None and len(out) == ref.size else bytearray(ref.size)
+        self.position = 0
+        self._hasher = hashlib.sha256()
+        self._pending: asyncio.Future[None] | None = None
+
+    async def settle(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    async def feed(self, chunk: pb.BlobChunk) -> None:
+        end = self.position + len(chunk.data)
+        if chunk.offset != self.position or end > self.ref.size:
             raise BlobError(
-                f"blob {ref.digest[:12]}: chunk at offset {chunk.offset} does not fit "
-                f"(expected offset {position}, size {ref.size})"
+                f"blob {self.ref.digest[:12]}: chunk at offset {chunk.offset} does not fit "
+                f"(expected offset {self.position}, size {self.ref.size})"
             )
-        out[position:end] = chunk.data
-        if pending is not None:
-            await pending
-        pending = loop.run_in_executor(None, hasher.update, chunk.data)
-        position = end
-    if pending is not None:
-        await pending
-    if position != ref.size or hasher.hexdigest() != ref.digest:
-        raise BlobError(
-            f"blob {ref.digest[:12]}: received {position} of {ref.size} bytes "
-            "or content does not match its digest; the transfer was cut or corrupted"
-        )
-    return out
+        self.out[self.position : end] = chunk.data
+        await self.settle()
+        loop = asyncio.get_running_loop()
+        self._pending = loop.run_in_executor(None, self._hasher.update, chunk.data)
+        self.position = end
+
+    async def finish(self) -> bytearray:
+        await self.settle()
+        if self.position != self.ref.size or self._hasher.hexdigest() != self.ref.digest:
+            raise BlobError(
+                f"blob {self.ref.digest[:12]}: received {self.position} of {self.ref.size} "
+                "bytes or content does not match its digest; the transfer was cut or corrupted"
+            )
+        return self.out
+
+
+async def download_blob(
+    open_stream: OpenStream, ref: BlobRef, out: bytearray | None = None, attempts: int = ATTEMPTS
+) -> bytearray:
+    """Download ``ref`` into one buffer (``out`` is reused when its size fits).
+
+    A stream cut mid-way is resumed from the last byte received, up to
+    ``attempts`` times; the digest is checked over the whole blob at the end, so
+    a resumed download is verified like any other.
+    """
+    assembly = _Assembly(ref, out)
+    for attempt in range(1, attempts + 1):
+        try:
+            async for chunk in open_stream(assembly.position):
+                await assembly.feed(chunk)
+            break
+        except grpc.aio.AioRpcError as exc:
+            await assembly.settle()
+            if exc.code() not in RETRYABLE or attempt == attempts:
+                raise
+            logger.warning(
+                "download of blob %s cut at byte %d of %d (%s); resuming",
+                ref.digest[:12],
+                assembly.position,
+                ref.size,
+                exc.code().name.lower(),
+            )
+    return await assembly.finish()

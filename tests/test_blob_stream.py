@@ -1,0 +1,99 @@
+"""Blobs in chunks: split and reassembled exactly, verified, resumed after a cut."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+import pytest
+
+from pollen.errors import BlobError
+from pollen.proto import common_pb2 as pb
+from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
+from pollen.records.messages import BlobRef
+from pollen.transport import blob_stream
+from pollen.transport.blob_stream import download_blob, iter_chunks
+
+
+def model() -> tuple[bytearray, BlobRef]:
+    arrays = [
+        np.arange(blob_stream.CHUNK_SIZE // 2, dtype=np.float64),  # several chunks, partial last
+        np.array([True, False]),
+        np.array(3, dtype=np.int8),
+        np.zeros((0, 4), np.float16),
+    ]
+    buffer = encode_arrays(arrays)
+    return buffer, BlobRef(sha256_hex(buffer), len(buffer))
+
+
+class Cut(grpc.aio.AioRpcError):
+    def __init__(self) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "cut"
+        )
+
+
+def server(buffer: bytearray, ref: BlobRef, cut_after: list[int]) -> blob_stream.OpenStream:
+    """Serves ``buffer`` from any offset; the n-th stream breaks after ``cut_after[n]`` chunks."""
+    opened: list[int] = []
+
+    async def stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+        opened.append(offset)
+        limit = cut_after[len(opened) - 1] if len(opened) <= len(cut_after) else None
+        for index, chunk in enumerate(iter_chunks(buffer, ref, offset=offset)):
+            if limit is not None and index == limit:
+                raise Cut()
+            yield chunk
+
+    stream.opened = opened  # type: ignore[attr-defined]
+    return stream
+
+
+def test_a_multi_chunk_model_with_a_partial_last_chunk_arrives_intact() -> None:
+    buffer, ref = model()
+    assert len(buffer) % blob_stream.CHUNK_SIZE != 0
+    assert len(list(iter_chunks(buffer, ref))) > 2
+    received = asyncio.run(download_blob(server(buffer, ref, []), ref))
+    assert received == buffer
+    arrays = decode_arrays(received)
+    np.testing.assert_array_equal(arrays[0], np.arange(blob_stream.CHUNK_SIZE // 2))
+    assert arrays[2].shape == () and arrays[3].shape == (0, 4)
+
+
+def test_a_download_cut_mid_stream_resumes_where_it_stopped() -> None:
+    buffer, ref = model()
+    open_stream = server(buffer, ref, cut_after=[2, 1])
+    received = asyncio.run(download_blob(open_stream, ref))
+    assert received == buffer
+    chunk = blob_stream.CHUNK_SIZE
+    assert open_stream.opened == [0, 2 * chunk, 3 * chunk]  # type: ignore[attr-defined]
+
+
+def test_a_download_cut_too_often_gives_up_with_the_transport_error() -> None:
+    buffer, ref = model()
+    with pytest.raises(grpc.aio.AioRpcError):
+        asyncio.run(download_blob(server(buffer, ref, cut_after=[1, 1, 1]), ref))
+
+
+def test_bytes_that_do_not_match_the_digest_are_refused() -> None:
+    buffer, ref = model()
+    tampered = bytearray(buffer)
+    tampered[-1] ^= 0xFF
+    with pytest.raises(BlobError, match="does not match its digest"):
+        asyncio.run(download_blob(server(tampered, ref, []), ref))
+
+
+def test_a_stream_that_ends_early_is_refused() -> None:
+    buffer, ref = model()
+    short = BlobRef(ref.digest, ref.size)
+
+    async def stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+        for index, chunk in enumerate(iter_chunks(buffer, ref, offset=offset)):
+            if index == 1:
+                return
+            yield chunk
+
+    with pytest.raises(BlobError, match="received"):
+        asyncio.run(download_blob(stream, short))
