@@ -838,3 +838,21 @@ def test_nonces_are_forgotten_once_they_can_no_longer_pass_the_window() -> None:
     clock[0] += 61
     assert session.use_nonce("fresh", clock[0], 60.0)
     assert session.nonces == {"fresh"}
+
+
+def test_a_flood_of_invented_keys_is_cut_short_without_filling_the_audit_trail(
+    tmp_path: Path, seed: Seed
+) -> None:
+    async def scenario() -> None:
+        async with open_superlink(secure_config(tmp_path, seed)) as link:
+            codes = []
+            for _ in range(12):
+                stranger = ClientIdentity(ec.generate_private_key(ec.SECP384R1()))
+                async with peer(seed, link.fleet_port, stranger) as client:
+                    codes.append(await status_of(client.join()))
+            assert codes[:5] == [grpc.StatusCode.PERMISSION_DENIED] * 5
+            assert set(codes[5:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            rejects = [e for e in link.dispatcher.state.list_audit() if e.event == "reject"]
+            assert len(rejects) == 5
+
+    asyncio.run(scenario())

@@ -49,8 +49,9 @@ def serverapp(
 ) -> None:
     """Run APP (e.g. server:app) as one run on the SuperLink's connected nodes.
 
-    Also spelled `pollen server-app`. --auth-private-key is the operator key for a
-    Driver API started with --operator-keys.
+    `pollen serverapp` and `pollen server-app` are the same command.
+    --auth-private-key is the operator key for a Driver API started with
+    --operator-keys.
     """
     credentials = client_credentials(insecure, root_certificates)
     config = ServerAppConfig(

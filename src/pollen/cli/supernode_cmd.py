@@ -54,7 +54,7 @@ def supernode(
 ) -> None:
     """Run a SuperNode: take tasks from the SuperLink and run APP (e.g. client:app) on them.
 
-    Also spelled `pollen client-app`.
+    `pollen supernode` and `pollen client-app` are the same command.
     """
     credentials = client_credentials(insecure, root_certificates)
     private, public = authentication_keys or (auth_private_key, None)

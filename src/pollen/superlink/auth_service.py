@@ -72,6 +72,15 @@ class AuthService(auth_pb2_grpc.AuthServicer):
                 f"too many failed attempts for key {fingerprint}; retry in {wait:.0f} s",
             )
         if fingerprint not in s.allowlist:
+            # Unlisted keys cost nothing to invent: count them per address, so that
+            # a flood of fresh keys cannot fill the audit trail.
+            unlisted = (peer_host(context.peer()), "unlisted keys")
+            if s.limiter.retry_after(unlisted) > 0:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "too many attempts with unlisted keys from this address; retry later",
+                )
+            s.limiter.record_failure(unlisted)
             await self._refuse(context, fingerprint, "key is not in the allow-list")
         return key
 

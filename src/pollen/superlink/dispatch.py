@@ -29,9 +29,14 @@ class Subscription:
     node_id: int
     queue: asyncio.Queue[Task | None] = field(default_factory=asyncio.Queue)
     close_reason: str = ""
+    closed: bool = False
 
     def close(self, reason: str) -> None:
+        """End the stream now: tasks still queued here are not sent on it."""
         self.close_reason = reason
+        self.closed = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
         self.queue.put_nowait(None)
 
 
@@ -60,6 +65,8 @@ class Dispatcher:
         now = self.clock()
         self._last_seen[node_id] = now
         self.state.set_node_status(node_id, "online", now)
+        # Tasks sent on a stream that broke unnoticed may never have arrived: send again.
+        self.state.requeue_delivered(node_id)
         for task in self.state.pending_tasks(node_id):
             subscription.queue.put_nowait(task)
         logger.info("node %d connected", node_id)
@@ -126,6 +133,11 @@ class Dispatcher:
 
     def fail_open_tasks(self, node_id: int, reason: str) -> None:
         for task in self.state.open_tasks(node_id):
+            self._fail(task, reason)
+
+    def end_run(self, run_id: int, reason: str) -> None:
+        """A finished run's unanswered tasks fail and leave the nodes' queues."""
+        for task in self.state.open_tasks_of_run(run_id):
             self._fail(task, reason)
 
     def _fail(self, task: Task, reason: str) -> None:

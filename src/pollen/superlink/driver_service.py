@@ -70,7 +70,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"blob {task.parameters.digest[:12]} was not uploaded; upload it first",
                 )
-            if not task.task_id or self._state.get_task(task.task_id) is not None:
+            taken = any(t.task_id == task.task_id for t in tasks)
+            if not task.task_id or taken or self._state.get_task(task.task_id) is not None:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"task id {task.task_id!r} is empty or taken"
                 )
@@ -104,6 +105,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         await self._running_run(request.run_id, context)
         status = request.status if request.status in ("finished", "failed") else "finished"
         self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
+        self._dispatcher.end_run(request.run_id, f"run {request.run_id} ended")
         self._collector.release(request.run_id)
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()

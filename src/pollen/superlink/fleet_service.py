@@ -13,6 +13,7 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto import fleet_pb2_grpc
+from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
@@ -34,8 +35,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         dispatcher: Dispatcher,
         blobs: BlobStore,
         heartbeat_interval: float,
+        collector: BlobCollector,
         authenticated: bool = False,
     ) -> None:
+        self._collector = collector
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
@@ -88,7 +91,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         subscription = self._dispatcher.subscribe(request.node_id)
         try:
             while (task := await subscription.queue.get()) is not None:
-                self._state.mark_delivered(task.task_id)
+                if subscription.closed:
+                    break
+                if not self._state.mark_delivered(task.task_id):
+                    continue  # answered or failed while it waited in the queue
                 yield task_to_proto(task)
         finally:
             self._dispatcher.unsubscribe(subscription, "its task stream closed")
@@ -114,9 +120,14 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             )
         # The task, not the node, says which run, node and kind this answers.
         result.run_id, result.node_id, result.kind = task.run_id, task.node_id, task.kind
-        if result.parameters is not None:
-            self._state.hold_blobs(task.run_id, [result.parameters.digest])
         self._dispatcher.add_result(result)
+        if result.parameters is not None:
+            run = self._state.get_run(task.run_id)
+            if run is not None and run.status == "running":
+                # held until the ServerApp releases it (a duplicate answer's blob: at run end)
+                self._state.hold_blobs(task.run_id, [result.parameters.digest])
+            else:  # a late answer: nobody will fetch it
+                self._collector.collect([result.parameters.digest])
         return fpb.PushResultReply()
 
     async def Heartbeat(
@@ -148,8 +159,28 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context
     ) -> pb.BlobRef:
         return await receive_upload(
-            request_iterator, self._blobs, self._state, self._dispatcher.clock, context
+            self._checked_upload(request_iterator, context),
+            self._blobs,
+            self._state,
+            self._dispatcher.clock,
+            context,
         )
+
+    async def _checked_upload(
+        self, chunks: AsyncIterable[pb.BlobChunk], context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
+        """Only a registered node uploads, and only for a run it has tasks in."""
+        first = True
+        async for chunk in chunks:
+            if first:
+                await self._known_node(chunk.node_id, context)
+                if chunk.run_id and not self._state.node_has_run(chunk.node_id, chunk.run_id):
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"node {chunk.node_id} has no task in run {chunk.run_id}",
+                    )
+                first = False
+            yield chunk
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context

@@ -113,7 +113,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     driver = new_server()
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
-            FleetService(dispatcher, blobs, config.heartbeat_interval, fleet_guard is not None),
+            FleetService(
+                dispatcher, blobs, config.heartbeat_interval, collector, fleet_guard is not None
+            ),
             fleet_guard.verified(fleet) if fleet_guard else fleet,
         )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
@@ -140,7 +142,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             config.database,
             _describe_security(config),
         )
-        watched = [(g, revoke) for g in (fleet_guard, driver_guard) if g is not None]
+        watched = [(g, revoke) for g in (fleet_guard,) if g is not None]
+        if driver_guard is not None:  # an operator key is no node: no stream to cut here
+            watched.append((driver_guard, lambda session, fingerprint: None))
         background = [
             asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval)),
             asyncio.create_task(watch_allowlists(watched)),

@@ -68,11 +68,14 @@ class SessionStore:
 
     def issue_challenge(self, fingerprint: str) -> bytes:
         now = self.clock()
-        self._challenges = {
-            c: (fp, t) for c, (fp, t) in self._challenges.items() if now - t < CHALLENGE_SECONDS
-        }
-        while len(self._challenges) >= MAX_CHALLENGES:
-            self._challenges.pop(next(iter(self._challenges)))
+        # Challenges are kept in the order issued: expired ones are at the front.
+        while self._challenges:
+            oldest = next(iter(self._challenges))
+            if now - self._challenges[oldest][1] < CHALLENGE_SECONDS and (
+                len(self._challenges) < MAX_CHALLENGES
+            ):
+                break
+            del self._challenges[oldest]
         challenge = secrets.token_bytes(32)
         self._challenges[challenge] = (fingerprint, now)
         return challenge

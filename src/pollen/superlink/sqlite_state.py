@@ -209,14 +209,29 @@ class SqliteState:
 
     def pending_tasks(self, node_id: int) -> list[Task]:
         rows = self._rows(
-            "SELECT * FROM tasks WHERE node_id=? AND status='pending' ORDER BY created_at", node_id
+            "SELECT tasks.* FROM tasks JOIN runs USING (run_id) WHERE tasks.node_id=? AND "
+            "tasks.status='pending' AND runs.status='running' ORDER BY tasks.created_at",
+            node_id,
         )
         return [self._task(r) for r in rows]
 
-    def mark_delivered(self, task_id: str) -> None:
-        self._db.execute(
+    def mark_delivered(self, task_id: str) -> bool:
+        """Mark a pending task delivered; False when it is no longer pending."""
+        cursor = self._db.execute(
             "UPDATE tasks SET status='delivered' WHERE task_id=? AND status='pending'", (task_id,)
         )
+        return cursor.rowcount > 0
+
+    def requeue_delivered(self, node_id: int) -> None:
+        self._db.execute(
+            "UPDATE tasks SET status='pending' WHERE node_id=? AND status='delivered'", (node_id,)
+        )
+
+    def open_tasks_of_run(self, run_id: int) -> list[Task]:
+        rows = self._rows(
+            "SELECT * FROM tasks WHERE run_id=? AND status IN ('pending', 'delivered')", run_id
+        )
+        return [self._task(r) for r in rows]
 
     def open_tasks(self, node_id: int) -> list[Task]:
         rows = self._rows(
@@ -336,16 +351,13 @@ class SqliteState:
 
     def release_blobs(self, run_id: int, digests: Iterable[str] | None = None) -> list[str]:
         """Drop ``run_id``'s holds (all of them when ``digests`` is None); return those digests."""
-        if digests is None:
-            released = [
-                r[0] for r in self._rows("SELECT digest FROM blob_holds WHERE run_id=?", run_id)
-            ]
-        else:
-            released = list(digests)
+        # Only what this run held: releasing cannot touch another run's blobs.
+        held = {r[0] for r in self._rows("SELECT digest FROM blob_holds WHERE run_id=?", run_id)}
+        released = held if digests is None else held & set(digests)
         self._db.executemany(
             "DELETE FROM blob_holds WHERE digest=? AND run_id=?", [(d, run_id) for d in released]
         )
-        return released
+        return sorted(released)
 
     def blob_in_use(self, digest: str) -> bool:
         """Held by a run, or named by an open task of a running run."""
