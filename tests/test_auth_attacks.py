@@ -515,6 +515,31 @@ def test_an_operator_key_removed_from_the_list_loses_its_session(
     asyncio.run(scenario())
 
 
+def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: Seed) -> None:
+    async def scenario() -> None:
+        operator, successor = seed.stranger(3), seed.stranger(2)
+        operators = allowlist_file(tmp_path / "operators.csv", operator)
+        config = secure_config(tmp_path, seed, operator_keys=operators)
+        async with (
+            open_superlink(config) as link,
+            driver_client(seed, link.driver_port, operator) as driver,
+        ):
+            run_id = await driver.create_run("watching", {})
+
+            async def watch() -> None:
+                async for _ in driver.results(run_id, ["a-task-that-never-ends"]):
+                    pass
+
+            stream = asyncio.create_task(watch())
+            await asyncio.sleep(0.2)
+            allowlist_file(operators, successor)
+            with pytest.raises(grpc.aio.AioRpcError) as cut:
+                await asyncio.wait_for(stream, 3)
+            assert cut.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(scenario())
+
+
 # 7. configurations that would leave a hole; the Driver API's operators
 
 

@@ -49,7 +49,7 @@ class Dispatcher:
         self.closing = False
         self._subscriptions: dict[int, Subscription] = {}
         self._last_seen: dict[int, float] = {}
-        self._listeners: dict[int, set[asyncio.Queue[Result]]] = {}
+        self._listeners: dict[int, set[asyncio.Queue[Result | None]]] = {}
 
     # nodes
     def online_nodes(self) -> list[int]:
@@ -151,12 +151,13 @@ class Dispatcher:
             queue.put_nowait(result)
         return True
 
-    def listen(self, run_id: int) -> asyncio.Queue[Result]:
-        queue: asyncio.Queue[Result] = asyncio.Queue()
+    def listen(self, run_id: int) -> asyncio.Queue[Result | None]:
+        """A queue of the run's results as they arrive (``None`` tells the listener to stop)."""
+        queue: asyncio.Queue[Result | None] = asyncio.Queue()
         self._listeners.setdefault(run_id, set()).add(queue)
         return queue
 
-    def unlisten(self, run_id: int, queue: asyncio.Queue[Result]) -> None:
+    def unlisten(self, run_id: int, queue: asyncio.Queue[Result | None]) -> None:
         listeners = self._listeners.get(run_id)
         if listeners is not None:
             listeners.discard(queue)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -12,11 +13,12 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
-from pollen.records.messages import Task
+from pollen.records.messages import Result, Task
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
+from pollen.superlink.request_verification import current_session
 from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
 
 logger = logging.getLogger(__name__)
@@ -30,6 +32,12 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self._state = dispatcher.state
         self._blobs = blobs
         self._collector = collector
+        self._streams: dict[str, set[asyncio.Queue[Result | None]]] = {}
+
+    def revoke(self, fingerprint: str) -> None:
+        """An operator key was revoked: its open result streams end now."""
+        for queue in self._streams.pop(fingerprint, set()):
+            queue.put_nowait(None)
 
     async def _running_run(self, run_id: int, context: Context) -> None:
         run = self._state.get_run(run_id)
@@ -86,18 +94,27 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     ) -> AsyncIterator[pb.Result]:
         wanted = set(request.task_ids)
         queue = self._dispatcher.listen(request.run_id)
+        session = current_session.get()
+        if session is not None:
+            self._streams.setdefault(session.fingerprint, set()).add(queue)
         try:
-            for result in self._state.get_results(wanted):
-                if result.run_id == request.run_id:
-                    wanted.discard(result.task_id)
-                    yield result_to_proto(result)
+            for stored in self._state.get_results(wanted):
+                if stored.run_id == request.run_id:
+                    wanted.discard(stored.task_id)
+                    yield result_to_proto(stored)
             while wanted:
-                result = await queue.get()
-                if result.task_id in wanted:
-                    wanted.discard(result.task_id)
-                    yield result_to_proto(result)
+                arrived = await queue.get()
+                if arrived is None:
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED, "the operator key was revoked"
+                    )
+                if arrived.task_id in wanted:
+                    wanted.discard(arrived.task_id)
+                    yield result_to_proto(arrived)
         finally:
             self._dispatcher.unlisten(request.run_id, queue)
+            if session is not None:
+                self._streams.get(session.fingerprint, set()).discard(queue)
 
     async def FinishRun(
         self, request: dpb.FinishRunRequest, context: Context

@@ -118,8 +118,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             ),
             fleet_guard.verified(fleet) if fleet_guard else fleet,
         )
+        driver_service = DriverService(dispatcher, blobs, collector)
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
-            DriverService(dispatcher, blobs, collector),
+            driver_service,
             driver_guard.verified(driver) if driver_guard else driver,
         )
         revoke = _cut_off(dispatcher)
@@ -143,8 +144,10 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             _describe_security(config),
         )
         watched = [(g, revoke) for g in (fleet_guard,) if g is not None]
-        if driver_guard is not None:  # an operator key is no node: no stream to cut here
-            watched.append((driver_guard, lambda session, fingerprint: None))
+        if driver_guard is not None:  # an operator key is no node: cut its result streams
+            watched.append(
+                (driver_guard, lambda _, fingerprint: driver_service.revoke(fingerprint))
+            )
         background = [
             asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval)),
             asyncio.create_task(watch_allowlists(watched)),

@@ -26,6 +26,7 @@ class Session:
     fingerprint: str
     peer: str
     node_id: int = 0
+    last_used: float = 0.0
     nonces: set[str] = field(default_factory=set)
     nonce_expiry: deque[tuple[float, str]] = field(default_factory=deque)
 
@@ -44,6 +45,9 @@ class Session:
 class RequestRejected(Exception):
     """A request failed authentication; the message says why (logged, not sent in full)."""
 
+
+IDLE_SECONDS = 3600.0
+"""A session unused this long is dropped; its client joins again when it returns."""
 
 MAX_CHALLENGES = 10_000
 """Outstanding challenges kept at most; the oldest go first under a flood."""
@@ -92,11 +96,18 @@ class SessionStore:
     ) -> tuple[Session, Session | None]:
         """A new session for ``fingerprint``; returns it and the session it displaced."""
         displaced = self.revoke(fingerprint)[-1:] if self.exclusive else []
-        session = Session(session_id, key, fingerprint, peer)
+        self._forget_idle()
+        session = Session(session_id, key, fingerprint, peer, last_used=self.clock())
         if displaced:
             session.node_id = displaced[0].node_id
         self._sessions[session.session_id] = session
         return session, displaced[0] if displaced else None
+
+    def _forget_idle(self) -> None:
+        # A session unused for an hour is over (a ServerApp that ended joins anew).
+        cutoff = self.clock() - IDLE_SECONDS
+        for session_id in [k for k, v in self._sessions.items() if v.last_used < cutoff]:
+            del self._sessions[session_id]
 
     def revoke(self, fingerprint: str) -> list[Session]:
         """End every session of ``fingerprint``; return them, oldest first."""
@@ -132,4 +143,5 @@ class SessionStore:
         # A nonce can pass the timestamp check for up to two windows after it arrives.
         if not session.use_nonce(nonce, now, 2 * self.window):
             raise RequestRejected("request nonce was already used (replayed request)")
+        session.last_used = now
         return session
