@@ -409,3 +409,14 @@ def test_any_list_of_numeric_arrays_round_trips(arrays: list[np.ndarray]) -> Non
 
     assert_same_arrays(decode_arrays(blob), arrays)
     assert all(spec.offset % 64 == 0 for spec in read_specs(blob)[1])
+
+
+def test_encoding_into_a_reused_buffer_gives_the_same_bytes_padding_included() -> None:
+    first = [np.arange(3, dtype=np.int8), np.full(5, 7.5, np.float32)]
+    second = [np.arange(3, dtype=np.int8) + 1, np.full(5, -1.0, np.float32)]
+    dirty = encode_arrays(first)
+    dirty[:] = b"\xff" * len(dirty)  # leftovers everywhere, padding included
+    reused = encode_arrays(second, dirty)
+    assert reused is dirty
+    assert reused == encode_arrays(second)
+    assert encode_arrays(second, bytearray(3)) == encode_arrays(second)  # wrong size: fresh

@@ -76,14 +76,27 @@ def plan_layout(arrays: Sequence[npt.NDArray[np.generic]]) -> tuple[bytes, list[
     return _LEN.pack(len(header)) + header, specs
 
 
-def encode_arrays(arrays: Sequence[npt.NDArray[np.generic]]) -> bytearray:
-    """Lay ``arrays`` out as one flat buffer, copying each array's data once."""
+def encode_arrays(
+    arrays: Sequence[npt.NDArray[np.generic]], reuse: bytearray | None = None
+) -> bytearray:
+    """Lay ``arrays`` out as one flat buffer, copying each array's data once.
+
+    ``reuse``, when it has exactly the needed size, is written over instead of
+    allocating (fresh memory costs about as much as the copy itself); the bytes
+    are the same either way, padding included.
+    """
     header, specs = plan_layout(arrays)
     data_size = specs[-1].offset + specs[-1].nbytes if specs else 0
-    out = bytearray(len(header) + data_size)
+    size = len(header) + data_size
+    fresh = reuse is None or len(reuse) != size
+    out = bytearray(size) if fresh or reuse is None else reuse
     out[: len(header)] = header
     base = len(header)
+    position = base
     for array, spec in zip(arrays, specs, strict=True):
+        if not fresh:  # zero the alignment padding left from the previous content
+            out[position : base + spec.offset] = bytes(base + spec.offset - position)
+        position = base + spec.offset + spec.nbytes
         if spec.nbytes == 0:
             continue
         dest = np.frombuffer(out, dtype=array.dtype, count=array.size, offset=base + spec.offset)

@@ -114,6 +114,8 @@ class DriverClient:
 
     async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
         """Lay ``arrays`` out as one blob and upload it once (in chunks), held by ``run_id``."""
+        # A fresh buffer each time: keeping one between rounds would cost a model's
+        # worth of memory while results are folded.
         buffer, digest = await asyncio.to_thread(_encode_and_hash, arrays)
         ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None

@@ -33,10 +33,13 @@ class BlobCache:
     def accepts(self, size: int) -> bool:
         return size <= self.max_bytes
 
-    def put(self, digest: str, blob: bytearray) -> None:
+    def put(self, digest: str, blob: bytearray) -> bytearray | None:
+        """Keep ``blob``; return a buffer this evicted, free for reuse (nobody else has it)."""
         if not self.accepts(len(blob)):
-            return
+            return None
         self._blobs[digest] = blob
         self._blobs.move_to_end(digest)
+        evicted = None
         while len(self._blobs) > self.capacity:
-            self._blobs.popitem(last=False)
+            evicted = self._blobs.popitem(last=False)[1]
+        return evicted

@@ -76,7 +76,7 @@ class FleetClient:
         )
         return ref
 
-    async def download_blob(self, ref: BlobRef) -> bytearray:
+    async def download_blob(self, ref: BlobRef, reuse: bytearray | None = None) -> bytearray:
         def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
             request = pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id, offset=offset)
             call: AsyncIterator[pb.BlobChunk] = self._stub.DownloadBlob(
@@ -84,4 +84,4 @@ class FleetClient:
             )
             return call
 
-        return await download_blob(open_stream, ref)
+        return await download_blob(open_stream, ref, reuse)

@@ -28,6 +28,10 @@ class TaskRunner:
         self.node_config = node_config
         self.cache = cache or BlobCache()
         self._contexts: dict[int, Context] = {}
+        # Buffers the app never sees, reused to spare fresh allocations (which cost
+        # about as much as a copy): the last encoded result, a blob the cache let go.
+        self._upload_buffer: bytearray | None = None
+        self._spare: bytearray | None = None
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
         context = self._contexts.get(task.run_id)
@@ -43,10 +47,10 @@ class TaskRunner:
             return None
         blob = self.cache.get(ref.digest)
         if blob is None:
-            blob = await fleet.download_blob(ref)
             if not self.cache.accepts(ref.size):
-                return blob  # not kept: the app may have this very buffer
-            self.cache.put(ref.digest, blob)
+                return await fleet.download_blob(ref)  # not kept: the app gets this very buffer
+            blob = await fleet.download_blob(ref, self._spare)
+            self._spare = self.cache.put(ref.digest, blob)
         # The app may change its arrays in place; the cached blob must stay intact.
         return bytearray(blob)
 
@@ -89,5 +93,7 @@ class TaskRunner:
     ) -> tuple[Reply, bytearray | None]:
         parameters: NDArrays = decode_arrays(blob) if blob is not None else []
         reply = self.app.run_task(task.kind, parameters, task.config, context)
-        encoded = encode_arrays(reply.parameters) if reply.parameters is not None else None
-        return reply, encoded
+        if reply.parameters is None:
+            return reply, None
+        self._upload_buffer = encode_arrays(reply.parameters, self._upload_buffer)
+        return reply, self._upload_buffer
