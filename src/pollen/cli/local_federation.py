@@ -118,10 +118,12 @@ class LocalFederation:
         return ["--root-certificates", str(self.credentials / "certificates" / "ca.crt")]
 
     def start_superlink(self, *extra: str) -> Child:
+        """Start the SuperLink (on the ports it had, when it ran before)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         security = ["--insecure"]
         if self.clients:
-            generate(self.credentials, self.clients, [], force=True)
+            if not (self.credentials / "keys" / "client_public_keys.csv").exists():
+                generate(self.credentials, self.clients, [], force=True)
             certs, keys = self.credentials / "certificates", self.credentials / "keys"
             security = [
                 "--certificates",
@@ -137,17 +139,25 @@ class LocalFederation:
             "superlink",
             *security,
             "--fleet-api-address",
-            "127.0.0.1:0",
+            f"127.0.0.1:{self.fleet_port}",
             "--driver-api-address",
-            "127.0.0.1:0",
+            f"127.0.0.1:{self.driver_port}",
             "--database",
             str(self.workdir / "superlink.db"),
             *extra,
         )
-        self.superlink = spawn("superlink", args, self.log_dir)
+        restarts = sum(1 for _ in self.log_dir.glob("superlink*.log")) if self.superlink else 0
+        name = f"superlink-{restarts}" if restarts else "superlink"
+        self.superlink = spawn(name, args, self.log_dir)
         match = wait_for_log(self.superlink, _LISTENING, timeout=30)
         self.fleet_port, self.driver_port = int(match[1]), int(match[2])
         return self.superlink
+
+    def crash_superlink(self) -> None:
+        """SIGKILL the SuperLink, as a crash would: no shutdown, nothing flushed on purpose."""
+        if self.superlink is not None and self.superlink.process.poll() is None:
+            self.superlink.process.kill()
+            self.superlink.process.wait()
 
     def node_keys(self, index: int) -> list[str]:
         """``--authentication-keys`` of generated client ``index`` (1-based)."""

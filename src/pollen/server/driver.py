@@ -15,6 +15,7 @@ from pollen.proto.driver_pb2_grpc import DriverStub
 from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
+from pollen.server.reconnect import Reconnector
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import download_blob, iter_chunks
 from pollen.transport.channels import open_channel
@@ -28,12 +29,18 @@ class DriverClient:
     """Driver API calls over one channel. Use as ``async with DriverClient.connect(...)``."""
 
     def __init__(
-        self, channel: grpc.aio.Channel, address: Address, auth: RequestAuth | None = None
+        self,
+        channel: grpc.aio.Channel,
+        address: Address,
+        auth: RequestAuth | None = None,
+        identity: ClientIdentity | None = None,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         self._channel = channel
         self._stub = DriverStub(channel)  # type: ignore[no-untyped-call]
         self._auth = auth
         self._transient: bytearray | None = None
+        self._retry = Reconnector(channel, str(address), reconnect_timeout, identity, auth)
         self.address = address
 
     def _signed(self, name: str, request: Message) -> Metadata | None:
@@ -50,6 +57,7 @@ class DriverClient:
         """Connect, waiting up to ``timeout`` seconds for the SuperLink to answer.
 
         With an ``identity`` (operator key), join the Driver API's session first.
+        Later calls ride out a SuperLink restart for up to ``timeout`` seconds.
         """
         auth = RequestAuth() if identity is not None else None
         channel = open_channel(address, credentials)
@@ -69,7 +77,7 @@ class DriverClient:
             raise ConnectionFailed(
                 f"SuperLink Driver API at {address} refused the operator key: {exc.details()}"
             ) from None
-        return cls(channel, address, auth)
+        return cls(channel, address, auth, identity, timeout)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -77,31 +85,51 @@ class DriverClient:
     async def create_run(self, app: str, run_config: UserConfig) -> int:
         request = dpb.CreateRunRequest(app=app)
         fill_map(request.run_config, run_config)
-        reply = await self._stub.CreateRun(request, metadata=self._signed("CreateRun", request))
+        reply = await self._retry.call(
+            lambda: self._stub.CreateRun(request, metadata=self._signed("CreateRun", request))
+        )
         return int(reply.run_id)
 
     async def get_nodes(self, run_id: int) -> list[int]:
         request = dpb.GetNodesRequest(run_id=run_id)
-        reply = await self._stub.GetNodes(request, metadata=self._signed("GetNodes", request))
+        reply = await self._retry.call(
+            lambda: self._stub.GetNodes(request, metadata=self._signed("GetNodes", request))
+        )
         return list(reply.node_ids)
 
     async def push_tasks(self, run_id: int, tasks: Sequence[Task]) -> None:
         request = dpb.PushTasksRequest(run_id=run_id, tasks=[task_to_proto(t) for t in tasks])
-        await self._stub.PushTasks(request, metadata=self._signed("PushTasks", request))
+        await self._retry.call(
+            lambda: self._stub.PushTasks(request, metadata=self._signed("PushTasks", request))
+        )
 
     async def results(self, run_id: int, task_ids: Sequence[str]) -> AsyncIterator[Result]:
         """Results of ``task_ids``, each as soon as the SuperLink has it."""
-        request = dpb.StreamResultsRequest(run_id=run_id, task_ids=list(task_ids))
-        call = self._stub.StreamResults(request, metadata=self._signed("StreamResults", request))
-        try:
-            async for message in call:
-                yield result_from_proto(message)
-        finally:
-            call.cancel()
+        remaining = set(task_ids)
+        attempts = self._retry.attempts()
+        while remaining:
+            # after a break, ask again for what is still missing: stored results come first
+            request = dpb.StreamResultsRequest(run_id=run_id, task_ids=sorted(remaining))
+            call = self._stub.StreamResults(
+                request, metadata=self._signed("StreamResults", request)
+            )
+            try:
+                async for message in call:
+                    result = result_from_proto(message)
+                    if result.task_id in remaining:
+                        remaining.discard(result.task_id)
+                        yield result
+                return
+            except grpc.aio.AioRpcError as exc:
+                await attempts.failed(exc)
+            finally:
+                call.cancel()
 
     async def finish_run(self, run_id: int, status: str, message: str = "") -> None:
         request = dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
-        await self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
+        await self._retry.call(
+            lambda: self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
+        )
 
     def drop_transient(self) -> None:
         """Free the buffer that transient downloads reuse (between rounds)."""
@@ -110,7 +138,9 @@ class DriverClient:
     async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
         """Tell the SuperLink that this run no longer needs these blobs."""
         request = dpb.ReleaseBlobsRequest(run_id=run_id, digests=[r.digest for r in refs])
-        await self._stub.ReleaseBlobs(request, metadata=self._signed("ReleaseBlobs", request))
+        await self._retry.call(
+            lambda: self._stub.ReleaseBlobs(request, metadata=self._signed("ReleaseBlobs", request))
+        )
 
     async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
         """Lay ``arrays`` out as one blob and upload it once (in chunks), held by ``run_id``."""
@@ -118,8 +148,12 @@ class DriverClient:
         # worth of memory while results are folded.
         buffer, digest = await asyncio.to_thread(_encode_and_hash, arrays)
         ref = BlobRef(digest, len(buffer))
-        metadata = self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None
-        await self._stub.UploadBlob(iter_chunks(buffer, ref, run_id=run_id), metadata=metadata)
+        await self._retry.call(
+            lambda: self._stub.UploadBlob(
+                iter_chunks(buffer, ref, run_id=run_id),
+                metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
+            )
+        )
         return ref
 
     async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
@@ -136,7 +170,8 @@ class DriverClient:
             )
             return call
 
-        buffer = await download_blob(open_stream, ref, self._transient if transient else None)
+        reuse = self._transient if transient else None
+        buffer = await self._retry.call(lambda: download_blob(open_stream, ref, reuse))
         if transient:
             self._transient = buffer
         return decode_arrays(buffer)

@@ -78,8 +78,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"blob {task.parameters.digest[:12]} was not uploaded; upload it first",
                 )
+            stored = self._state.get_task(task.task_id) if task.task_id else None
+            if stored is not None and stored.run_id == request.run_id:
+                continue  # pushed before a break: the retry must not duplicate it
             taken = any(t.task_id == task.task_id for t in tasks)
-            if not task.task_id or taken or self._state.get_task(task.task_id) is not None:
+            if not task.task_id or taken or stored is not None:
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, f"task id {task.task_id!r} is empty or taken"
                 )
@@ -87,7 +90,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             tasks.append(task)
         self._state.hold_blobs(request.run_id, {t.parameters.digest for t in tasks if t.parameters})
         self._dispatcher.push_tasks(tasks)
-        return dpb.PushTasksReply(task_ids=[t.task_id for t in tasks])
+        return dpb.PushTasksReply(task_ids=[t.task_id for t in request.tasks])
 
     async def StreamResults(
         self, request: dpb.StreamResultsRequest, context: Context

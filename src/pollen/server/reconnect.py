@@ -1,0 +1,101 @@
+"""Riding out a SuperLink restart: retry calls that found it away, join again if needed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from pollen.errors import ConnectionFailed
+from pollen.transport.backoff import Backoff
+from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+AWAY = frozenset({grpc.StatusCode.UNAVAILABLE})
+"""The SuperLink is not there (restarting, or the connection broke)."""
+
+
+class Reconnector:
+    """Runs Driver API calls, retrying with backoff while the SuperLink is away.
+
+    A restarted SuperLink has forgotten sessions: a call refused as
+    unauthenticated after a break joins again with the operator key and is
+    retried. Gives up after ``timeout`` seconds without the SuperLink.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        address: str,
+        timeout: float,
+        identity: ClientIdentity | None = None,
+        auth: RequestAuth | None = None,
+    ) -> None:
+        self._channel = channel
+        self.address = address
+        self.timeout = timeout
+        self.identity = identity
+        self._auth = auth
+
+    def attempts(self) -> Attempts:
+        """Bookkeeping for one operation that may need several attempts."""
+        return Attempts(self)
+
+    async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``await attempt()``, again after each break, until it succeeds or time runs out."""
+        attempts = self.attempts()
+        while True:
+            try:
+                return await attempt()
+            except grpc.aio.AioRpcError as exc:
+                await attempts.failed(exc)
+
+    async def rejoin(self, attempts: Attempts) -> None:
+        assert self.identity is not None and self._auth is not None
+        while True:
+            try:
+                await open_session(self._channel, self.identity, "driver", self._auth.holder)
+                return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in AWAY:
+                    raise
+                await attempts.wait(exc)
+
+
+class Attempts:
+    """One operation's retries: a deadline, a backoff, at most one new join."""
+
+    def __init__(self, reconnector: Reconnector) -> None:
+        self._reconnector = reconnector
+        self._deadline = asyncio.get_running_loop().time() + reconnector.timeout
+        self._backoff = Backoff(initial=0.1, maximum=2.0)
+        self._rejoined = False
+
+    async def failed(self, exc: grpc.aio.AioRpcError) -> None:
+        """Get ready for another attempt after ``exc``; re-raise what a retry cannot fix."""
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not self._rejoined:
+            if self._reconnector.identity is None:
+                raise exc
+            self._rejoined = True  # a restarted SuperLink forgot our session
+            await self._reconnector.rejoin(self)
+            return
+        if exc.code() not in AWAY:
+            raise exc
+        await self.wait(exc)
+
+    async def wait(self, exc: grpc.aio.AioRpcError) -> None:
+        """Sleep before the next attempt; ConnectionFailed once the deadline has passed."""
+        if asyncio.get_running_loop().time() > self._deadline:
+            raise ConnectionFailed(
+                f"SuperLink Driver API at {self._reconnector.address} has been away for more "
+                f"than {self._reconnector.timeout:g} s ({exc.details()}); the run stopped"
+            ) from None
+        delay = self._backoff.next_delay()
+        logger.warning("SuperLink away (%s); retrying in %.1f s", exc.code().name.lower(), delay)
+        await asyncio.sleep(delay)
