@@ -510,7 +510,8 @@ def test_an_operator_key_removed_from_the_list_loses_its_session(
             assert await status_of(driver.create_run("before", {})) == OK
             allowlist_file(operators, successor)
             await wait_until(lambda: events(link, "revoke"), 2)
-            assert await status_of(driver.create_run("after", {})) == UNAUTHENTICATED
+            # the session is gone, and joining again is refused: the key is no longer listed
+            assert await status_of(driver.create_run("after", {})) == PERMISSION_DENIED
 
     asyncio.run(scenario())
 
@@ -535,7 +536,8 @@ def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: S
             allowlist_file(operators, successor)
             with pytest.raises(grpc.aio.AioRpcError) as cut:
                 await asyncio.wait_for(stream, 3)
-            assert cut.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # the stream is cut, and the client's attempt to join again is refused
+            assert cut.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
     asyncio.run(scenario())
 
