@@ -206,7 +206,7 @@ def test_node_that_disconnects_mid_task_fails_its_task_at_once(tmp_path: Path) -
             run = asyncio.create_task(
                 run_server_app(
                     numpy_apps.make_server_app(
-                        num_rounds=1, min_available=1, min_fit=2, fraction_evaluate=0
+                        num_rounds=1, min_available=2, min_fit=1, fraction_evaluate=0
                     ),
                     server_config(tmp_path, link.driver_port),
                 )
@@ -219,6 +219,17 @@ def test_node_that_disconnects_mid_task_fails_its_task_at_once(tmp_path: Path) -
         record = outcome.history.rounds[0]
         assert record.fit_results == 1
         assert "went offline" in record.fit_failures[0]
+
+    asyncio.run(scenario())
+
+
+def test_a_round_below_min_fit_clients_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"behaviour": "raise"}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            app = numpy_apps.make_server_app(num_rounds=2, min_fit=2)
+            with pytest.raises(RunError, match=r"round 1: 1 usable fit result, 2 required"):
+                await run_server_app(app, server_config(tmp_path, link.driver_port))
 
     asyncio.run(scenario())
 

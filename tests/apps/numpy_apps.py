@@ -65,5 +65,6 @@ def make_server_app(
 
 server_app = make_server_app()
 one_round = make_server_app(num_rounds=1, min_fit=1, fraction_evaluate=0.0)
-two_nodes_one_round = make_server_app(num_rounds=1, min_available=2, min_fit=2)
+two_nodes_one_round = make_server_app(num_rounds=1, min_available=2, min_fit=1)
+two_rounds_both_nodes = make_server_app(num_rounds=2, min_available=2, min_fit=1)
 four_rounds = make_server_app(num_rounds=4, min_available=2, min_fit=2)

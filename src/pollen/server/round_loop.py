@@ -150,6 +150,13 @@ class RoundLoop:
         if failures and not getattr(self.strategy, "accept_failures", True):
             logger.warning("round %d: failures and accept_failures=False; model kept", server_round)
             return model
+        required = getattr(self.strategy, "min_fit_clients", 1)
+        if record.fit_results < required:
+            raise RunError(
+                f"round {server_round}: {record.fit_results} usable fit result"
+                f"{'s' if record.fit_results != 1 else ''}, {required} required "
+                f"(min_fit_clients); " + ("; ".join(failures) or "too few nodes were sampled")
+            )
         new_parameters, record.fit_metrics = aggregator.finish()
         if new_parameters is None:
             raise RunError(
