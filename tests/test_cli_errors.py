@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -138,3 +139,25 @@ def test_serverapp_gives_up_when_the_superlink_is_unreachable() -> None:
     )
     assert code == 1
     assert_one_line_error(output, "did not answer within 0.3 s")
+
+
+def test_two_superlinks_on_one_database(tmp_path: Path) -> None:
+    from pollen.superlink.sqlite_state import SqliteState
+
+    first = SqliteState(tmp_path / "s.db")
+    try:
+        code, output = run(
+            "superlink",
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--driver-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(tmp_path / "s.db"),
+        )
+    finally:
+        first.close()
+    assert code == 2
+    assert_one_line_error(output, "is in use by another SuperLink", f"pid {os.getpid()}")
+    SqliteState(tmp_path / "s.db").close()  # free again once the first one closed

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from pollen.errors import ConfigurationError
 from pollen.records.config_json import config_from_json, config_to_json
@@ -84,6 +86,26 @@ def _ref(digest: str | None, size: int | None) -> BlobRef | None:
     return BlobRef(digest, int(size or 0)) if digest else None
 
 
+def _lock_exclusively(path: Path) -> IO[str]:
+    """One SuperLink per database: a second one would hand out the same tasks twice."""
+    lock = path.with_name(path.name + ".lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        owner = lock.read().strip() or "another process"
+        lock.close()
+        raise ConfigurationError(
+            f"--database {path} is in use by another SuperLink ({owner}); "
+            "stop it, or give this one its own --database"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    return lock
+
+
 class SqliteState:
     """SQLite-backed `State`. Use from one thread (the SuperLink's event loop)."""
 
@@ -92,6 +114,7 @@ class SqliteState:
             raise ConfigurationError(
                 f"--database {path}: directory {path.parent} does not exist; create it first"
             )
+        self._lock = _lock_exclusively(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -100,10 +123,14 @@ class SqliteState:
             self._check_version(path)
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
+            self._lock.close()
             raise ConfigurationError(
                 f"--database {path}: not a usable SQLite database ({exc}); "
                 "point --database at a new file or a Pollen state file"
             ) from exc
+        except ConfigurationError:
+            self._lock.close()
+            raise
 
     def _check_version(self, path: Path) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -387,3 +414,4 @@ class SqliteState:
 
     def close(self) -> None:
         self._db.close()
+        self._lock.close()  # releases the lock
