@@ -7,6 +7,8 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
 from tests.conftest import APPS_DIR
 
@@ -79,3 +81,68 @@ def test_a_node_killed_mid_round_returns_with_its_key_and_the_same_node_id(
     first, second = json.loads(metrics.read_text())["rounds"]
     assert first["fit_results"] == 1 and "went offline" in first["fit_failures"][0]
     assert second["fit_results"] == 2  # the returned node took part
+
+
+def test_a_server_app_killed_mid_run_resumes_from_its_last_completed_round(
+    tmp_path: Path,
+) -> None:
+    fed = LocalFederation(tmp_path / "fed", clients=2)
+    fed.start_superlink()
+    marker = tmp_path / "training"
+    command = fed.serverapp_command("numpy_apps:four_rounds", APPS_DIR)
+    try:
+        for _ in range(2):
+            fed.start_supernode(
+                "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=0.2"
+            )
+        first = spawn("serverapp", command, fed.log_dir)
+        try:
+            run_id = wait_for_log(first, re.compile(r"run (\d+) started"), 60)[1]
+            wait_for_log(first, re.compile(r"round 2/4"), 60)
+            first.process.kill()  # a crash: no goodbye to the SuperLink
+            first.process.wait()
+        finally:
+            first.stop()
+        resumed = spawn("serverapp-resumed", [*command, "--resume", run_id], fed.log_dir)
+        try:
+            assert resumed.process.wait(timeout=60) == 0, resumed.log()
+        finally:
+            resumed.stop()
+        assert re.search(rf"run {run_id} resumes after round [23]", resumed.log())
+    finally:
+        fed.stop()
+    output = fed.workdir / "runs" / run_id
+    document = json.loads((output / "metrics.json").read_text())
+    assert document["finished"] and [r["round"] for r in document["rounds"]] == [1, 2, 3, 4]
+    with np.load(output / "final_model.npz") as model:
+        # every round adds exactly 1: a round run twice or skipped would show here
+        np.testing.assert_array_equal(model["arr_0"], np.full((2, 3), 4, np.float32))
+    assert not (output / "checkpoint.npz").exists()
+
+
+def test_resuming_a_run_without_a_checkpoint_is_a_one_line_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pollen.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "serverapp",
+            "numpy_apps:four_rounds",
+            "--insecure",
+            "--dir",
+            str(APPS_DIR),
+            "--output-dir",
+            str(tmp_path),
+            "--resume",
+            "42",
+            "--connect-timeout",
+            "0.3",
+            "--superlink",
+            "127.0.0.1:1",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.output.startswith("error: --resume 42: no usable checkpoint")

@@ -30,6 +30,13 @@ from pollen.transport.addresses import parse_address
     help="final_model.npz and metrics.json go to OUTPUT_DIR/RUN_ID/.",
 )
 @click.option(
+    "--resume",
+    type=int,
+    default=None,
+    metavar="RUN_ID",
+    help="Take up RUN_ID from its last completed round (checkpoint in OUTPUT_DIR/RUN_ID/).",
+)
+@click.option(
     "--connect-timeout",
     type=click.FloatRange(min=0.1),
     default=30.0,
@@ -45,6 +52,7 @@ def serverapp(
     auth_private_key: Path | None,
     run_config: str,
     output_dir: Path,
+    resume: int | None,
     connect_timeout: float,
 ) -> None:
     """Run APP (e.g. server:app) as one run on the SuperLink's connected nodes.
@@ -61,6 +69,7 @@ def serverapp(
         app_name=app,
         run_config=parse_config_string(run_config, "--run-config"),
         output_root=output_dir,
+        resume=resume,
         connect_timeout=connect_timeout,
     )
     server_app = load_app(app, directory, ServerApp)

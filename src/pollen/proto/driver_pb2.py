@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pollen.proto import common_pb2 as pollen_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\" \n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"B\n\x10PushTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x1e\n\x05tasks\x18\x02 \x03(\x0b\x32\x0f.pollen.v1.Task\"\"\n\x0ePushTasksReply\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"8\n\x14StreamResultsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"C\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xb0\x04\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12\x43\n\tPushTasks\x12\x1b.pollen.v1.PushTasksRequest\x1a\x19.pollen.v1.PushTasksReply\x12\x45\n\rStreamResults\x12\x1f.pollen.v1.StreamResultsRequest\x1a\x11.pollen.v1.Result0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\" \n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\"\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\x10\n\x0eResumeRunReply\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"B\n\x10PushTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x1e\n\x05tasks\x18\x02 \x03(\x0b\x32\x0f.pollen.v1.Task\"\"\n\x0ePushTasksReply\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"8\n\x14StreamResultsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"C\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r2\xf5\x04\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12\x43\n\tResumeRun\x12\x1b.pollen.v1.ResumeRunRequest\x1a\x19.pollen.v1.ResumeRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12\x43\n\tPushTasks\x12\x1b.pollen.v1.PushTasksRequest\x1a\x19.pollen.v1.PushTasksReply\x12\x45\n\rStreamResults\x12\x1f.pollen.v1.StreamResultsRequest\x1a\x11.pollen.v1.Result0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,24 +40,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATERUNREQUEST_RUNCONFIGENTRY']._serialized_end=232
   _globals['_CREATERUNREPLY']._serialized_start=234
   _globals['_CREATERUNREPLY']._serialized_end=266
-  _globals['_GETNODESREQUEST']._serialized_start=268
-  _globals['_GETNODESREQUEST']._serialized_end=301
-  _globals['_GETNODESREPLY']._serialized_start=303
-  _globals['_GETNODESREPLY']._serialized_end=336
-  _globals['_PUSHTASKSREQUEST']._serialized_start=338
-  _globals['_PUSHTASKSREQUEST']._serialized_end=404
-  _globals['_PUSHTASKSREPLY']._serialized_start=406
-  _globals['_PUSHTASKSREPLY']._serialized_end=440
-  _globals['_STREAMRESULTSREQUEST']._serialized_start=442
-  _globals['_STREAMRESULTSREQUEST']._serialized_end=498
-  _globals['_FINISHRUNREQUEST']._serialized_start=500
-  _globals['_FINISHRUNREQUEST']._serialized_end=567
-  _globals['_FINISHRUNREPLY']._serialized_start=569
-  _globals['_FINISHRUNREPLY']._serialized_end=585
-  _globals['_RELEASEBLOBSREQUEST']._serialized_start=587
-  _globals['_RELEASEBLOBSREQUEST']._serialized_end=641
-  _globals['_RELEASEBLOBSREPLY']._serialized_start=643
-  _globals['_RELEASEBLOBSREPLY']._serialized_end=679
-  _globals['_DRIVER']._serialized_start=682
-  _globals['_DRIVER']._serialized_end=1242
+  _globals['_RESUMERUNREQUEST']._serialized_start=268
+  _globals['_RESUMERUNREQUEST']._serialized_end=302
+  _globals['_RESUMERUNREPLY']._serialized_start=304
+  _globals['_RESUMERUNREPLY']._serialized_end=320
+  _globals['_GETNODESREQUEST']._serialized_start=322
+  _globals['_GETNODESREQUEST']._serialized_end=355
+  _globals['_GETNODESREPLY']._serialized_start=357
+  _globals['_GETNODESREPLY']._serialized_end=390
+  _globals['_PUSHTASKSREQUEST']._serialized_start=392
+  _globals['_PUSHTASKSREQUEST']._serialized_end=458
+  _globals['_PUSHTASKSREPLY']._serialized_start=460
+  _globals['_PUSHTASKSREPLY']._serialized_end=494
+  _globals['_STREAMRESULTSREQUEST']._serialized_start=496
+  _globals['_STREAMRESULTSREQUEST']._serialized_end=552
+  _globals['_FINISHRUNREQUEST']._serialized_start=554
+  _globals['_FINISHRUNREQUEST']._serialized_end=621
+  _globals['_FINISHRUNREPLY']._serialized_start=623
+  _globals['_FINISHRUNREPLY']._serialized_end=639
+  _globals['_RELEASEBLOBSREQUEST']._serialized_start=641
+  _globals['_RELEASEBLOBSREQUEST']._serialized_end=695
+  _globals['_RELEASEBLOBSREPLY']._serialized_start=697
+  _globals['_RELEASEBLOBSREPLY']._serialized_end=733
+  _globals['_DRIVER']._serialized_start=736
+  _globals['_DRIVER']._serialized_end=1365
 # @@protoc_insertion_point(module_scope)

@@ -28,6 +28,16 @@ class CreateRunReply(_message.Message):
     run_id: int
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
+class ResumeRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+
+class ResumeRunReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetNodesRequest(_message.Message):
     __slots__ = ("run_id",)
     RUN_ID_FIELD_NUMBER: _ClassVar[int]

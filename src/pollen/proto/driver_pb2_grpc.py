@@ -40,6 +40,11 @@ class DriverStub:
                 request_serializer=pollen_dot_proto_dot_driver__pb2.CreateRunRequest.SerializeToString,
                 response_deserializer=pollen_dot_proto_dot_driver__pb2.CreateRunReply.FromString,
                 _registered_method=True)
+        self.ResumeRun = channel.unary_unary(
+                '/pollen.v1.Driver/ResumeRun',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.ResumeRunRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.ResumeRunReply.FromString,
+                _registered_method=True)
         self.GetNodes = channel.unary_unary(
                 '/pollen.v1.Driver/GetNodes',
                 request_serializer=pollen_dot_proto_dot_driver__pb2.GetNodesRequest.SerializeToString,
@@ -82,6 +87,13 @@ class DriverServicer:
 
     def CreateRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRun(self, request, context):
+        """Takes up a run again after its ServerApp stopped: its open tasks fail.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -139,6 +151,11 @@ def add_DriverServicer_to_server(servicer, server):
                     servicer.CreateRun,
                     request_deserializer=pollen_dot_proto_dot_driver__pb2.CreateRunRequest.FromString,
                     response_serializer=pollen_dot_proto_dot_driver__pb2.CreateRunReply.SerializeToString,
+            ),
+            'ResumeRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRun,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.ResumeRunRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.ResumeRunReply.SerializeToString,
             ),
             'GetNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.GetNodes,
@@ -203,6 +220,33 @@ class Driver:
             '/pollen.v1.Driver/CreateRun',
             pollen_dot_proto_dot_driver__pb2.CreateRunRequest.SerializeToString,
             pollen_dot_proto_dot_driver__pb2.CreateRunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/ResumeRun',
+            pollen_dot_proto_dot_driver__pb2.ResumeRunRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.ResumeRunReply.FromString,
             options,
             channel_credentials,
             insecure,

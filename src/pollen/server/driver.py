@@ -90,6 +90,12 @@ class DriverClient:
         )
         return int(reply.run_id)
 
+    async def resume_run(self, run_id: int) -> None:
+        request = dpb.ResumeRunRequest(run_id=run_id)
+        await self._retry.call(
+            lambda: self._stub.ResumeRun(request, metadata=self._signed("ResumeRun", request))
+        )
+
     async def get_nodes(self, run_id: int) -> list[int]:
         request = dpb.GetNodesRequest(run_id=run_id)
         reply = await self._retry.call(

@@ -16,11 +16,18 @@ class GlobalModel:
     produced no usable result, or server-side evaluation).
     """
 
-    def __init__(self, driver: DriverClient, run_id: int, arrays: NDArrays) -> None:
+    def __init__(
+        self,
+        driver: DriverClient,
+        run_id: int,
+        arrays: NDArrays | None,
+        ref: BlobRef | None = None,
+    ) -> None:
+        assert arrays is not None or ref is not None, "a model is in memory or uploaded"
         self._driver = driver
         self._run_id = run_id
-        self._arrays: NDArrays | None = arrays
-        self._ref: BlobRef | None = None
+        self._arrays = arrays
+        self._ref = ref
 
     async def arrays(self) -> NDArrays:
         if self._arrays is None:

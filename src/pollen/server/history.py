@@ -28,6 +28,15 @@ class History:
     run_id: int
     rounds: list[RoundRecord] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> History:
+        """What `to_json` wrote (bytes metrics come back as hex text)."""
+        fields = set(RoundRecord.__dataclass_fields__)
+        rounds = [
+            RoundRecord(**{k: v for k, v in r.items() if k in fields}) for r in document["rounds"]
+        ]
+        return cls(int(document["run_id"]), rounds)
+
     def to_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
             return value.hex() if isinstance(value, bytes) else value

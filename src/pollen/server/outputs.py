@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from pollen.errors import ConfigurationError
+from pollen.server.checkpoint import write_metrics
 from pollen.server.round_loop import RunOutcome
 
 FINAL_MODEL = "final_model.npz"
-METRICS = "metrics.json"
 
 
 def write_outputs(outcome: RunOutcome, directory: Path) -> Path:
@@ -31,8 +30,11 @@ def write_outputs(outcome: RunOutcome, directory: Path) -> Path:
     with model_tmp.open("wb") as handle:
         np.savez(handle, *outcome.parameters)
     os.replace(model_tmp, directory / FINAL_MODEL)
-    metrics_tmp = directory / (METRICS + ".part")
-    document = {"final_model": FINAL_MODEL, **outcome.history.to_json()}
-    metrics_tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(metrics_tmp, directory / METRICS)
+    document = {
+        "final_model": FINAL_MODEL,
+        **outcome.history.to_json(),
+        "completed_rounds": len(outcome.history.rounds),
+        "finished": True,
+    }
+    write_metrics(directory, document)
     return directory

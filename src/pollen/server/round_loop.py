@@ -8,11 +8,13 @@ import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pollen.errors import PollenError, RunError
 from pollen.records.messages import BlobRef, Result, Task, TaskKind
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import Config, NDArrays
+from pollen.server.checkpoint import Checkpoint, write_checkpoint
 from pollen.server.driver import DriverClient
 from pollen.server.global_model import GlobalModel
 from pollen.server.history import History, RoundRecord
@@ -91,7 +93,16 @@ class _Round:
 class RoundLoop:
     """Runs a `ServerApp` as run ``run_id`` through a connected `DriverClient`."""
 
-    def __init__(self, app: ServerApp, driver: DriverClient, run_id: int) -> None:
+    def __init__(
+        self,
+        app: ServerApp,
+        driver: DriverClient,
+        run_id: int,
+        checkpoints: Path | None = None,
+        start: Checkpoint | None = None,
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.start = start
         self.app = app
         self.strategy: Strategy = app.strategy
         self.driver = driver
@@ -164,8 +175,9 @@ class RoundLoop:
                 + "; ".join(failures)
                 + ")"
             )
-        # Folded in and replaced: the SuperLink may delete these blobs.
-        await self.driver.release_blobs(self.run_id, [ref, *results])
+        # Folded in: the SuperLink may delete these. The previous model goes once the
+        # next checkpoint no longer names it.
+        await self.driver.release_blobs(self.run_id, results)
         return GlobalModel(self.driver, self.run_id, new_parameters)
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
@@ -193,18 +205,38 @@ class RoundLoop:
             record.centralized_loss, record.centralized_metrics = centralized
 
     async def run(self) -> RunOutcome:
-        history = History(self.run_id)
-        model = GlobalModel(self.driver, self.run_id, await self.initial_parameters())
+        if self.start is not None:
+            history = self.start.history
+            model = GlobalModel(self.driver, self.run_id, None, self.start.model)
+            first = self.start.completed_rounds + 1
+            logger.info("run %d resumes after round %d", self.run_id, first - 1)
+        else:
+            history = History(self.run_id)
+            model = GlobalModel(self.driver, self.run_id, await self.initial_parameters())
+            first = 1
         num_rounds = self.app.config.num_rounds
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first, num_rounds + 1):
             started = time.perf_counter()
             record = RoundRecord(server_round)
+            previous = await model.ref()
             model = await self.fit(server_round, model, record)
             await self.evaluate(server_round, model, record)
             record.seconds = time.perf_counter() - started
             history.rounds.append(record)
             logger.info("%s", describe_round(record, num_rounds))
+            await self._checkpoint(server_round, model, history, previous)
         return RunOutcome(self.run_id, await model.arrays(), history)
+
+    async def _checkpoint(
+        self, server_round: int, model: GlobalModel, history: History, previous: BlobRef
+    ) -> None:
+        """Name the new model (uploaded now: the next round sends it anyway) on disk."""
+        if self.checkpoints is None:
+            return
+        current = await model.ref()
+        write_checkpoint(self.checkpoints, server_round, current, history)
+        if previous.digest != current.digest:
+            await self.driver.release_blobs(self.run_id, [previous])
 
 
 def _format_metrics(metrics: dict[str, object]) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import grpc
 
-from pollen.errors import ConnectionFailed, PollenError
+from pollen.errors import ConfigurationError, ConnectionFailed, PollenError
 from pollen.records.typing import UserConfig
+from pollen.server.checkpoint import Checkpoint, read_checkpoint
 from pollen.server.driver import DriverClient
 from pollen.server.outputs import write_outputs
 from pollen.server.round_loop import RoundLoop, RunOutcome
@@ -34,15 +35,20 @@ class ServerAppConfig:
     credentials: grpc.ChannelCredentials | None = None
     identity: ClientIdentity | None = None
     """The operator key, for a Driver API that requires one."""
+    resume: int | None = None
+    """Take up this run from its last checkpoint instead of starting a new one."""
 
 
 async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOutcome, Path]:
-    """Create a run, drive its rounds, write its outputs; the run is marked failed on error."""
+    """Create (or resume) a run, drive its rounds, write its outputs; failed runs are marked."""
+    start = None
+    if config.resume is not None:  # checked before connecting: a typo fails at once
+        start = read_checkpoint(config.output_root / str(config.resume), config.resume)
     driver = await DriverClient.connect(
         config.superlink, config.credentials, config.connect_timeout, config.identity
     )
     try:
-        return await _drive(app, config, driver)
+        return await _drive(app, config, driver, start)
     except grpc.aio.AioRpcError as exc:
         raise ConnectionFailed(
             f"SuperLink at {config.superlink}: {exc.code().name.lower()} ({exc.details()})"
@@ -52,15 +58,24 @@ async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOu
 
 
 async def _drive(
-    app: ServerApp, config: ServerAppConfig, driver: DriverClient
+    app: ServerApp, config: ServerAppConfig, driver: DriverClient, start: Checkpoint | None
 ) -> tuple[RunOutcome, Path]:
-    run_id = await driver.create_run(config.app_name, config.run_config)
-    logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
+    if config.resume is not None:
+        run_id = config.resume
+        try:
+            await driver.resume_run(run_id)
+        except grpc.aio.AioRpcError as exc:
+            raise ConfigurationError(f"--resume {run_id}: {exc.details()}") from None
+    else:
+        run_id = await driver.create_run(config.app_name, config.run_config)
+        logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
+    directory = config.output_root / str(run_id)
+    loop = RoundLoop(app, driver, run_id, directory, start)
     try:
-        outcome = await RoundLoop(app, driver, run_id).run()
-        directory = write_outputs(outcome, config.output_root / str(run_id))
+        outcome = await loop.run()
+        write_outputs(outcome, directory)
     except (PollenError, asyncio.CancelledError) as exc:
-        with contextlib.suppress(grpc.aio.AioRpcError):
+        with contextlib.suppress(grpc.aio.AioRpcError, ConnectionFailed):
             await driver.finish_run(run_id, "failed", str(exc)[:500] or "interrupted")
         raise
     await driver.finish_run(run_id, "finished")

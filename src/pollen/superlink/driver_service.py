@@ -59,6 +59,22 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
         return dpb.CreateRunReply(run_id=run_id)
 
+    async def ResumeRun(
+        self, request: dpb.ResumeRunRequest, context: Context
+    ) -> dpb.ResumeRunReply:
+        run = self._state.get_run(request.run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
+        if run.status == "finished":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"run {request.run_id} already finished"
+            )
+        # what the previous ServerApp left in flight is nobody's any more
+        self._dispatcher.end_run(request.run_id, "the ServerApp restarted")
+        self._state.reopen_run(request.run_id)
+        logger.info("run %d resumed", request.run_id)
+        return dpb.ResumeRunReply()
+
     async def GetNodes(self, request: dpb.GetNodesRequest, context: Context) -> dpb.GetNodesReply:
         await self._running_run(request.run_id, context)
         return dpb.GetNodesReply(node_ids=self._dispatcher.online_nodes())

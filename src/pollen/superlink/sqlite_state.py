@@ -187,6 +187,12 @@ class SqliteState:
         run_id_, app, run_config, status = rows[0]
         return RunInfo(run_id_, app, config_from_json(run_config), status)
 
+    def reopen_run(self, run_id: int) -> None:
+        self._db.execute(
+            "UPDATE runs SET status='running', message='', finished_at=NULL WHERE run_id=?",
+            (run_id,),
+        )
+
     def finish_run(self, run_id: int, status: str, message: str, now: float) -> None:
         self._db.execute(
             "UPDATE runs SET status=?, message=?, finished_at=? WHERE run_id=?",
