@@ -161,3 +161,16 @@ def test_two_superlinks_on_one_database(tmp_path: Path) -> None:
     assert code == 2
     assert_one_line_error(output, "is in use by another SuperLink", f"pid {os.getpid()}")
     SqliteState(tmp_path / "s.db").close()  # free again once the first one closed
+
+
+@pytest.mark.parametrize(
+    ("app", "fragment"),
+    [
+        ("bad_rounds:app", "ServerConfig(num_rounds=0): must be an int of at least 1"),
+        ("bad_fraction:app", "FedAvg(fraction_fit=1.5): must be in (0, 1]"),
+    ],
+)
+def test_a_server_app_configured_out_of_range(app: str, fragment: str) -> None:
+    code, output = run("serverapp", app, "--insecure", "--dir", str(APPS_DIR))
+    assert code == 2
+    assert_one_line_error(output, fragment)
