@@ -174,3 +174,33 @@ def test_a_server_app_configured_out_of_range(app: str, fragment: str) -> None:
     code, output = run("serverapp", app, "--insecure", "--dir", str(APPS_DIR))
     assert code == 2
     assert_one_line_error(output, fragment)
+
+
+@pytest.mark.parametrize(
+    ("setting", "fragment"),
+    [
+        ("lr=fast", "--run-config lr='fast': expected a float like 0.1"),
+        ("local-epochs=1.5", "--run-config local-epochs=1.5: expected an int like 2"),
+        ("augment=1", "--run-config augment=1: expected a bool like False"),
+        ("momentum=0.9", "--run-config momentum: not a setting of this app"),
+    ],
+)
+def test_run_config_of_the_wrong_type_or_unknown(setting: str, fragment: str) -> None:
+    code, output = run(
+        "serverapp",
+        "configured_server:app",
+        "--insecure",
+        "--dir",
+        str(APPS_DIR),
+        "--run-config",
+        setting,
+    )
+    assert code == 2
+    assert_one_line_error(output, fragment)
+
+
+def test_run_config_overrides_merge_with_the_declared_defaults() -> None:
+    from tests.apps.configured_server import app
+
+    merged = app.merged_run_config({"lr": 1, "optimizer": 3})
+    assert merged == {"lr": 1.0, "local-epochs": 2, "optimizer": "3", "augment": False}

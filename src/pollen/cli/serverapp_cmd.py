@@ -67,12 +67,13 @@ def serverapp(
         identity=client_identity(auth_private_key, tls=credentials is not None),
         superlink=parse_address(superlink_address, "--superlink"),
         app_name=app,
-        run_config=parse_config_string(run_config, "--run-config"),
+        run_config=parse_config_string(run_config, "--run-config"),  # checked below
         output_root=output_dir,
         resume=resume,
         connect_timeout=connect_timeout,
     )
     server_app = load_app(app, directory, ServerApp)
+    config.run_config = server_app.merged_run_config(config.run_config)
 
     async def drive(stop: asyncio.Event) -> None:
         run = asyncio.create_task(run_server_app(server_app, config))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pollen.errors import ConfigurationError
+from pollen.records.typing import Scalar, UserConfig
 from pollen.server.strategy.fedavg import FedAvg
 from pollen.server.strategy.strategy import Strategy
 
@@ -36,10 +37,55 @@ class ServerConfig:
 
 
 class ServerApp:
-    """A federated algorithm: a strategy (FedAvg by default) and a number of rounds."""
+    """A federated algorithm: a strategy (FedAvg by default) and a number of rounds.
+
+    ``run_config`` declares the app's settings and their defaults (as Flower apps
+    do in ``[tool.flwr.app.config]``); ``--run-config`` may then override only
+    those, with values of the same type. Every ClientApp sees the result as
+    ``context.run_config``.
+    """
 
     def __init__(
-        self, *, config: ServerConfig | None = None, strategy: Strategy | None = None
+        self,
+        *,
+        config: ServerConfig | None = None,
+        strategy: Strategy | None = None,
+        run_config: UserConfig | None = None,
     ) -> None:
         self.config = config or ServerConfig()
         self.strategy = strategy or FedAvg()
+        self.run_config: UserConfig = dict(run_config or {})
+
+    def merged_run_config(self, overrides: UserConfig, option: str = "--run-config") -> UserConfig:
+        """The declared settings with ``overrides`` applied, each checked against its default."""
+        if not self.run_config:
+            return dict(overrides)
+        merged = dict(self.run_config)
+        for key, value in overrides.items():
+            if key not in self.run_config:
+                known = ", ".join(sorted(self.run_config))
+                raise ConfigurationError(
+                    f"{option} {key}: not a setting of this app; its settings are {known}"
+                )
+            merged[key] = _same_type(key, self.run_config[key], value, option)
+        return merged
+
+
+def _same_type(key: str, default: Scalar, value: Scalar, option: str) -> Scalar:
+    """``value`` as the type of ``default``; an int is a fine float, a bool is no number."""
+    if isinstance(default, str):
+        return value if isinstance(value, str) else str(value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        accepted = isinstance(default, bool) and isinstance(value, bool)
+    elif isinstance(default, float):
+        accepted = isinstance(value, int | float)
+        value = float(value) if accepted and not isinstance(value, str | bytes) else value
+    else:
+        accepted = type(value) is type(default)
+    if not accepted:
+        kind = type(default).__name__
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ConfigurationError(
+            f"{option} {key}={value!r}: expected {article} {kind} like {default!r}"
+        )
+    return value
