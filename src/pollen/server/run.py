@@ -67,7 +67,8 @@ async def _drive(
         except grpc.aio.AioRpcError as exc:
             raise ConfigurationError(f"--resume {run_id}: {exc.details()}") from None
     else:
-        run_id = await driver.create_run(config.app_name, config.run_config)
+        run_config = app.merged_run_config(config.run_config)
+        run_id = await driver.create_run(config.app_name, run_config)
         logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
     directory = config.output_root / str(run_id)
     loop = RoundLoop(app, driver, run_id, directory, start)
