@@ -204,3 +204,10 @@ def test_run_config_overrides_merge_with_the_declared_defaults() -> None:
 
     merged = app.merged_run_config({"lr": 1, "optimizer": 3})
     assert merged == {"lr": 1.0, "local-epochs": 2, "optimizer": "3", "augment": False}
+
+
+@pytest.mark.parametrize("age", ["soon", "7 days", "-1d"])
+def test_prune_with_an_age_that_is_not_one(age: str) -> None:
+    code, output = run("runs", "prune", "--older-than", age, "--insecure")
+    assert code == 2
+    assert_one_line_error(output, "is not an age; write e.g. 7d")

@@ -247,3 +247,26 @@ def test_driver_lists_only_connected_nodes(tmp_path: Path) -> None:
             await driver.close()
 
     asyncio.run(scenario())
+
+
+def test_pruning_forgets_finished_runs_and_their_blobs_but_not_running_ones(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            finished, _ = await run_server_app(
+                numpy_apps.make_server_app(num_rounds=1),
+                server_config(tmp_path, link.driver_port),
+            )
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            running = await driver.create_run("still going", {})
+            pruned, _ = await driver.prune_runs(0)
+            await driver.close()
+            state = link.dispatcher.state
+            assert pruned == [finished.run_id]
+            assert state.get_run(finished.run_id) is None
+            assert state.get_run(running) is not None
+            assert link.blobs.stored() == []
+
+    asyncio.run(scenario())

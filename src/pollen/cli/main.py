@@ -11,6 +11,7 @@ import click
 from pollen import __version__
 from pollen.cli.demo_cmd import demo
 from pollen.cli.keys_cmd import keys
+from pollen.cli.runs_cmd import runs
 from pollen.cli.serverapp_cmd import serverapp
 from pollen.cli.superlink_cmd import superlink
 from pollen.cli.supernode_cmd import supernode
@@ -53,6 +54,7 @@ cli.add_command(serverapp)
 cli.add_command(serverapp, name="server-app")
 cli.add_command(demo)
 cli.add_command(keys)
+cli.add_command(runs)
 
 
 def main() -> None:

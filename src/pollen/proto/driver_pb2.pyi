@@ -99,3 +99,17 @@ class ReleaseBlobsReply(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class PruneRunsRequest(_message.Message):
+    __slots__ = ("older_than_seconds",)
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    older_than_seconds: float
+    def __init__(self, older_than_seconds: _Optional[float] = ...) -> None: ...
+
+class PruneRunsReply(_message.Message):
+    __slots__ = ("run_ids", "blobs_deleted")
+    RUN_IDS_FIELD_NUMBER: _ClassVar[int]
+    BLOBS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    run_ids: _containers.RepeatedScalarFieldContainer[int]
+    blobs_deleted: int
+    def __init__(self, run_ids: _Optional[_Iterable[int]] = ..., blobs_deleted: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class DriverStub:
                 request_serializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.SerializeToString,
                 response_deserializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.FromString,
                 _registered_method=True)
+        self.PruneRuns = channel.unary_unary(
+                '/pollen.v1.Driver/PruneRuns',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.PruneRunsRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.PruneRunsReply.FromString,
+                _registered_method=True)
         self.FinishRun = channel.unary_unary(
                 '/pollen.v1.Driver/FinishRun',
                 request_serializer=pollen_dot_proto_dot_driver__pb2.FinishRunRequest.SerializeToString,
@@ -125,6 +130,13 @@ class DriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneRuns(self, request, context):
+        """Deletes finished runs older than the given age, with their tasks, results and blobs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FinishRun(self, request, context):
         """Ends the run and releases every blob it held.
         """
@@ -176,6 +188,11 @@ def add_DriverServicer_to_server(servicer, server):
                     servicer.ReleaseBlobs,
                     request_deserializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.FromString,
                     response_serializer=pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.SerializeToString,
+            ),
+            'PruneRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneRuns,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.PruneRunsRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.PruneRunsReply.SerializeToString,
             ),
             'FinishRun': grpc.unary_unary_rpc_method_handler(
                     servicer.FinishRun,
@@ -355,6 +372,33 @@ class Driver:
             '/pollen.v1.Driver/ReleaseBlobs',
             pollen_dot_proto_dot_driver__pb2.ReleaseBlobsRequest.SerializeToString,
             pollen_dot_proto_dot_driver__pb2.ReleaseBlobsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/PruneRuns',
+            pollen_dot_proto_dot_driver__pb2.PruneRunsRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.PruneRunsReply.FromString,
             options,
             channel_credentials,
             insecure,

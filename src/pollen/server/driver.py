@@ -90,6 +90,14 @@ class DriverClient:
         )
         return int(reply.run_id)
 
+    async def prune_runs(self, older_than_seconds: float) -> tuple[list[int], int]:
+        """Delete runs that ended longer ago than this; (their ids, blobs deleted)."""
+        request = dpb.PruneRunsRequest(older_than_seconds=older_than_seconds)
+        reply = await self._retry.call(
+            lambda: self._stub.PruneRuns(request, metadata=self._signed("PruneRuns", request))
+        )
+        return list(reply.run_ids), int(reply.blobs_deleted)
+
     async def resume_run(self, run_id: int) -> None:
         request = dpb.ResumeRunRequest(run_id=run_id)
         await self._retry.call(

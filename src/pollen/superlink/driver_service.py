@@ -59,6 +59,15 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
         return dpb.CreateRunReply(run_id=run_id)
 
+    async def PruneRuns(
+        self, request: dpb.PruneRunsRequest, context: Context
+    ) -> dpb.PruneRunsReply:
+        now = self._dispatcher.clock()
+        run_ids = self._state.prune_runs(now - max(request.older_than_seconds, 0.0))
+        deleted = self._collector.sweep(grace=0.0) if run_ids else 0
+        logger.info("pruned runs %s (%d blobs deleted)", run_ids, deleted)
+        return dpb.PruneRunsReply(run_ids=run_ids, blobs_deleted=deleted)
+
     async def ResumeRun(
         self, request: dpb.ResumeRunRequest, context: Context
     ) -> dpb.ResumeRunReply:

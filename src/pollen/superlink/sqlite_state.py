@@ -187,6 +187,23 @@ class SqliteState:
         run_id_, app, run_config, status = rows[0]
         return RunInfo(run_id_, app, config_from_json(run_config), status)
 
+    def prune_runs(self, finished_before: float) -> list[int]:
+        """Delete runs that ended before ``finished_before``, with their tasks and results."""
+        ids = [
+            r[0]
+            for r in self._rows(
+                "SELECT run_id FROM runs WHERE status != 'running' AND finished_at < ?",
+                finished_before,
+            )
+        ]
+        with self._transaction():
+            for run_id in ids:
+                self._db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
+                self._db.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
+                self._db.execute("DELETE FROM blob_holds WHERE run_id=?", (run_id,))
+                self._db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
+        return ids
+
     def reopen_run(self, run_id: int) -> None:
         self._db.execute(
             "UPDATE runs SET status='running', message='', finished_at=NULL WHERE run_id=?",
