@@ -106,3 +106,16 @@ def test_unregistered_node_is_left_and_its_tasks_fail(tmp_path: Path) -> None:
     assert dispatcher.state.list_nodes("left") == [7]
     [result] = dispatcher.state.get_results([task.task_id])
     assert "unregistered" in result.error
+
+
+def test_a_task_unanswered_past_its_ttl_fails_as_expired(tmp_path: Path) -> None:
+    dispatcher, clock, run_id = make(tmp_path)
+    dispatcher.subscribe(7)
+    task = Task(run_id, 7, "fit", created_at=clock())
+    dispatcher.push_tasks([task])
+    clock.now += 100
+    assert dispatcher.expire_tasks(ttl=200) == 0
+    clock.now += 101
+    assert dispatcher.expire_tasks(ttl=200) == 1
+    [result] = dispatcher.state.get_results([task.task_id])
+    assert "task TTL" in result.error

@@ -77,12 +77,20 @@ PATH = click.Path(path_type=Path)
     show_default=True,
     help="Seconds between node heartbeats; a node silent for 3 intervals is offline.",
 )
+@click.option(
+    "--task-ttl",
+    type=click.FloatRange(min=1),
+    default=24 * 3600.0,
+    show_default=True,
+    help="Seconds a task may stay unanswered before it fails as expired.",
+)
 def superlink(
     insecure: bool,
     fleet_api_address: str,
     driver_api_address: str,
     database: Path,
     heartbeat_interval: float,
+    task_ttl: float,
     certificates: tuple[Path, Path, Path] | None,
     ssl_ca_certfile: Path | None,
     ssl_certfile: Path | None,
@@ -113,6 +121,7 @@ def superlink(
         fleet_address=parse_address(fleet_api_address, "--fleet-api-address"),
         driver_address=parse_address(driver_api_address, "--driver-api-address"),
         heartbeat_interval=heartbeat_interval,
+        task_ttl=task_ttl,
         security=security,
     )
 

@@ -135,6 +135,13 @@ class Dispatcher:
         for task in self.state.open_tasks(node_id):
             self._fail(task, reason)
 
+    def expire_tasks(self, ttl: float) -> int:
+        """Fail tasks left unanswered for longer than ``ttl`` seconds; return how many."""
+        expired = self.state.open_tasks_created_before(self.clock() - ttl)
+        for task in expired:
+            self._fail(task, f"no answer within the task TTL of {ttl:g} s")
+        return len(expired)
+
     def end_run(self, run_id: int, reason: str) -> None:
         """A finished run's unanswered tasks fail and leave the nodes' queues."""
         for task in self.state.open_tasks_of_run(run_id):

@@ -41,6 +41,8 @@ class SuperLinkConfig:
     driver_address: Address = DEFAULT_DRIVER_ADDRESS
     heartbeat_interval: float = 5.0
     """Seconds between node heartbeats; a node silent for 3 intervals is offline."""
+    task_ttl: float = 24 * 3600.0
+    """Seconds a task may stay unanswered before it fails as expired."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     clock: Clock = field(default=time.time)
 
@@ -61,10 +63,11 @@ class SuperLink:
     driver_guard: ApiGuard | None = None
 
 
-async def _watch_heartbeats(dispatcher: Dispatcher, interval: float) -> None:
+async def _watch_heartbeats(dispatcher: Dispatcher, interval: float, task_ttl: float) -> None:
     while True:
         await asyncio.sleep(interval)
         dispatcher.close_stale(3 * interval)
+        dispatcher.expire_tasks(task_ttl)
 
 
 def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:
@@ -149,7 +152,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 (driver_guard, lambda _, fingerprint: driver_service.revoke(fingerprint))
             )
         background = [
-            asyncio.create_task(_watch_heartbeats(dispatcher, config.heartbeat_interval)),
+            asyncio.create_task(
+                _watch_heartbeats(dispatcher, config.heartbeat_interval, config.task_ttl)
+            ),
             asyncio.create_task(watch_allowlists(watched)),
             asyncio.create_task(sweep_periodically(collector)),
         ]

@@ -277,6 +277,13 @@ class SqliteState:
             "UPDATE tasks SET status='pending' WHERE node_id=? AND status='delivered'", (node_id,)
         )
 
+    def open_tasks_created_before(self, created_before: float) -> list[Task]:
+        rows = self._rows(
+            "SELECT * FROM tasks WHERE status IN ('pending', 'delivered') AND created_at < ?",
+            created_before,
+        )
+        return [self._task(r) for r in rows]
+
     def open_tasks_of_run(self, run_id: int) -> list[Task]:
         rows = self._rows(
             "SELECT * FROM tasks WHERE run_id=? AND status IN ('pending', 'delivered')", run_id
