@@ -1,4 +1,5 @@
-"""Verifying every request of an API against its session, method and exact body bytes."""
+"""Checking every request before a service sees it: well-formed, and (with
+authentication) bound to its session, method and exact body bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pollen.superlink.sessions import RequestRejected, Session, SessionStore
 from pollen.transport.session_crypto import EMPTY_BODY_DIGEST, META_AUTH
@@ -24,7 +26,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 @dataclass
 class _Raw:
-    """A request with the digest of the bytes it arrived as."""
+    """A request with the digest of the bytes it arrived as (``message`` None: malformed)."""
 
     digest: str
     message: Any
@@ -32,10 +34,21 @@ class _Raw:
 
 def _raw_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], _Raw]:
     def parse(raw: bytes) -> _Raw:
-        message = deserialize(raw) if deserialize else raw
+        try:
+            message = deserialize(raw) if deserialize else raw
+        except DecodeError:
+            message = None
         return _Raw(hashlib.sha256(raw).hexdigest(), message)
 
     return parse
+
+
+async def _well_formed(raw: _Raw, method: str, context: Context) -> Any:
+    if raw.message is None:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a valid message"
+        )
+    return raw.message
 
 
 def _auth_header(context: Context) -> str | None:
@@ -53,21 +66,24 @@ class RequestVerifier:
     body and one HMAC.
     """
 
-    def __init__(self, sessions: SessionStore) -> None:
+    def __init__(self, sessions: SessionStore | None) -> None:
+        """``sessions`` None: only refuse malformed requests (an API without authentication,
+        or the Auth service itself)."""
         self.sessions = sessions
 
     def registrar(self, server: grpc.aio.Server) -> _Registrar:
         """Pass this instead of ``server`` to a generated ``add_*Servicer_to_server``."""
         return _Registrar(server, self)
 
-    async def _authenticate(self, method: str, digest: str, context: Context) -> Session:
+    async def _authenticate(self, method: str, digest: str, context: Context) -> None:
+        if self.sessions is None:
+            return
         try:
             session = self.sessions.verify(method, _auth_header(context), digest)
         except RequestRejected as exc:
             logger.warning("refused %s from %s: %s", method, context.peer(), exc)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         current_session.set(session)
-        return session
 
     def wrap(self, method: str, handler: Any) -> Any:
         if handler.unary_unary is not None:
@@ -82,8 +98,9 @@ class RequestVerifier:
         inner: Any = handler.unary_unary
 
         async def behaviour(raw: _Raw, context: Context) -> Any:
+            message = await _well_formed(raw, method, context)
             await self._authenticate(method, raw.digest, context)
-            return await inner(raw.message, context)
+            return await inner(message, context)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
@@ -95,8 +112,9 @@ class RequestVerifier:
         inner: Any = handler.unary_stream
 
         async def behaviour(raw: _Raw, context: Context) -> AsyncIterator[Any]:
+            message = await _well_formed(raw, method, context)
             await self._authenticate(method, raw.digest, context)
-            async for item in inner(raw.message, context):
+            async for item in inner(message, context):
                 yield item
 
         return grpc.unary_stream_rpc_method_handler(
@@ -108,14 +126,19 @@ class RequestVerifier:
     def _stream_unary(self, handler: Any, method: str) -> Any:
         inner: Any = handler.stream_unary
 
-        async def behaviour(requests: AsyncIterator[Any], context: Context) -> Any:
+        async def behaviour(requests: AsyncIterator[_Raw], context: Context) -> Any:
             # Authenticated at open; every chunk is then covered by the blob's digest.
             await self._authenticate(method, EMPTY_BODY_DIGEST, context)
-            return await inner(requests, context)
+
+            async def messages() -> AsyncIterator[Any]:
+                async for raw in requests:
+                    yield await _well_formed(raw, method, context)
+
+            return await inner(messages(), context)
 
         return grpc.stream_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_raw_deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 

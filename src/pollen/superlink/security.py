@@ -71,7 +71,7 @@ class ApiGuard:
         self, server: grpc.aio.Server, on_displaced: Callable[[Session], None] | None = None
     ) -> None:
         auth_pb2_grpc.add_AuthServicer_to_server(  # type: ignore[no-untyped-call]
-            AuthService(self.settings, on_displaced), server
+            AuthService(self.settings, on_displaced), RequestVerifier(None).registrar(server)
         )
 
     def reload(self, on_revoked: Callable[[Session | None, str], None]) -> None:

@@ -19,6 +19,7 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
+from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
@@ -119,12 +120,14 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             FleetService(
                 dispatcher, blobs, config.heartbeat_interval, collector, fleet_guard is not None
             ),
-            fleet_guard.verified(fleet) if fleet_guard else fleet,
+            fleet_guard.verified(fleet) if fleet_guard else RequestVerifier(None).registrar(fleet),
         )
         driver_service = DriverService(dispatcher, blobs, collector)
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
-            driver_guard.verified(driver) if driver_guard else driver,
+            driver_guard.verified(driver)
+            if driver_guard
+            else RequestVerifier(None).registrar(driver),
         )
         revoke = _cut_off(dispatcher)
         if fleet_guard is not None:
