@@ -37,3 +37,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 2 $(PEER)
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 8
 	$(PY) benchmarks/cifar_round.py
+	$(PY) benchmarks/load.py --nodes 1000 --soak 600
