@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pollen.errors import BlobError
+from pollen.records.arrays import is_sha256_hex
 from pollen.records.messages import BlobRef
 
 
 def _check_digest(digest: str) -> None:
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    if not is_sha256_hex(digest):
         raise BlobError(f"{digest[:80]!r} is not a sha256 hex digest")
 
 
