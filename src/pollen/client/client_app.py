@@ -50,9 +50,10 @@ class ClientApp:
         if not callable(client_fn):
             raise TypeError("ClientApp(client_fn=...) needs a function returning a client")
         self.client_fn = client_fn
+        self._wants_cid = _wants_cid(client_fn)
 
     def _client(self, context: Context) -> Client:
-        made: Any = self.client_fn(str(context.node_id) if _wants_cid(self.client_fn) else context)
+        made: Any = self.client_fn(str(context.node_id) if self._wants_cid else context)
         if isinstance(made, NumPyClient):
             made.context = context
             return made.to_client()
