@@ -32,13 +32,17 @@ class _Raw:
     message: Any
 
 
-def _raw_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], _Raw]:
+def _raw_deserializer(
+    deserialize: Callable[[bytes], Any] | None, digest: bool
+) -> Callable[[bytes], _Raw]:
+    """Parse a request, keeping the digest of its bytes when requests are verified."""
+
     def parse(raw: bytes) -> _Raw:
         try:
             message = deserialize(raw) if deserialize else raw
         except DecodeError:
             message = None
-        return _Raw(hashlib.sha256(raw).hexdigest(), message)
+        return _Raw(hashlib.sha256(raw).hexdigest() if digest else "", message)
 
     return parse
 
@@ -104,7 +108,9 @@ class RequestVerifier:
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=_raw_deserializer(handler.request_deserializer),
+            request_deserializer=_raw_deserializer(
+                handler.request_deserializer, self.sessions is not None
+            ),
             response_serializer=handler.response_serializer,
         )
 
@@ -119,7 +125,9 @@ class RequestVerifier:
 
         return grpc.unary_stream_rpc_method_handler(
             behaviour,
-            request_deserializer=_raw_deserializer(handler.request_deserializer),
+            request_deserializer=_raw_deserializer(
+                handler.request_deserializer, self.sessions is not None
+            ),
             response_serializer=handler.response_serializer,
         )
 
@@ -138,7 +146,9 @@ class RequestVerifier:
 
         return grpc.stream_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=_raw_deserializer(handler.request_deserializer),
+            request_deserializer=_raw_deserializer(
+                handler.request_deserializer, self.sessions is not None
+            ),
             response_serializer=handler.response_serializer,
         )
 
