@@ -41,3 +41,11 @@ class RunError(PollenError):
 
 class ClientAppError(PollenError):
     """The ClientApp returned something Pollen cannot send back."""
+
+
+class StorageError(PollenError):
+    """The SuperLink cannot write its state or its blobs (read-only, I/O error)."""
+
+
+class StorageFull(StorageError):
+    """The SuperLink's disk is full: nothing is lost, writes resume once space is freed."""

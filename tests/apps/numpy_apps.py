@@ -2,7 +2,8 @@
 
 ``behaviour``: ``ok`` (default: add 1 to every weight), ``raise`` (fit raises),
 ``wrong-shape`` (fit returns arrays of other shapes), ``slow`` (fit touches the
-file ``marker`` then sleeps ``delay`` seconds). ``examples`` sets num_examples.
+file ``marker`` then sleeps ``delay`` seconds), ``gated`` (fit touches ``marker``
+then waits until the file ``gate`` exists). ``examples`` sets num_examples.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class AddOneClient(NumPyClient):
         if behaviour == "slow":
             Path(str(self.node_config["marker"])).touch()
             time.sleep(float(self.node_config.get("delay", 60)))
+        if behaviour == "gated":
+            Path(str(self.node_config["marker"])).touch()
+            while not Path(str(self.node_config["gate"])).exists():
+                time.sleep(0.05)
         examples = int(self.node_config.get("examples", 1))
         return [p + 1 for p in parameters], examples, {"train_loss": 1.0 / examples}
 
@@ -51,6 +56,7 @@ def make_server_app(
     min_available: int = 2,
     min_fit: int = 2,
     fraction_evaluate: float = 1.0,
+    initial: NDArrays = INITIAL,
     **config: float,
 ) -> ServerApp:
     strategy = FedAvg(
@@ -58,7 +64,7 @@ def make_server_app(
         min_fit_clients=min_fit,
         min_evaluate_clients=1,
         fraction_evaluate=fraction_evaluate,
-        initial_parameters=[a.copy() for a in INITIAL],
+        initial_parameters=[a.copy() for a in initial],
     )
     return ServerApp(config=ServerConfig(num_rounds=num_rounds, **config), strategy=strategy)
 
@@ -68,3 +74,7 @@ one_round = make_server_app(num_rounds=1, min_fit=1, fraction_evaluate=0.0)
 two_nodes_one_round = make_server_app(num_rounds=1, min_available=2, min_fit=1)
 two_rounds_both_nodes = make_server_app(num_rounds=2, min_available=2, min_fit=1)
 four_rounds = make_server_app(num_rounds=4, min_available=2, min_fit=2)
+# 4 MiB of weights: a few rounds of blobs fill a small disk
+four_mib_three_rounds = make_server_app(
+    num_rounds=3, fraction_evaluate=0.0, initial=[np.zeros(1 << 20, np.float32)]
+)

@@ -103,6 +103,8 @@ class LocalFederation:
     fleet_port: int = 0
     driver_port: int = 0
     nodes: list[Child] = field(default_factory=list)
+    database: Path | None = None
+    """The SuperLink's state file (default: ``workdir/superlink.db``)."""
 
     @property
     def log_dir(self) -> Path:
@@ -143,7 +145,7 @@ class LocalFederation:
             "--driver-api-address",
             f"127.0.0.1:{self.driver_port}",
             "--database",
-            str(self.workdir / "superlink.db"),
+            str(self.database or self.workdir / "superlink.db"),
             *extra,
         )
         restarts = sum(1 for _ in self.log_dir.glob("superlink*.log")) if self.superlink else 0

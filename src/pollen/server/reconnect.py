@@ -19,6 +19,8 @@ T = TypeVar("T")
 
 AWAY = frozenset({grpc.StatusCode.UNAVAILABLE})
 """The SuperLink is not there (restarting, or the connection broke)."""
+RETRIED = AWAY | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""... or it is there but its disk is full: the call succeeds once space is freed."""
 
 
 class Reconnector:
@@ -85,7 +87,7 @@ class Attempts:
             self._rejoined = True  # a restarted SuperLink forgot our session
             await self._reconnector.rejoin(self)
             return
-        if exc.code() not in AWAY:
+        if exc.code() not in RETRIED:
             raise exc
         await self.wait(exc)
 
@@ -93,9 +95,14 @@ class Attempts:
         """Sleep before the next attempt; ConnectionFailed once the deadline has passed."""
         if asyncio.get_running_loop().time() > self._deadline:
             raise ConnectionFailed(
-                f"SuperLink Driver API at {self._reconnector.address} has been away for more "
-                f"than {self._reconnector.timeout:g} s ({exc.details()}); the run stopped"
+                f"SuperLink Driver API at {self._reconnector.address} has been unusable for "
+                f"more than {self._reconnector.timeout:g} s ({exc.details()}); the run stopped"
             ) from None
         delay = self._backoff.next_delay()
-        logger.warning("SuperLink away (%s); retrying in %.1f s", exc.code().name.lower(), delay)
+        logger.warning(
+            "SuperLink away (%s: %s); retrying in %.1f s",
+            exc.code().name.lower(),
+            exc.details(),
+            delay,
+        )
         await asyncio.sleep(delay)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
+from pollen.superlink.storage_faults import keep_going
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ class BlobCollector:
 
 
 async def sweep_periodically(collector: BlobCollector) -> None:
-    while True:
+    async def sweep() -> None:
         await asyncio.sleep(SWEEP_SECONDS)
         collector.sweep()
+
+    await keep_going("sweeping unused blobs", sweep)

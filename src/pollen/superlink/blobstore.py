@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
@@ -11,6 +12,7 @@ from pathlib import Path
 from pollen.errors import BlobError
 from pollen.records.arrays import is_sha256_hex
 from pollen.records.messages import BlobRef
+from pollen.superlink.storage_faults import from_os_error
 
 
 def _check_digest(digest: str) -> None:
@@ -26,7 +28,8 @@ class BlobWriter:
         self._store = store
         self.ref = ref
         self._temp = store.root / f".{uuid.uuid4().hex}.part"
-        self._file = self._temp.open("wb")
+        with self._refused_writes():
+            self._file = self._temp.open("wb")
         self._hasher = hashlib.sha256()
         self.received = 0
 
@@ -36,23 +39,40 @@ class BlobWriter:
                 f"blob {self.ref.digest[:12]}: chunk at offset {offset} with {len(data)} bytes "
                 f"does not follow byte {self.received} of {self.ref.size}"
             )
-        self._file.write(data)
+        with self._refused_writes():
+            self._file.write(data)
         self._hasher.update(data)
         self.received += len(data)
 
+    @contextlib.contextmanager
+    def _refused_writes(self) -> Iterator[None]:
+        """A full or read-only disk becomes a `StorageError`; the partial file goes."""
+        try:
+            yield
+        except OSError as exc:
+            fault = from_os_error(exc, self._store.root)
+            if fault is None:
+                raise
+            self.abort()
+            raise fault from exc
+
     def commit(self) -> BlobRef:
-        self._file.close()
+        with self._refused_writes():
+            self._file.close()  # flushes what is buffered: the disk may refuse it now
         if self.received != self.ref.size or self._hasher.hexdigest() != self.ref.digest:
             self.abort()
             raise BlobError(
                 f"blob {self.ref.digest[:12]}: received {self.received} of {self.ref.size} bytes "
                 "or content does not match the digest; upload it again"
             )
-        os.replace(self._temp, self._store.path(self.ref.digest))
+        with self._refused_writes():
+            os.replace(self._temp, self._store.path(self.ref.digest))
         return self.ref
 
     def abort(self) -> None:
-        self._file.close()
+        if hasattr(self, "_file"):
+            with contextlib.suppress(OSError):  # its buffer may not fit on a full disk
+                self._file.close()
         self._temp.unlink(missing_ok=True)
 
 
@@ -79,7 +99,13 @@ class BlobStore:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
 
     def delete(self, digest: str) -> None:
-        self.path(digest).unlink(missing_ok=True)
+        try:
+            self.path(digest).unlink(missing_ok=True)
+        except OSError as exc:
+            fault = from_os_error(exc, self.root)
+            if fault is None:
+                raise
+            raise fault from exc
 
     def stored(self) -> list[str]:
         """Digests of the blob files present (temporary files excluded)."""

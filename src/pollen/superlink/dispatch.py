@@ -57,17 +57,19 @@ class Dispatcher:
 
     def subscribe(self, node_id: int) -> Subscription:
         """Open ``node_id``'s stream; a newer stream replaces an older one."""
+        # The state first: if the disk refuses, no half-open subscription stays behind.
+        now = self.clock()
+        self.state.set_node_status(node_id, "online", now)
+        # Tasks sent on a stream that broke unnoticed may never have arrived: send again.
+        self.state.requeue_delivered(node_id)
+        pending = self.state.pending_tasks(node_id)
         old = self._subscriptions.get(node_id)
         if old is not None:
             old.close("replaced by a newer subscription of the same node")
         subscription = Subscription(node_id)
         self._subscriptions[node_id] = subscription
-        now = self.clock()
         self._last_seen[node_id] = now
-        self.state.set_node_status(node_id, "online", now)
-        # Tasks sent on a stream that broke unnoticed may never have arrived: send again.
-        self.state.requeue_delivered(node_id)
-        for task in self.state.pending_tasks(node_id):
+        for task in pending:
             subscription.queue.put_nowait(task)
         logger.info("node %d connected", node_id)
         return subscription

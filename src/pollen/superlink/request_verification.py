@@ -13,7 +13,9 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from pollen.errors import StorageError
 from pollen.superlink.sessions import RequestRejected, Session, SessionStore
+from pollen.superlink.storage_faults import refuse
 from pollen.transport.session_crypto import EMPTY_BODY_DIGEST, META_AUTH
 
 logger = logging.getLogger(__name__)
@@ -104,7 +106,10 @@ class RequestVerifier:
         async def behaviour(raw: _Raw, context: Context) -> Any:
             message = await _well_formed(raw, method, context)
             await self._authenticate(method, raw.digest, context)
-            return await inner(message, context)
+            try:
+                return await inner(message, context)
+            except StorageError as exc:
+                await refuse(exc, method, context)
 
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
@@ -120,8 +125,11 @@ class RequestVerifier:
         async def behaviour(raw: _Raw, context: Context) -> AsyncIterator[Any]:
             message = await _well_formed(raw, method, context)
             await self._authenticate(method, raw.digest, context)
-            async for item in inner(message, context):
-                yield item
+            try:
+                async for item in inner(message, context):
+                    yield item
+            except StorageError as exc:
+                await refuse(exc, method, context)
 
         return grpc.unary_stream_rpc_method_handler(
             behaviour,
@@ -142,7 +150,10 @@ class RequestVerifier:
                 async for raw in requests:
                     yield await _well_formed(raw, method, context)
 
-            return await inner(messages(), context)
+            try:
+                return await inner(messages(), context)
+            except StorageError as exc:
+                await refuse(exc, method, context)
 
         return grpc.stream_unary_rpc_method_handler(
             behaviour,

@@ -23,6 +23,7 @@ from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
+from pollen.superlink.storage_faults import keep_going
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
 
@@ -65,10 +66,12 @@ class SuperLink:
 
 
 async def _watch_heartbeats(dispatcher: Dispatcher, interval: float, task_ttl: float) -> None:
-    while True:
+    async def check() -> None:
         await asyncio.sleep(interval)
         dispatcher.close_stale(3 * interval)
         dispatcher.expire_tasks(task_ttl)
+
+    await keep_going("checking heartbeats and task TTLs", check)
 
 
 def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:

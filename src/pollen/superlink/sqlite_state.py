@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from pollen.errors import ConfigurationError
+from pollen.errors import ConfigurationError, StorageError
 from pollen.records.config_json import config_from_json, config_to_json
 from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import UserConfig
 from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
+from pollen.superlink.storage_faults import disk_full, unwritable
 
 SCHEMA_VERSION = 1
 
@@ -86,6 +88,47 @@ def _ref(digest: str | None, size: int | None) -> BlobRef | None:
     return BlobRef(digest, int(size or 0)) if digest else None
 
 
+def _storage_fault(exc: sqlite3.OperationalError, where: Path) -> StorageError | None:
+    """The storage fault behind an SQLite error, or None when it is something else."""
+    message = str(exc)
+    if "full" in message:
+        return disk_full(where, message)
+    if "readonly" in message or "disk I/O error" in message:
+        return unwritable(where, message)
+    return None
+
+
+class _Connection(sqlite3.Connection):
+    """An SQLite connection whose refused writes say which file and why."""
+
+    path = Path()
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        try:
+            return super().execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            fault = _storage_fault(exc, self.path)
+            if fault is None:
+                raise
+            raise fault from exc
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        try:
+            return super().executemany(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            fault = _storage_fault(exc, self.path)
+            if fault is None:
+                raise
+            raise fault from exc
+
+
+def _unwritable_at_start(path: Path, detail: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"--database {path}: cannot write there ({detail}); make the file and its folder "
+        "writable, or choose another --database"
+    )
+
+
 def _lock_exclusively(path: Path) -> IO[str]:
     """One SuperLink per database: a second one would hand out the same tasks twice."""
     lock = path.with_name(path.name + ".lock").open("a+")
@@ -114,23 +157,45 @@ class SqliteState:
             raise ConfigurationError(
                 f"--database {path}: directory {path.parent} does not exist; create it first"
             )
-        self._lock = _lock_exclusively(path)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._check_version(path)
-            self._db.executescript(_SCHEMA)
+            self._lock = _lock_exclusively(path)
+        except OSError as exc:
+            raise _unwritable_at_start(path, exc.strerror or str(exc)) from None
+        try:
+            self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
             self._lock.close()
             raise ConfigurationError(
                 f"--database {path}: not a usable SQLite database ({exc}); "
                 "point --database at a new file or a Pollen state file"
             ) from exc
+        except StorageError as exc:
+            self._lock.close()
+            raise _unwritable_at_start(path, str(exc.__cause__ or exc)) from None
         except ConfigurationError:
             self._lock.close()
             raise
+
+    def _open(self, path: Path) -> _Connection:
+        db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, factory=_Connection
+        )
+        db.path = path
+        self._db = db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+        (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+        if verdict != "ok":
+            first = [line for line in str(verdict).splitlines() if not line.startswith("***")]
+            raise ConfigurationError(
+                f"--database {path} is damaged ({first[0] if first else 'quick_check failed'}); "
+                "restore it from a backup, "
+                "or move it aside and start with a new file"
+            )
+        self._check_version(path)
+        db.executescript(_SCHEMA)
+        return db
 
     def _check_version(self, path: Path) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -235,11 +300,22 @@ class SqliteState:
         with self._transaction():
             self._db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def _transaction(self) -> sqlite3.Connection:
-        # sqlite3's context manager commits on success and rolls back on error;
-        # with isolation_level=None we open the transaction ourselves.
-        self._db.execute("BEGIN")
-        return self._db
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All or nothing: a write the disk refuses leaves the state as it was."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        try:
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _task(self, row: sqlite3.Row) -> Task:
         task_id, run_id, node_id, kind, digest, size, config, _status, created_at = row

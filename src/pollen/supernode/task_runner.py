@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 
@@ -16,8 +18,30 @@ from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.supernode.blob_cache import BlobCache
 from pollen.supernode.fleet_client import FleetClient
+from pollen.transport.backoff import Backoff
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+STORAGE_PATIENCE = 600.0
+"""Seconds a node keeps offering a result to a SuperLink whose disk is full."""
+
+
+async def _until_stored(send: Callable[[], Awaitable[T]], patience: float) -> T:
+    """``await send()``, again while the SuperLink's disk is full (it says so), up to
+    ``patience`` seconds: a result is not thrown away for want of disk space."""
+    backoff = Backoff(initial=0.5, maximum=10.0)
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return await send()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            delay = backoff.next_delay()
+            logger.warning("%s; offering the result again in %.1f s", exc.details(), delay)
+            await asyncio.sleep(delay)
 
 
 class TaskRunner:
@@ -32,6 +56,7 @@ class TaskRunner:
         # about as much as a copy): the last encoded result, a blob the cache let go.
         self._upload_buffer: bytearray | None = None
         self._spare: bytearray | None = None
+        self.storage_patience = STORAGE_PATIENCE
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
         context = self._contexts.get(task.run_id)
@@ -78,12 +103,14 @@ class TaskRunner:
             result.loss = reply.loss
             result.metrics = reply.metrics
             if encoded is not None:
-                result.parameters = await fleet.upload_blob(
-                    encoded, sha256_hex(encoded), task.run_id
+                digest = sha256_hex(encoded)
+                result.parameters = await _until_stored(
+                    lambda: fleet.upload_blob(encoded, digest, task.run_id),
+                    self.storage_patience,
                 )
         if result.error:
             logger.warning("task %s failed: %s", task.task_id[:8], result.error)
-        await fleet.push_result(result)
+        await _until_stored(lambda: fleet.push_result(result), self.storage_patience)
         logger.info(
             "run %d: %s task done in %.3f s", task.run_id, task.kind, time.perf_counter() - started
         )

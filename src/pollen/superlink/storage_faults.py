@@ -1,0 +1,73 @@
+"""Naming what went wrong when the SuperLink cannot write to its disk.
+
+A full disk or a read-only file system is the operator's to fix, not a bug: it
+becomes a `StorageFull` or `StorageError` whose one-line message says where and
+what to do. Requests that hit one fail with a status clients retry on; the
+state stays as it was before the write (SQLite rolls the transaction back,
+a blob never becomes visible half-written).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+
+from pollen.errors import StorageError, StorageFull
+
+logger = logging.getLogger(__name__)
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def disk_full(where: Path, detail: str) -> StorageFull:
+    return StorageFull(
+        f"SuperLink storage full: cannot write {where} ({detail}); free space there, "
+        "clients retry and the run goes on"
+    )
+
+
+def unwritable(where: Path, detail: str) -> StorageError:
+    return StorageError(
+        f"SuperLink storage unwritable: cannot write {where} ({detail}); make it writable "
+        "again (read-only file system, permissions or a failing disk)"
+    )
+
+
+def from_os_error(exc: OSError, where: Path) -> StorageError | None:
+    """The storage fault ``exc`` stands for, or None when it is something else."""
+    detail = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        return disk_full(where, detail)
+    if exc.errno in _UNWRITABLE:
+        return unwritable(where, detail)
+    return None
+
+
+def status_of(fault: StorageError) -> grpc.StatusCode:
+    """Full disk: RESOURCE_EXHAUSTED (retried until space is freed); else UNAVAILABLE."""
+    if isinstance(fault, StorageFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.UNAVAILABLE
+
+
+async def refuse(
+    fault: StorageError, method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> NoReturn:
+    """End a request that hit ``fault``: one log line here, the same line to the client."""
+    logger.error("%s: %s", method, fault)
+    await context.abort(status_of(fault), str(fault))
+
+
+async def keep_going(name: str, step: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop's ``step`` forever; a storage fault is logged, not fatal."""
+    while True:
+        try:
+            await step()
+        except StorageError as exc:
+            logger.error("%s: %s", name, exc)

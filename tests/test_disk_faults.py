@@ -1,0 +1,215 @@
+"""A full disk or a read-only file system under the SuperLink: reported in one line,
+the state stays intact, and a run goes on once space is freed.
+
+The faults are real: the SuperLink's database lives on a small tmpfs the test
+mounts (skipped where mounting is not allowed) and fills or makes read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
+from pollen.errors import StorageError, StorageFull
+from pollen.records.arrays import sha256_hex
+from pollen.records.messages import BlobRef, Task
+from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.dispatch import Dispatcher
+from pollen.superlink.sqlite_state import SqliteState
+from tests.conftest import APPS_DIR
+from tests.test_cli_errors import assert_one_line_error, run
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "16m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` for the duration of the block."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:  # lazily: a process of a failed test may still hold a file there
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def remount(disk: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``; delete the returned file to give them back."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for block in (1 << 20, 4096):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * block)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as full:
+        (disk / "probe").write_bytes(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+    return filler
+
+
+def integrity(database: Path) -> str:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def test_a_blob_that_does_not_fit_is_refused_as_storage_full_and_leaves_no_file(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        store = BlobStore(disk / "blobs")
+        data = os.urandom(2 << 20)
+        writer = store.writer(BlobRef(sha256_hex(data), len(data)))
+        with pytest.raises(StorageFull, match=r"storage full: cannot write .*free space there"):
+            for offset in range(0, len(data), 1 << 18):
+                writer.write(offset, data[offset : offset + (1 << 18)])
+            writer.commit()
+        writer.abort()  # as the upload handler does: harmless a second time
+        assert list((disk / "blobs").iterdir()) == []
+
+
+def test_a_state_write_on_a_full_disk_is_refused_whole_and_works_once_space_is_freed(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        state = SqliteState(disk / "superlink.db")
+        try:
+            run_id = state.create_run("app:x", {}, 1.0)
+            many = [Task(run_id, 7, "train", None, {"pad": "x" * 4000}) for _ in range(2000)]
+            filler = fill(disk)
+            with pytest.raises(StorageFull, match=r"superlink\.db"):
+                state.add_tasks(many)
+            assert state.open_tasks(7) == []  # all or nothing
+            filler.unlink()
+            state.add_tasks(many[:10])
+            assert len(state.open_tasks(7)) == 10
+        finally:
+            state.close()
+        assert integrity(disk / "superlink.db") == "ok"
+
+
+class RefusingState(SqliteState):
+    """A state whose disk refuses to mark nodes online."""
+
+    def set_node_status(self, node_id: int, status: str, now: float) -> None:  # type: ignore[override]
+        raise StorageError("SuperLink storage unwritable: test")
+
+
+def test_a_subscription_the_state_cannot_record_leaves_the_node_offline(tmp_path: Path) -> None:
+    state = RefusingState(tmp_path / "superlink.db")
+    try:
+        dispatcher = Dispatcher(state)
+        with pytest.raises(StorageError):
+            dispatcher.subscribe(5)
+        assert dispatcher.online_nodes() == []  # no half-open stream that nobody reads
+    finally:
+        state.close()
+
+
+def test_a_database_on_a_read_only_file_system_is_refused_in_one_line(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        SqliteState(disk / "superlink.db").close()
+        remount(disk, "ro")
+        code, output = run(
+            "superlink",
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--driver-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(disk / "superlink.db"),
+        )
+        remount(disk, "rw")
+    assert code == 2
+    assert_one_line_error(output, "cannot write there", "Read-only file system", "writable")
+
+
+def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "superlink.db"
+    state = SqliteState(database)
+    run_id = state.create_run("app:x", {}, 1.0)
+    state.add_tasks([Task(run_id, 7, "train", None, {"pad": "x" * 3000}) for _ in range(50)])
+    state.close()
+    with database.open("r+b") as db:  # scribble over the middle of the tasks table
+        db.seek(4096 * 6 + 200)
+        db.write(os.urandom(3000))
+    code, output = run(
+        "superlink",
+        "--insecure",
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--driver-api-address",
+        "127.0.0.1:0",
+        "--database",
+        str(database),
+    )
+    assert code == 2
+    assert_one_line_error(output, f"--database {database}", "move it aside")
+
+
+def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_freed(
+    tmp_path: Path,
+) -> None:
+    with small_disk(tmp_path / "disk", "64m") as disk:
+        database = disk / "superlink.db"
+        fed = LocalFederation(tmp_path / "fed", clients=2, database=database)
+        fed.start_superlink()
+        marker, gate = tmp_path / "training", tmp_path / "gate"
+        try:
+            for _ in range(2):
+                fed.start_supernode(
+                    "numpy_apps:app", APPS_DIR, f"behaviour=gated,marker={marker},gate={gate}"
+                )
+            server = spawn(
+                "serverapp",
+                fed.serverapp_command(
+                    "numpy_apps:four_mib_three_rounds", APPS_DIR, "--connect-timeout", "120"
+                ),
+                fed.log_dir,
+            )
+            try:
+                deadline = time.monotonic() + 60
+                while not marker.exists():  # round 1: the nodes train on the global model
+                    assert time.monotonic() < deadline, server.log()
+                    time.sleep(0.05)
+                filler = fill(disk)
+                gate.touch()  # their results now find the disk full
+                assert fed.superlink is not None
+                wait_for_log(fed.superlink, re.compile(r"SuperLink storage full: .*disk"), 30)
+                wait_for_log(fed.nodes[0], re.compile(r"offering the result again"), 30)
+                filler.unlink()
+                assert server.process.wait(timeout=90) == 0, server.log()
+            finally:
+                server.stop()
+        finally:
+            fed.stop()
+        assert integrity(database) == "ok"
+        assert not list((disk / "superlink.db.blobs").glob(".*.part"))
+    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
+    rounds = json.loads(metrics.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["fit_results"] == 2 for r in rounds)  # no result lost to the full disk
+    assert fed.superlink is not None
+    assert "Traceback" not in fed.superlink.log()
