@@ -524,18 +524,26 @@ def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: S
         async with (
             open_superlink(config) as link,
             driver_client(seed, link.driver_port, operator) as driver,
+            peer(seed, link.fleet_port, seed.identity(1)) as client,
         ):
-            run_id = await driver.create_run("watching", {})
+            fleet = await registered(client)
+            async with collecting(fleet) as inbox:
+                await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
+                run_id = await driver.create_run("watching", {})
+                task = Task(run_id, fleet.node_id, "evaluate")  # delivered, never answered
+                await driver.push_tasks(run_id, [task])
+                await asyncio.wait_for(inbox.get(), 2)
 
-            async def watch() -> None:
-                async for _ in driver.results(run_id, ["a-task-that-never-ends"]):
-                    pass
+                async def watch() -> None:
+                    async for _ in driver.results(run_id, [task.task_id]):
+                        pass
 
-            stream = asyncio.create_task(watch())
-            await asyncio.sleep(0.2)
-            allowlist_file(operators, successor)
-            with pytest.raises(grpc.aio.AioRpcError) as cut:
-                await asyncio.wait_for(stream, 3)
+                stream = asyncio.create_task(watch())
+                await asyncio.sleep(0.2)
+                assert not stream.done()  # waiting for the result
+                allowlist_file(operators, successor)
+                with pytest.raises(grpc.aio.AioRpcError) as cut:
+                    await asyncio.wait_for(stream, 3)
             # the stream is cut, and the client's attempt to join again is refused
             assert cut.value.code() == grpc.StatusCode.PERMISSION_DENIED
 

@@ -120,16 +120,25 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     async def StreamResults(
         self, request: dpb.StreamResultsRequest, context: Context
     ) -> AsyncIterator[pb.Result]:
+        if self._state.get_run(request.run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
         wanted = set(request.task_ids)
         queue = self._dispatcher.listen(request.run_id)
         session = current_session.get()
         if session is not None:
             self._streams.setdefault(session.fingerprint, set()).add(queue)
         try:
-            for stored in self._state.get_results(wanted):
-                if stored.run_id == request.run_id:
-                    wanted.discard(stored.task_id)
-                    yield result_to_proto(stored)
+            stored = [r for r in self._state.get_results(wanted) if r.run_id == request.run_id]
+            wanted.difference_update(r.task_id for r in stored)
+            for task_id in wanted:  # a task the run does not have would never be answered
+                task = self._state.get_task(task_id)
+                if task is None or task.run_id != request.run_id:
+                    await context.abort(
+                        grpc.StatusCode.NOT_FOUND,
+                        f"task {task_id[:12]!r} is not a task of run {request.run_id}",
+                    )
+            for result in stored:
+                yield result_to_proto(result)
             while wanted:
                 arrived = await queue.get()
                 if arrived is None:
