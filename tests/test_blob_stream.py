@@ -14,7 +14,7 @@ from pollen.proto import common_pb2 as pb
 from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
 from pollen.records.messages import BlobRef
 from pollen.transport import blob_stream
-from pollen.transport.blob_stream import download_blob, iter_chunks
+from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
 
 
 def model() -> tuple[bytearray, BlobRef]:
@@ -97,3 +97,12 @@ def test_a_stream_that_ends_early_is_refused() -> None:
 
     with pytest.raises(BlobError, match="received"):
         asyncio.run(download_blob(stream, short))
+
+
+def test_an_upload_reply_that_names_other_bytes_is_refused() -> None:
+    digest = "a" * 64
+    assert stored_ref(pb.BlobRef(digest=digest, size=3), BlobRef("", 3)) == BlobRef(digest, 3)
+    with pytest.raises(BlobError, match="stored blob"):
+        stored_ref(pb.BlobRef(digest=digest, size=3), BlobRef("b" * 64, 3))
+    with pytest.raises(BlobError, match="answered an upload of 3 bytes"):
+        stored_ref(pb.BlobRef(digest=digest, size=4), BlobRef("", 3))

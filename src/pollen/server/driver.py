@@ -12,12 +12,12 @@ from pollen.errors import ConnectionFailed
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
-from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
+from pollen.records.arrays import decode_arrays, encode_arrays
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.server.reconnect import Reconnector
 from pollen.transport.addresses import Address
-from pollen.transport.blob_stream import download_blob, iter_chunks
+from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
 from pollen.transport.channels import open_channel
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
 from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth, open_session
@@ -160,16 +160,17 @@ class DriverClient:
     async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
         """Lay ``arrays`` out as one blob and upload it once (in chunks), held by ``run_id``."""
         # A fresh buffer each time: keeping one between rounds would cost a model's
-        # worth of memory while results are folded.
-        buffer, digest = await asyncio.to_thread(_encode_and_hash, arrays)
-        ref = BlobRef(digest, len(buffer))
-        await self._retry.call(
+        # worth of memory while results are folded. The SuperLink hashes it on arrival
+        # and names it: no second pass over the model here.
+        buffer = await asyncio.to_thread(encode_arrays, arrays)
+        sent = BlobRef("", len(buffer))
+        reply = await self._retry.call(
             lambda: self._stub.UploadBlob(
-                iter_chunks(buffer, ref, run_id=run_id),
+                iter_chunks(buffer, sent, run_id=run_id),
                 metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
             )
         )
-        return ref
+        return stored_ref(reply, sent)
 
     async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
         """Download and decode a blob.
@@ -193,8 +194,3 @@ class DriverClient:
         if transient:
             self._transient, self._transient_digest = buffer, ref.digest
         return decode_arrays(buffer)
-
-
-def _encode_and_hash(arrays: NDArrays) -> tuple[bytearray, str]:
-    buffer = encode_arrays(arrays)
-    return buffer, sha256_hex(buffer)

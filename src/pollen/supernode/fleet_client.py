@@ -10,9 +10,9 @@ from google.protobuf.message import Message
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
-from pollen.records.arrays import Buffer, sha256_hex
+from pollen.records.arrays import Buffer
 from pollen.records.messages import BlobRef, Result, RunInfo, Task
-from pollen.transport.blob_stream import download_blob, iter_chunks
+from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
 from pollen.transport.convert import result_to_proto, run_from_proto, task_from_proto
 from pollen.transport.request_signing import Metadata, RequestAuth
 
@@ -66,15 +66,14 @@ class FleetClient:
         request = fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
         await self._stub.PushResult(request, metadata=self._signed("PushResult", request))
 
-    async def upload_blob(
-        self, buffer: Buffer, digest: str | None = None, run_id: int = 0
-    ) -> BlobRef:
-        ref = BlobRef(digest or sha256_hex(buffer), len(buffer))
+    async def upload_blob(self, buffer: Buffer, digest: str = "", run_id: int = 0) -> BlobRef:
+        """Upload ``buffer``; without ``digest`` the SuperLink names it (and hashes it once)."""
+        ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None
-        await self._stub.UploadBlob(
+        reply = await self._stub.UploadBlob(
             iter_chunks(buffer, ref, node_id=self.node_id, run_id=run_id), metadata=metadata
         )
-        return ref
+        return stored_ref(reply, ref)
 
     async def download_blob(self, ref: BlobRef, reuse: bytearray | None = None) -> bytearray:
         def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:

@@ -12,7 +12,7 @@ import grpc
 
 from pollen.client.client_app import ClientApp, Reply
 from pollen.errors import PollenError
-from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
+from pollen.records.arrays import decode_arrays, encode_arrays
 from pollen.records.context import Context
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
@@ -103,9 +103,8 @@ class TaskRunner:
             result.loss = reply.loss
             result.metrics = reply.metrics
             if encoded is not None:
-                digest = sha256_hex(encoded)
                 result.parameters = await _until_stored(
-                    lambda: fleet.upload_blob(encoded, digest, task.run_id),
+                    lambda: fleet.upload_blob(encoded, run_id=task.run_id),
                     self.storage_patience,
                 )
         if result.error:

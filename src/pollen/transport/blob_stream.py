@@ -11,7 +11,7 @@ import grpc
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import Buffer
+from pollen.records.arrays import Buffer, is_sha256_hex
 from pollen.records.messages import BlobRef
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,11 @@ CHUNK_SIZE = 1024 * 1024
 def iter_chunks(
     buffer: Buffer, ref: BlobRef, node_id: int = 0, offset: int = 0, run_id: int = 0
 ) -> Iterator[pb.BlobChunk]:
-    """Chunks of ``buffer`` from ``offset``; the first names the digest, total size and run."""
+    """Chunks of ``buffer`` from ``offset``; the first names the digest, total size and run.
+
+    An upload may leave ``ref.digest`` empty: the SuperLink then names the blob by
+    its content and says so in its reply.
+    """
     view = memoryview(buffer)
     first = True
     position = offset
@@ -39,6 +43,15 @@ def iter_chunks(
         )
         first = False
         position += len(data)
+
+
+def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
+    """What the SuperLink stored an upload as; a digest other than the one sent is refused."""
+    if reply.size != sent.size or not is_sha256_hex(reply.digest):
+        raise BlobError(f"the SuperLink answered an upload of {sent.size} bytes with {reply}")
+    if sent.digest and reply.digest != sent.digest:
+        raise BlobError(f"the SuperLink stored blob {sent.digest[:12]} as {reply.digest[:12]}")
+    return BlobRef(reply.digest, reply.size)
 
 
 OpenStream = Callable[[int], AsyncIterable[pb.BlobChunk]]
