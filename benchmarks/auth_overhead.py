@@ -38,6 +38,7 @@ from pathlib import Path
 
 import grpc
 from federation_run import run_benchmark
+from process_stats import cpu_seconds
 
 from pollen.cli.local_federation import Child, pollen_command, spawn, wait_for_log
 from pollen.errors import PollenError
@@ -56,7 +57,6 @@ from pollen.transport.tls import ServerTls, channel_credentials
 
 TARGET_RATIO = 0.80
 _LISTENING = re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)")
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class BenchmarkError(Exception):
@@ -121,15 +121,6 @@ class Measurement:
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _process_cpu(pid: int) -> float | None:
-    """utime + stime of ``pid`` from /proc (Linux); None elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 @contextlib.asynccontextmanager
@@ -218,13 +209,13 @@ async def _measure(
         await fleet.register()
         if warmup > 0:
             await _hammer(fleet, warmup, concurrency)
-        server_before = _process_cpu(pid) if pid is not None else None
+        server_before = cpu_seconds(pid) if pid is not None else None
         client_before = _own_cpu()
         started = time.perf_counter()
         requests = await _hammer(fleet, seconds, concurrency)
         elapsed = time.perf_counter() - started
         client_cpu = _own_cpu() - client_before
-        server_after = _process_cpu(pid) if pid is not None else None
+        server_after = cpu_seconds(pid) if pid is not None else None
         await fleet.unregister()
     server_cpu = (
         server_after - server_before

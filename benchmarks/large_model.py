@@ -4,8 +4,8 @@ A SuperLink, ``nodes`` SuperNodes and the ServerApp all run as child processes
 with TLS and client authentication (credentials generated in the work folder).
 The ClientApp (``apps/perturb_client.py``) hands the model back changed by one
 element, so every result is a distinct blob, as in real training. Each process's
-peak RSS is read from ``/proc/PID/status`` (VmHWM); round times come from the
-run's ``metrics.json``.
+peak RSS is read from ``/proc/PID/status`` (VmHWM) and CPU seconds from
+``/proc/PID/stat``; round times come from the run's ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation_run import wait_until_connected
+from process_stats import cpu_seconds, peak_rss
 
 from pollen.cli.local_federation import Child, LocalFederation, spawn
 from pollen.errors import RunError
@@ -25,23 +26,22 @@ APPS = Path(__file__).resolve().parent / "apps"
 MB = 1024 * 1024
 
 
-def peak_rss(pid: int) -> int:
-    """Peak resident memory of a live process, in bytes (0 once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class LargeModelRun:
     model_mb: int
     nodes: int
     round_seconds: list[float]
     peak_rss: dict[str, int] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent while the ServerApp ran (its start-up included)."""
+
+    def cpu_per_round(self) -> str:
+        parts = [
+            f"{name} {seconds / len(self.round_seconds):.2f}"
+            for name, seconds in self.cpu_seconds.items()
+        ]
+        total = sum(self.cpu_seconds.values()) / len(self.round_seconds)
+        return f"CPU s per round: {', '.join(parts)}; all {total:.2f}"
 
     @property
     def effective_mb_per_s(self) -> float:
@@ -51,12 +51,17 @@ class LargeModelRun:
         return 2 * self.nodes * self.model_mb / median
 
 
-def _wait_for_serverapp(server: Child, federation: LocalFederation, timeout: float) -> int:
-    """Wait for the ServerApp, following its peak memory; RunError if anything dies."""
+def _wait_for_serverapp(
+    server: Child, federation: LocalFederation, timeout: float
+) -> tuple[int, float]:
+    """Wait for the ServerApp, following its peak memory and CPU time; RunError if anything
+    dies."""
     deadline = time.monotonic() + timeout
     peak = 0
+    cpu = 0.0
     while server.process.poll() is None:
         peak = max(peak, peak_rss(server.process.pid))
+        cpu = max(cpu, cpu_seconds(server.process.pid))
         for child in [*federation.nodes, federation.superlink]:
             if child is not None and child.process.poll() is not None:
                 raise RunError(f"{child.name} exited with {child.process.returncode}")
@@ -68,7 +73,7 @@ def _wait_for_serverapp(server: Child, federation: LocalFederation, timeout: flo
             f"the ServerApp exited with {server.process.returncode}: "
             f"{server.log().strip().splitlines()[-1:]}"
         )
-    return peak
+    return peak, cpu
 
 
 def run_large_model(
@@ -85,21 +90,22 @@ def run_large_model(
             POLLEN_BENCH_NODES=str(nodes),
             POLLEN_BENCH_ROUNDS=str(rounds),
         )
+        others = [c for c in [federation.superlink, *federation.nodes] if c is not None]
+        cpu_before = {c.name: cpu_seconds(c.process.pid) for c in others}
         server = spawn(
             "serverapp", federation.serverapp_command("large_server:app", APPS), federation.log_dir
         )
         try:
-            server_peak = _wait_for_serverapp(server, federation, timeout)
+            server_peak, server_cpu = _wait_for_serverapp(server, federation, timeout)
         finally:
             server.stop()
+        cpu = {"serverapp": server_cpu}
+        cpu.update({c.name: cpu_seconds(c.process.pid) - cpu_before[c.name] for c in others})
         peaks = {"serverapp": server_peak}
-        if federation.superlink is not None:
-            peaks["superlink"] = peak_rss(federation.superlink.process.pid)
-        for node in federation.nodes:
-            peaks[node.name] = peak_rss(node.process.pid)
+        peaks.update({c.name: peak_rss(c.process.pid) for c in others})
         [metrics] = (federation.workdir / "runs").glob("*/metrics.json")
         seconds = [r["seconds"] for r in json.loads(metrics.read_text())["rounds"]]
-        return LargeModelRun(model_mb, nodes, seconds, peaks)
+        return LargeModelRun(model_mb, nodes, seconds, peaks, cpu)
     finally:
         federation.stop()
 
@@ -115,4 +121,4 @@ def free_disk_check(workdir: Path, model_mb: int, nodes: int) -> None:
         )
 
 
-__all__ = ["LargeModelRun", "free_disk_check", "peak_rss", "run_large_model"]
+__all__ = ["LargeModelRun", "free_disk_check", "run_large_model"]

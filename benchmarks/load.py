@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import queue
 import random
 import re
@@ -46,10 +45,11 @@ from typing import Any
 import grpc
 import numpy as np
 from federation_run import run_benchmark, run_in_process
+from process_stats import cpu_seconds, rss_mib
 
 from pollen import FedAvg, ServerApp, ServerConfig
 from pollen.cli.local_federation import LocalFederation
-from pollen.errors import PollenError, RunError
+from pollen.errors import RunError
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.server.driver import DriverClient
 from pollen.supernode.fleet_client import FleetClient
@@ -230,20 +230,6 @@ def worker_main(plan: WorkerPlan, go: MpEvent, stop: MpEvent, events: Any) -> No
 
 
 # --------------------------------------------------------------------------- the SuperLink side
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` so far (fields 14 and 15 of /proc/PID/stat)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise PollenError(f"no VmRSS for process {pid}")
 
 
 def ensure_credentials(directory: Path, nodes: int) -> float:

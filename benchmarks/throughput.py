@@ -45,6 +45,7 @@ def report(runs: Sequence[LargeModelRun], peer: dict[int, float]) -> str:
         elif run.model_mb in FLOWER_RECORDED:
             line += f"; Flower 1.42 recorded here: {FLOWER_RECORDED[run.model_mb]:.0f} MB/s"
         lines.append(line)
+        lines.append(f"         {run.cpu_per_round()}")
     return "\n".join(lines)
 
 

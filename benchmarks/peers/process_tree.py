@@ -16,6 +16,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
+from process_stats import peak_rss
+
 # pid -> (ppid, start time in clock ticks since boot)
 Table = dict[int, tuple[int, int]]
 
@@ -67,18 +69,6 @@ def program(pid: int) -> str:
     if len(names) == 2 and names[0].startswith("python"):
         return names[1]
     return names[0] if names else ""
-
-
-def peak_rss(pid: int) -> int | None:
-    """The process's peak resident set size so far (``VmHWM``), in bytes."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _signal_alive(targets: dict[int, int], signum: int) -> list[int]:
@@ -183,6 +173,5 @@ class PeakRssSampler:
                 if key not in self._programs:
                     self._programs[key] = program(pid)
                 name = self._label(root_name, pid, self._programs[key])
-                value = peak_rss(pid) if name is not None else None
-                if name is not None and value is not None:
-                    self.peaks[name] = max(value, self.peaks.get(name, 0))
+                if name is not None:
+                    self.peaks[name] = max(peak_rss(pid), self.peaks.get(name, 0))
