@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -689,6 +691,39 @@ def test_blob_upload_without_a_session_is_refused(tmp_path: Path, seed: Seed) ->
             assert not link.blobs.exists(hashlib.sha256(b"payload").hexdigest())
 
     asyncio.run(scenario())
+
+
+def test_an_authenticated_upload_is_hashed_once_not_once_more_per_chunk(
+    tmp_path: Path, seed: Seed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream is authenticated when it opens; its chunks are covered by the blob's
+    digest, which the blob store computes. Hashing each chunk again cost a pass."""
+    from pollen.superlink import request_verification
+
+    hashed: list[int] = []
+
+    class CountingHashlib:
+        @staticmethod
+        def sha256(data: bytes = b"") -> Any:
+            hashed.append(len(data))
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(request_verification, "hashlib", CountingHashlib)
+    data = bytearray(os.urandom(5 * 1024 * 1024 + 7))
+
+    async def scenario() -> None:
+        async with (
+            open_superlink(secure_config(tmp_path, seed)) as link,
+            peer(seed, link.fleet_port, seed.identity(1)) as client,
+        ):
+            fleet = await registered(client)
+            hashed.clear()
+            ref = await fleet.upload_blob(data)
+            assert ref.digest == hashlib.sha256(data).hexdigest()
+            assert link.blobs.exists(ref.digest)
+
+    asyncio.run(scenario())
+    assert sum(hashed) < 1024  # only small request bodies, never the chunks
 
 
 @pytest.mark.parametrize(

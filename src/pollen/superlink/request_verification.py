@@ -157,9 +157,8 @@ class RequestVerifier:
 
         return grpc.stream_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=_raw_deserializer(
-                handler.request_deserializer, self.sessions is not None
-            ),
+            # no digest per message: the stream was authenticated when it opened
+            request_deserializer=_raw_deserializer(handler.request_deserializer, False),
             response_serializer=handler.response_serializer,
         )
 
