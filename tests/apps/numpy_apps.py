@@ -78,3 +78,7 @@ four_rounds = make_server_app(num_rounds=4, min_available=2, min_fit=2)
 four_mib_three_rounds = make_server_app(
     num_rounds=3, fraction_evaluate=0.0, initial=[np.zeros(1 << 20, np.float32)]
 )
+# waits 1 s per round, then goes on with the results it has (stragglers count as failures)
+round_timeout_one_second = make_server_app(
+    num_rounds=2, min_available=2, min_fit=1, fraction_evaluate=0.0, round_timeout=1.0
+)
