@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
@@ -27,6 +28,7 @@ from pollen.records.messages import BlobRef, Task
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
+from pollen.superlink.storage_faults import from_os_error, status_of
 from tests.conftest import APPS_DIR
 from tests.test_cli_errors import assert_one_line_error, run
 
@@ -213,3 +215,25 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
     assert all(r["fit_results"] == 2 for r in rounds)  # no result lost to the full disk
     assert fed.superlink is not None
     assert "Traceback" not in fed.superlink.log()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "fragment"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), StorageFull, "storage full"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), StorageFull, "storage full"),
+        (OSError(errno.EROFS, "Read-only file system"), StorageError, "unwritable"),
+        (OSError(errno.EIO, "Input/output error"), StorageError, "unwritable"),
+    ],
+)
+def test_what_the_disk_says_becomes_a_storage_fault_naming_the_place_and_the_fix(
+    error: OSError, kind: type[StorageError], fragment: str
+) -> None:
+    fault = from_os_error(error, Path("/srv/pollen"))
+    assert type(fault) is kind
+    assert fragment in str(fault) and "/srv/pollen" in str(fault)
+    assert error.strerror in str(fault)
+    assert status_of(fault) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED if kind is StorageFull else grpc.StatusCode.UNAVAILABLE
+    )
+    assert from_os_error(OSError(errno.ENOENT, "No such file"), Path("/x")) is None
