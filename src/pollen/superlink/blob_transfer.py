@@ -10,17 +10,10 @@ import grpc
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
 from pollen.records.messages import BlobRef
-from pollen.superlink.blobstore import BlobStore, BlobWriter
+from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
 from pollen.transport.blob_stream import CHUNK_SIZE
-
-WRITE_BATCH = 8 * CHUNK_SIZE
-
-
-def _write(writer: BlobWriter, chunks: list[pb.BlobChunk]) -> None:
-    for chunk in chunks:
-        writer.write(chunk.offset, chunk.data)
 
 
 async def receive_upload(
@@ -33,30 +26,22 @@ async def receive_upload(
     """Write an uploaded blob to disk, verify its digest, record it once."""
     writer = None
     run_id = 0
-    # Hashing and writing run in a worker thread (both release the GIL) while the
-    # event loop receives the next chunks. Chunks go there in batches: one hand-off
-    # per chunk cost more in thread switches than the overlap won.
+    # Hashing and writing a chunk run in a worker thread (both release the GIL)
+    # while the event loop receives the next one.
     loop = asyncio.get_running_loop()
     pending: asyncio.Future[None] | None = None
-    batch: list[pb.BlobChunk] = []
-    batched = 0
     try:
         async for chunk in chunks:
             if writer is None:
                 writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
                 run_id = chunk.run_id
-            batch.append(chunk)
-            batched += len(chunk.data)
-            if batched >= WRITE_BATCH:
-                if pending is not None:
-                    await pending
-                pending = loop.run_in_executor(None, _write, writer, batch)
-                batch, batched = [], 0
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(None, writer.write, chunk.offset, chunk.data)
         if pending is not None:
             await pending
         if writer is None:
             raise BlobError("upload carried no chunk")
-        _write(writer, batch)
         ref = writer.commit()
     except BlobError as exc:
         if writer is not None:
