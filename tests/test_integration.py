@@ -270,3 +270,43 @@ def test_pruning_forgets_finished_runs_and_their_blobs_but_not_running_ones(
             assert link.blobs.stored() == []
 
     asyncio.run(scenario())
+
+
+def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> None:
+    """Its heartbeats can wait behind a large upload on their shared connection: the
+    chunks themselves show that it is alive."""
+    from collections.abc import AsyncIterator
+
+    from pollen.proto import common_pb2 as pb
+    from pollen.proto.fleet_pb2_grpc import FleetStub
+    from pollen.supernode.fleet_client import FleetClient
+    from pollen.transport.channels import open_channel
+
+    async def slow_chunks(node_id: int) -> AsyncIterator[pb.BlobChunk]:
+        for index in range(15):  # 1.5 s, far beyond 3 heartbeat intervals
+            yield pb.BlobChunk(
+                total_size=15 if index == 0 else 0, offset=index, data=b"x", node_id=node_id
+            )
+            await asyncio.sleep(0.1)
+
+    async def drain(tasks: AsyncIterator[object]) -> None:
+        async for _ in tasks:
+            pass
+
+    async def scenario() -> None:
+        config = superlink_config(tmp_path, heartbeat_interval=0.2)
+        async with (
+            open_superlink(config) as link,
+            open_channel(Address("127.0.0.1", link.fleet_port)) as channel,
+        ):
+            fleet = FleetClient(channel)  # sends no heartbeat of its own
+            node_id = await fleet.register()
+            stream = asyncio.create_task(drain(fleet.tasks()))
+            await wait_until(lambda: link.dispatcher.online_nodes() == [node_id])
+            await FleetStub(channel).UploadBlob(slow_chunks(node_id))  # type: ignore[no-untyped-call]
+            assert link.dispatcher.online_nodes() == [node_id]
+            # silent once the upload is done: now it is offline, its task stream closed
+            await wait_until(lambda: link.dispatcher.online_nodes() == [], timeout=3)
+            await asyncio.wait_for(stream, 3)
+
+    asyncio.run(scenario())

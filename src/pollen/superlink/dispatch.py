@@ -105,7 +105,9 @@ class Dispatcher:
             subscription.close(reason)
 
     def heartbeat(self, node_id: int) -> None:
-        self._last_seen[node_id] = self.clock()
+        """``node_id`` is alive: a heartbeat, or a chunk of a blob it moves, arrived."""
+        if node_id in self._last_seen:  # only a node with an open stream can go stale
+            self._last_seen[node_id] = self.clock()
 
     def close_stale(self, max_silence: float) -> list[int]:
         """Close the streams of nodes silent for longer than ``max_silence`` seconds."""

@@ -169,17 +169,22 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def _checked_upload(
         self, chunks: AsyncIterable[pb.BlobChunk], context: Context
     ) -> AsyncIterator[pb.BlobChunk]:
-        """Only a registered node uploads, and only for a run it has tasks in."""
-        first = True
+        """Only a registered node uploads, and only for a run it has tasks in.
+
+        Each chunk counts as a heartbeat: a large upload can hold the node's
+        heartbeats back behind it on their shared connection.
+        """
+        node_id = 0
         async for chunk in chunks:
-            if first:
+            if not node_id:
                 await self._known_node(chunk.node_id, context)
                 if chunk.run_id and not self._state.node_has_run(chunk.node_id, chunk.run_id):
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"node {chunk.node_id} has no task in run {chunk.run_id}",
                     )
-                first = False
+                node_id = chunk.node_id
+            self._dispatcher.heartbeat(node_id)
             yield chunk
 
     async def DownloadBlob(
@@ -193,3 +198,4 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             )
         async for chunk in send_download(request, self._blobs, context):
             yield chunk
+            self._dispatcher.heartbeat(request.node_id)  # it took the chunk: it is alive
