@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,13 @@ from pollen.transport.addresses import Address
 APPS_DIR = Path(__file__).parent / "apps"
 REPO_ROOT = Path(__file__).parent.parent
 LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
+
+
+def rounds_recorded(runs: Path) -> list[dict[str, Any]]:
+    """The per-round records in ``metrics.json`` of the one run under ``runs``."""
+    [metrics] = runs.glob("*/metrics.json")
+    rounds: list[dict[str, Any]] = json.loads(metrics.read_text())["rounds"]
+    return rounds
 
 
 def free_port() -> int:

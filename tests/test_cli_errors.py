@@ -18,6 +18,20 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+def run_superlink(database: Path) -> tuple[int, str]:
+    """``pollen superlink`` on OS-chosen loopback ports with state in ``database``."""
+    return run(
+        "superlink",
+        "--insecure",
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--driver-api-address",
+        "127.0.0.1:0",
+        "--database",
+        str(database),
+    )
+
+
 def assert_one_line_error(output: str, *fragments: str) -> None:
     lines = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, output
@@ -111,16 +125,7 @@ def test_malformed_node_config() -> None:
 
 
 def test_database_in_a_missing_directory(tmp_path: Path) -> None:
-    code, output = run(
-        "superlink",
-        "--insecure",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--driver-api-address",
-        "127.0.0.1:0",
-        "--database",
-        str(tmp_path / "no" / "s.db"),
-    )
+    code, output = run_superlink(tmp_path / "no" / "s.db")
     assert code == 2
     assert_one_line_error(output, "does not exist")
 
@@ -146,16 +151,7 @@ def test_two_superlinks_on_one_database(tmp_path: Path) -> None:
 
     first = SqliteState(tmp_path / "s.db")
     try:
-        code, output = run(
-            "superlink",
-            "--insecure",
-            "--fleet-api-address",
-            "127.0.0.1:0",
-            "--driver-api-address",
-            "127.0.0.1:0",
-            "--database",
-            str(tmp_path / "s.db"),
-        )
+        code, output = run_superlink(tmp_path / "s.db")
     finally:
         first.close()
     assert code == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import re
 import sqlite3
@@ -29,8 +28,8 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.storage_faults import from_os_error, status_of
-from tests.conftest import APPS_DIR
-from tests.test_cli_errors import assert_one_line_error, run
+from tests.conftest import APPS_DIR, rounds_recorded
+from tests.test_cli_errors import assert_one_line_error, run_superlink
 
 
 @contextlib.contextmanager
@@ -133,16 +132,7 @@ def test_a_database_on_a_read_only_file_system_is_refused_in_one_line(tmp_path: 
     with small_disk(tmp_path / "disk") as disk:
         SqliteState(disk / "superlink.db").close()
         remount(disk, "ro")
-        code, output = run(
-            "superlink",
-            "--insecure",
-            "--fleet-api-address",
-            "127.0.0.1:0",
-            "--driver-api-address",
-            "127.0.0.1:0",
-            "--database",
-            str(disk / "superlink.db"),
-        )
+        code, output = run_superlink(disk / "superlink.db")
         remount(disk, "rw")
     assert code == 2
     assert_one_line_error(output, "cannot write there", "Read-only file system", "writable")
@@ -157,16 +147,7 @@ def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path) -> N
     with database.open("r+b") as db:  # scribble over the middle of the tasks table
         db.seek(4096 * 6 + 200)
         db.write(os.urandom(3000))
-    code, output = run(
-        "superlink",
-        "--insecure",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--driver-api-address",
-        "127.0.0.1:0",
-        "--database",
-        str(database),
-    )
+    code, output = run_superlink(database)
     assert code == 2
     assert_one_line_error(output, f"--database {database}", "move it aside")
 
@@ -182,7 +163,11 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
         try:
             for _ in range(2):
                 fed.start_supernode(
-                    "numpy_apps:app", APPS_DIR, f"behaviour=gated,marker={marker},gate={gate}"
+                    "numpy_apps:app",
+                    APPS_DIR,
+                    f"behaviour=gated,marker={marker},gate={gate}",
+                    "--max-backoff",
+                    "1",
                 )
             server = spawn(
                 "serverapp",
@@ -200,7 +185,12 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
                 gate.touch()  # their results now find the disk full
                 assert fed.superlink is not None
                 wait_for_log(fed.superlink, re.compile(r"SuperLink storage full: .*disk"), 30)
-                wait_for_log(fed.nodes[0], re.compile(r"offering the result again"), 30)
+                # each node hears of it: offering its result again, or reconnecting if the
+                # delivery of its task was what the disk refused
+                deadline = time.monotonic() + 30
+                while not all("SuperLink storage full" in node.log() for node in fed.nodes):
+                    assert time.monotonic() < deadline, [node.log() for node in fed.nodes]
+                    time.sleep(0.05)
                 filler.unlink()
                 assert server.process.wait(timeout=90) == 0, server.log()
             finally:
@@ -209,8 +199,7 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
             fed.stop()
         assert integrity(database) == "ok"
         assert not list((disk / "superlink.db.blobs").glob(".*.part"))
-    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
-    rounds = json.loads(metrics.read_text())["rounds"]
+    rounds = rounds_recorded(fed.workdir / "runs")
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["fit_results"] == 2 for r in rounds)  # no result lost to the full disk
     assert fed.superlink is not None

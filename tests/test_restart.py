@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
-from tests.conftest import APPS_DIR
+from tests.conftest import APPS_DIR, rounds_recorded
 
 
 def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path: Path) -> None:
@@ -39,8 +39,7 @@ def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path: Pa
             server.stop()
     finally:
         fed.stop()
-    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
-    rounds = json.loads(metrics.read_text())["rounds"]
+    rounds = rounds_recorded(fed.workdir / "runs")
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert all(r["fit_results"] == 2 for r in rounds)  # nothing lost, nothing counted twice
     assert "SuperLink away" in server.log()
@@ -77,8 +76,7 @@ def test_a_node_killed_mid_round_returns_with_its_key_and_the_same_node_id(
             server.stop()
     finally:
         fed.stop()
-    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
-    first, second = json.loads(metrics.read_text())["rounds"]
+    first, second = rounds_recorded(fed.workdir / "runs")
     assert first["fit_results"] == 1 and "went offline" in first["fit_failures"][0]
     assert second["fit_results"] == 2  # the returned node took part
 

@@ -3,13 +3,12 @@ minimum of nodes and says so, and leaves stragglers behind at ``round_timeout``.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
-from tests.conftest import APPS_DIR
+from tests.conftest import APPS_DIR, rounds_recorded
 
 
 def test_a_straggler_is_left_behind_at_round_timeout_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -35,8 +34,7 @@ def test_a_straggler_is_left_behind_at_round_timeout_and_the_run_goes_on(tmp_pat
         fed.stop()
     assert marker.exists()  # the straggler did get the task
     assert took < 6  # neither round waited for it
-    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
-    rounds = json.loads(metrics.read_text())["rounds"]
+    rounds = rounds_recorded(fed.workdir / "runs")
     assert [r["fit_results"] for r in rounds] == [1, 1]
     for record in rounds:
         [failure] = record["fit_failures"]
@@ -60,6 +58,5 @@ def test_the_serverapp_waits_for_its_minimum_of_nodes_and_says_so(tmp_path: Path
             server.stop()
     finally:
         fed.stop()
-    [metrics] = (fed.workdir / "runs").glob("*/metrics.json")
-    rounds = json.loads(metrics.read_text())["rounds"]
+    rounds = rounds_recorded(fed.workdir / "runs")
     assert [r["fit_results"] for r in rounds] == [2, 2, 2]

@@ -104,17 +104,14 @@ class _Connection(sqlite3.Connection):
     path = Path()
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        try:
-            return super().execute(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            fault = _storage_fault(exc, self.path)
-            if fault is None:
-                raise
-            raise fault from exc
+        return self._checked(sqlite3.Connection.execute, sql, parameters)
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        return self._checked(sqlite3.Connection.executemany, sql, parameters)
+
+    def _checked(self, call: Any, sql: str, parameters: Any) -> sqlite3.Cursor:
         try:
-            return super().executemany(sql, parameters)
+            return cast(sqlite3.Cursor, call(self, sql, parameters))
         except sqlite3.OperationalError as exc:
             fault = _storage_fault(exc, self.path)
             if fault is None:
