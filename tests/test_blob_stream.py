@@ -106,3 +106,13 @@ def test_an_upload_reply_that_names_other_bytes_is_refused() -> None:
         stored_ref(pb.BlobRef(digest=digest, size=3), BlobRef("b" * 64, 3))
     with pytest.raises(BlobError, match="answered an upload of 3 bytes"):
         stored_ref(pb.BlobRef(digest=digest, size=4), BlobRef("", 3))
+
+
+def test_an_upload_never_lays_out_arrays_over_the_buffer_they_live_in() -> None:
+    from pollen.server.driver import _overlaps
+
+    buffer = encode_arrays([np.arange(10, dtype=np.float32), np.ones((2, 2))])
+    inside = decode_arrays(buffer)
+    assert _overlaps(inside, buffer)
+    assert _overlaps([inside[1]], buffer)
+    assert not _overlaps([a.copy() for a in inside], buffer)

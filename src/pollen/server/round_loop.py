@@ -155,7 +155,6 @@ class RoundLoop:
                 record.fit_results += 1
             except PollenError as exc:
                 failures.append(f"node {result.node_id}: result rejected: {exc}")
-        self.driver.drop_transient()
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
         if failures and not getattr(self.strategy, "accept_failures", True):
@@ -225,6 +224,7 @@ class RoundLoop:
             history.rounds.append(record)
             logger.info("%s", describe_round(record, num_rounds))
             await self._checkpoint(server_round, model, history, previous)
+        self.driver.drop_transient()
         return RunOutcome(self.run_id, await model.arrays(), history)
 
     async def _checkpoint(
