@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from pollen.errors import ConfigurationError, ConnectionFailed
+from pollen.errors import ConfigurationError, ConnectionFailed, StorageFull
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import fleet_pb2 as fpb
@@ -474,6 +474,41 @@ def test_a_key_removed_from_the_allow_list_is_cut_off_and_cannot_rejoin(
                 assert link.dispatcher.online_nodes() == [kept_id]
             finally:
                 await stop_nodes(*nodes)
+
+    asyncio.run(scenario())
+
+
+def test_revocations_take_effect_even_when_the_disk_refuses_their_audit(
+    tmp_path: Path, seed: Seed
+) -> None:
+    """Access is cut first, the audit written after; a full disk must not keep a revoked
+    key in, nor stop the watcher from applying the next change."""
+
+    async def cut_off(fleet: FleetClient) -> None:
+        for _ in range(100):
+            if await status_of(fleet.heartbeat()) == UNAUTHENTICATED:
+                return
+            await asyncio.sleep(0.05)
+        pytest.fail("the revoked key still has access")
+
+    async def scenario() -> None:
+        first, second, kept = seed.identity(1), seed.identity(2), seed.identity(3)
+        allowed = allowlist_file(tmp_path / "allowed.csv", first, second, kept)
+        async with (
+            open_superlink(secure_config(tmp_path, seed, client_keys=allowed)) as link,
+            peer(seed, link.fleet_port, first) as one,
+            peer(seed, link.fleet_port, second) as two,
+        ):
+            fleet_one, fleet_two = await registered(one), await registered(two)
+
+            def full_disk(event: AuditEvent) -> None:
+                raise StorageFull("SuperLink storage full: cannot write the audit (test)")
+
+            link.dispatcher.state.add_audit = full_disk  # type: ignore[method-assign]
+            allowlist_file(allowed, second, kept)
+            await cut_off(fleet_one)
+            allowlist_file(allowed, kept)
+            await cut_off(fleet_two)
 
     asyncio.run(scenario())
 

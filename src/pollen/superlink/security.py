@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 
-from pollen.errors import ConfigurationError
+from pollen.errors import ConfigurationError, StorageError
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
 from pollen.superlink.audit import Audit
@@ -20,6 +20,7 @@ from pollen.superlink.auth_service import AuthService, AuthSettings
 from pollen.superlink.rate_limit import FailureLimiter
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.sessions import Session, SessionStore
+from pollen.superlink.storage_faults import keep_going
 from pollen.transport import keys
 from pollen.transport.addresses import Address
 from pollen.transport.tls import ServerTls
@@ -80,15 +81,20 @@ class ApiGuard:
         if changes is None:
             return
         added, removed = changes
-        for fingerprint in sorted(added):
-            self.settings.audit.record(self.settings.api, "key-added", fingerprint, "allow-list")
-        for fingerprint in sorted(removed):
+        for fingerprint in sorted(removed):  # cut off first: the audit may fail, access must not
             sessions = self.settings.sessions.revoke(fingerprint)
-            peers = ", ".join(s.peer for s in sessions) or "-"
-            self.settings.audit.record(
-                self.settings.api, "revoke", fingerprint, peers, "key removed from the allow-list"
-            )
             on_revoked(sessions[-1] if sessions else None, fingerprint)
+            peers = ", ".join(s.peer for s in sessions) or "-"
+            self._record("revoke", fingerprint, peers, "key removed from the allow-list")
+        for fingerprint in sorted(added):
+            self._record("key-added", fingerprint, "allow-list")
+
+    def _record(self, event: str, fingerprint: str, peer: str, reason: str = "") -> None:
+        """Audit an allow-list change; a disk that refuses it is logged, the change stands."""
+        try:
+            self.settings.audit.record(self.settings.api, event, fingerprint, peer, reason)
+        except StorageError as exc:
+            logger.error("audit of %s %s not stored: %s", event, fingerprint, exc)
 
 
 def make_guard(
@@ -113,7 +119,10 @@ def make_guard(
 async def watch_allowlists(
     guards: list[tuple[ApiGuard, Callable[[Session | None, str], None]]],
 ) -> None:
-    while True:
+
+    async def reload() -> None:
         await asyncio.sleep(RELOAD_SECONDS)
         for guard, on_revoked in guards:
             guard.reload(on_revoked)
+
+    await keep_going("reloading the allow-lists", reload)
