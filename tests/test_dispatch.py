@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pollen.records.messages import Task
+import pytest
+
+from pollen.errors import StorageFull
+from pollen.records.messages import Result, Task
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
 
@@ -119,3 +122,25 @@ def test_a_task_unanswered_past_its_ttl_fails_as_expired(tmp_path: Path) -> None
     assert dispatcher.expire_tasks(ttl=200) == 1
     [result] = dispatcher.state.get_results([task.task_id])
     assert "task TTL" in result.error
+
+
+def test_a_push_the_disk_cuts_short_reaches_connected_nodes_and_its_retry_finishes_it(
+    tmp_path: Path,
+) -> None:
+    dispatcher, clock, run_id = make(tmp_path)
+    dispatcher.state.add_node(8, clock())
+    subscription = dispatcher.subscribe(8)
+    offline, online = Task(run_id, 7, "fit"), Task(run_id, 8, "fit")
+    store_result = dispatcher.state.add_result
+
+    def full_disk(result: Result) -> bool:
+        raise StorageFull("SuperLink storage full: test")
+
+    dispatcher.state.add_result = full_disk  # type: ignore[method-assign]
+    with pytest.raises(StorageFull):  # failing the task of the offline node
+        dispatcher.push_tasks([offline, online])
+    assert [t.task_id for t in drain(subscription.queue) if t] == [online.task_id]
+    dispatcher.state.add_result = store_result  # type: ignore[method-assign]
+    dispatcher.push_tasks([], again=[offline, online])  # the ServerApp's retry
+    [failed] = dispatcher.state.get_results([offline.task_id])
+    assert "node 7 is not connected" in failed.error

@@ -59,10 +59,10 @@ class Dispatcher:
         """Open ``node_id``'s stream; a newer stream replaces an older one."""
         # The state first: if the disk refuses, no half-open subscription stays behind.
         now = self.clock()
-        self.state.set_node_status(node_id, "online", now)
         # Tasks sent on a stream that broke unnoticed may never have arrived: send again.
         self.state.requeue_delivered(node_id)
         pending = self.state.pending_tasks(node_id)
+        self.state.set_node_status(node_id, "online", now)
         old = self._subscriptions.get(node_id)
         if old is not None:
             old.close("replaced by a newer subscription of the same node")
@@ -125,15 +125,23 @@ class Dispatcher:
             subscription.close("the SuperLink is shutting down")
 
     # tasks and results
-    def push_tasks(self, tasks: Sequence[Task]) -> None:
-        """Store tasks and hand each to its node's open stream, or fail it at once."""
+    def push_tasks(self, tasks: Sequence[Task], again: Sequence[Task] = ()) -> None:
+        """Store ``tasks`` and hand each to its node's open stream, or fail it at once.
+
+        ``again``: tasks stored by an earlier push that may not have reached a
+        stream (that push failed part-way); a task already sent or answered is
+        skipped when its stream takes it, so none is delivered twice.
+        """
         self.state.add_tasks(tasks)
-        for task in tasks:
+        unconnected = []
+        for task in [*tasks, *again]:  # every stream first: failing the others writes
             subscription = self._subscriptions.get(task.node_id)
             if subscription is not None:
                 subscription.queue.put_nowait(task)
             else:
-                self._fail(task, f"node {task.node_id} is not connected")
+                unconnected.append(task)
+        for task in unconnected:
+            self._fail(task, f"node {task.node_id} is not connected")
 
     def fail_open_tasks(self, node_id: int, reason: str) -> None:
         for task in self.state.open_tasks(node_id):

@@ -93,6 +93,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     ) -> dpb.PushTasksReply:
         await self._running_run(request.run_id, context)
         tasks: list[Task] = []
+        again: list[Task] = []
         for message in request.tasks:
             try:
                 task = task_from_proto(message)
@@ -105,7 +106,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                 )
             stored = self._state.get_task(task.task_id) if task.task_id else None
             if stored is not None and stored.run_id == request.run_id:
-                continue  # pushed before a break: the retry must not duplicate it
+                again.append(stored)  # pushed before a break: the retry must not duplicate it
+                continue
             taken = any(t.task_id == task.task_id for t in tasks)
             if not task.task_id or taken or stored is not None:
                 await context.abort(
@@ -114,7 +116,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             task.run_id = request.run_id
             tasks.append(task)
         self._state.hold_blobs(request.run_id, {t.parameters.digest for t in tasks if t.parameters})
-        self._dispatcher.push_tasks(tasks)
+        self._dispatcher.push_tasks(tasks, again)
         return dpb.PushTasksReply(task_ids=[t.task_id for t in request.tasks])
 
     async def StreamResults(
@@ -158,9 +160,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     ) -> dpb.FinishRunReply:
         await self._running_run(request.run_id, context)
         status = request.status if request.status in ("finished", "failed") else "finished"
-        self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
+        # Marked finished last: if the disk refuses a step, the retry finds the run
+        # still running and does it all again (each step can be repeated).
         self._dispatcher.end_run(request.run_id, f"run {request.run_id} ended")
         self._collector.release(request.run_id)
+        self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()
 
