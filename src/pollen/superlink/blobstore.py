@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pollen.errors import BlobError
+from pollen.errors import BlobError, ConfigurationError
 from pollen.records.arrays import is_sha256_hex
 from pollen.records.messages import BlobRef
 from pollen.superlink.storage_faults import from_os_error
@@ -41,7 +41,8 @@ class BlobWriter:
     def write(self, offset: int, data: bytes) -> None:
         if offset != self.received or self.received + len(data) > self.ref.size:
             raise BlobError(
-                f"blob {self.ref.digest[:12]}: chunk at offset {offset} with {len(data)} bytes "
+                f"blob {self.ref.digest[:12] or 'upload'}: chunk at offset {offset} with "
+                f"{len(data)} bytes "
                 f"does not follow byte {self.received} of {self.ref.size}"
             )
         with self._refused_writes():
@@ -67,19 +68,22 @@ class BlobWriter:
         digest = self._hasher.hexdigest()
         if self.received != self.ref.size or self.ref.digest not in ("", digest):
             self.abort()
+            mismatch = " or content does not match the digest" if self.ref.digest else ""
             raise BlobError(
-                f"blob {self.ref.digest[:12]}: received {self.received} of {self.ref.size} bytes "
-                "or content does not match the digest; upload it again"
+                f"blob {self.ref.digest[:12] or 'upload'}: received {self.received} of "
+                f"{self.ref.size} bytes{mismatch}; upload it again"
             )
         with self._refused_writes():
             os.replace(self._temp, self._store.path(digest))
         return BlobRef(digest, self.ref.size)
 
     def abort(self) -> None:
-        if hasattr(self, "_file"):
-            with contextlib.suppress(OSError):  # its buffer may not fit on a full disk
+        # On a full or read-only disk closing (its buffer) and unlinking may fail too;
+        # a partial file left behind is removed at the next start.
+        with contextlib.suppress(OSError):
+            if hasattr(self, "_file"):
                 self._file.close()
-        self._temp.unlink(missing_ok=True)
+            self._temp.unlink(missing_ok=True)
 
 
 class BlobStore:
@@ -87,9 +91,15 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(".*.part"):
-            stale.unlink(missing_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".*.part"):  # uploads cut by a crash
+                stale.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"blob folder {root}: cannot use it ({exc.strerror or exc}); make it writable, "
+                "or choose another --database (blobs are kept beside it)"
+            ) from None
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)

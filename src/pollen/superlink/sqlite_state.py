@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
-from pollen.errors import ConfigurationError, StorageError
+from pollen.errors import ConfigurationError, StorageError, StorageFull
 from pollen.records.config_json import config_from_json, config_to_json
 from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import UserConfig
@@ -88,13 +88,17 @@ def _ref(digest: str | None, size: int | None) -> BlobRef | None:
     return BlobRef(digest, int(size or 0)) if digest else None
 
 
+_SQLITE_FULL = 13
+_SQLITE_UNWRITABLE = {8, 10, 14}  # READONLY, IOERR, CANTOPEN (a folder it cannot write)
+
+
 def _storage_fault(exc: sqlite3.OperationalError, where: Path) -> StorageError | None:
     """The storage fault behind an SQLite error, or None when it is something else."""
-    message = str(exc)
-    if "full" in message:
-        return disk_full(where, message)
-    if "readonly" in message or "disk I/O error" in message:
-        return unwritable(where, message)
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code == _SQLITE_FULL:
+        return disk_full(where, str(exc))
+    if code in _SQLITE_UNWRITABLE:
+        return unwritable(where, str(exc))
     return None
 
 
@@ -108,6 +112,11 @@ class _Connection(sqlite3.Connection):
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
         return self._checked(sqlite3.Connection.executemany, sql, parameters)
+
+    def executescript(self, sql_script: str, /) -> sqlite3.Cursor:
+        return self._checked(
+            lambda db, script, _: sqlite3.Connection.executescript(db, script), sql_script, None
+        )
 
     def _checked(self, call: Any, sql: str, parameters: Any) -> sqlite3.Cursor:
         try:
@@ -123,6 +132,13 @@ def _unwritable_at_start(path: Path, detail: str) -> ConfigurationError:
     return ConfigurationError(
         f"--database {path}: cannot write there ({detail}); make the file and its folder "
         "writable, or choose another --database"
+    )
+
+
+def _full_at_start(path: Path, detail: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"--database {path}: the disk is full ({detail}); free space there, "
+        "or choose another --database"
     )
 
 
@@ -161,17 +177,23 @@ class SqliteState:
         try:
             self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
-            self._lock.close()
+            self._close_after_failed_start()
             raise ConfigurationError(
                 f"--database {path}: not a usable SQLite database ({exc}); "
                 "point --database at a new file or a Pollen state file"
             ) from exc
         except StorageError as exc:
-            self._lock.close()
-            raise _unwritable_at_start(path, str(exc.__cause__ or exc)) from None
+            self._close_after_failed_start()
+            refusal = _full_at_start if isinstance(exc, StorageFull) else _unwritable_at_start
+            raise refusal(path, str(exc.__cause__ or exc)) from None
         except ConfigurationError:
-            self._lock.close()
+            self._close_after_failed_start()
             raise
+
+    def _close_after_failed_start(self) -> None:
+        if hasattr(self, "_db"):
+            self._db.close()
+        self._lock.close()
 
     def _open(self, path: Path) -> _Connection:
         db = sqlite3.connect(

@@ -48,7 +48,10 @@ def iter_chunks(
 def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
     """What the SuperLink stored an upload as; a digest other than the one sent is refused."""
     if reply.size != sent.size or not is_sha256_hex(reply.digest):
-        raise BlobError(f"the SuperLink answered an upload of {sent.size} bytes with {reply}")
+        raise BlobError(
+            f"the SuperLink answered an upload of {sent.size} bytes with "
+            f"{reply.digest[:12]!r} of {reply.size} bytes; upload it again"
+        )
     if sent.digest and reply.digest != sent.digest:
         raise BlobError(f"the SuperLink stored blob {sent.digest[:12]} as {reply.digest[:12]}")
     return BlobRef(reply.digest, reply.size)
