@@ -28,6 +28,7 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.storage_faults import from_os_error, status_of
+from pollen.transport.statuses import storage_full
 from tests.conftest import APPS_DIR, rounds_recorded
 from tests.test_cli_errors import assert_one_line_error, run_superlink
 
@@ -226,3 +227,36 @@ def test_what_the_disk_says_becomes_a_storage_fault_naming_the_place_and_the_fix
         grpc.StatusCode.RESOURCE_EXHAUSTED if kind is StorageFull else grpc.StatusCode.UNAVAILABLE
     )
     assert from_os_error(OSError(errno.ENOENT, "No such file"), Path("/x")) is None
+
+
+def test_a_disk_gone_read_only_mid_upload_is_a_storage_fault_even_when_cleanup_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    writer = store.writer(BlobRef("", 10))
+    read_only = OSError(errno.EROFS, "Read-only file system")
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise read_only
+
+    monkeypatch.setattr(writer._file, "write", refuse)
+    monkeypatch.setattr(Path, "unlink", refuse)  # the partial file cannot go either
+    with pytest.raises(StorageError, match=r"storage unwritable: .*Read-only file system"):
+        writer.write(0, b"0123456789")
+    writer.abort()  # as the upload handler does again: no OSError escapes
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "retried"),
+    [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "SuperLink storage full: cannot write /x", True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed attempts; wait", False),
+        (grpc.StatusCode.UNAVAILABLE, "SuperLink storage full: cannot write /x", False),
+    ],
+)
+def test_clients_wait_out_a_full_disk_but_not_an_oversized_message_or_a_rate_limit(
+    code: grpc.StatusCode, details: str, retried: bool
+) -> None:
+    error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    assert storage_full(error) is retried

@@ -49,3 +49,7 @@ class StorageError(PollenError):
 
 class StorageFull(StorageError):
     """The SuperLink's disk is full: nothing is lost, writes resume once space is freed."""
+
+
+STORAGE_FULL = "SuperLink storage full"
+"""How a `StorageFull` message starts, also in the status clients get: they retry on it."""

@@ -12,6 +12,7 @@ import grpc
 from pollen.errors import ConnectionFailed
 from pollen.transport.backoff import Backoff
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
+from pollen.transport.statuses import storage_full
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,6 @@ T = TypeVar("T")
 
 AWAY = frozenset({grpc.StatusCode.UNAVAILABLE})
 """The SuperLink is not there (restarting, or the connection broke)."""
-RETRIED = AWAY | {grpc.StatusCode.RESOURCE_EXHAUSTED}
-"""... or it is there but its disk is full: the call succeeds once space is freed."""
 
 
 class Reconnector:
@@ -87,7 +86,7 @@ class Attempts:
             self._rejoined = True  # a restarted SuperLink forgot our session
             await self._reconnector.rejoin(self)
             return
-        if exc.code() not in RETRIED:
+        if exc.code() not in AWAY and not storage_full(exc):  # a full disk: retry too
             raise exc
         await self.wait(exc)
 

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from pollen.errors import StorageError, StorageFull
+from pollen.errors import STORAGE_FULL, StorageError, StorageFull
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ _UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 def disk_full(where: Path, detail: str) -> StorageFull:
     return StorageFull(
-        f"SuperLink storage full: cannot write {where} ({detail}); free space there, "
+        f"{STORAGE_FULL}: cannot write {where} ({detail}); free space there, "
         "clients retry and the run goes on"
     )
 

@@ -19,6 +19,7 @@ from pollen.records.typing import NDArrays, UserConfig
 from pollen.supernode.blob_cache import BlobCache
 from pollen.supernode.fleet_client import FleetClient
 from pollen.transport.backoff import Backoff
+from pollen.transport.statuses import storage_full
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ async def _until_stored(send: Callable[[], Awaitable[T]], patience: float) -> T:
         try:
             return await send()
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+            if not storage_full(exc) or time.monotonic() > deadline:
                 raise
             delay = backoff.next_delay()
             logger.warning("%s; offering the result again in %.1f s", exc.details(), delay)
