@@ -310,3 +310,29 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
             await asyncio.wait_for(stream, 3)
 
     asyncio.run(scenario())
+
+
+def test_a_result_equal_to_the_model_does_not_take_the_models_blob_with_it(
+    tmp_path: Path,
+) -> None:
+    """Releasing the round's results must not delete the model they were computed from:
+    until the next checkpoint it is what a resumed ServerApp starts from."""
+    from pollen.server.global_model import GlobalModel
+    from pollen.server.history import RoundRecord
+    from pollen.server.round_loop import RoundLoop
+
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"behaviour": "same"}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            app = numpy_apps.make_server_app(num_rounds=1, fraction_evaluate=0.0)
+            run_id = await driver.create_run("numpy_apps:server_app", {})
+            model = GlobalModel(driver, run_id, [a.copy() for a in numpy_apps.INITIAL])
+            ref = await model.ref()
+            record = RoundRecord(1)
+            await RoundLoop(app, driver, run_id).fit(1, model, record)
+            assert record.fit_results == 2
+            assert link.blobs.exists(ref.digest)
+            await driver.close()
+
+    asyncio.run(scenario())

@@ -1,7 +1,8 @@
 """Small NumPy apps for the tests. Behaviour is chosen per node with --node-config.
 
 ``behaviour``: ``ok`` (default: add 1 to every weight), ``raise`` (fit raises),
-``wrong-shape`` (fit returns arrays of other shapes), ``slow`` (fit touches the
+``wrong-shape`` (fit returns arrays of other shapes), ``same`` (fit returns the
+model unchanged), ``slow`` (fit touches the
 file ``marker`` then sleeps ``delay`` seconds), ``gated`` (fit touches ``marker``
 then waits until the file ``gate`` exists). ``examples`` sets num_examples.
 """
@@ -34,6 +35,8 @@ class AddOneClient(NumPyClient):
             raise ValueError("fit failed on purpose")
         if behaviour == "wrong-shape":
             return [np.zeros(5, np.float32)], 1, {}
+        if behaviour == "same":
+            return parameters, 1, {}
         if behaviour == "slow":
             Path(str(self.node_config["marker"])).touch()
             time.sleep(float(self.node_config.get("delay", 60)))

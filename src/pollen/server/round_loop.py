@@ -90,6 +90,13 @@ class _Round:
             )
 
 
+def _evaluates_on_server(strategy: Strategy) -> bool:
+    """True when ``strategy.evaluate`` may do real work (an ``evaluate_fn`` or an override)."""
+    if type(strategy).evaluate is Strategy.evaluate:
+        return False
+    return getattr(strategy, "evaluate_fn", True) is not None
+
+
 class RoundLoop:
     """Runs a `ServerApp` as run ``run_id`` through a connected `DriverClient`."""
 
@@ -176,7 +183,9 @@ class RoundLoop:
             )
         # Folded in: the SuperLink may delete these. The previous model goes once the
         # next checkpoint no longer names it.
-        await self.driver.release_blobs(self.run_id, results)
+        # A result with the model's own bytes shares its blob: that stays until the next
+        # checkpoint no longer names it.
+        await self.driver.release_blobs(self.run_id, [r for r in results if r != ref])
         return GlobalModel(self.driver, self.run_id, new_parameters)
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
@@ -199,6 +208,8 @@ class RoundLoop:
             )
             for failure in record.evaluate_failures:
                 logger.warning("round %d evaluate: %s", server_round, failure)
+        if _evaluates_on_server(self.strategy):
+            self.driver.drop_transient()  # its data may need the memory more than a buffer
         centralized = self.strategy.evaluate(server_round, parameters)
         if centralized is not None:
             record.centralized_loss, record.centralized_metrics = centralized

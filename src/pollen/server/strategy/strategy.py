@@ -32,7 +32,8 @@ class FitAggregator(ABC):
         """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason.
 
         ``result.parameters`` are views over a download buffer that the next
-        result reuses: copy whatever must outlive this call.
+        result (or the next upload of the global model) reuses: copy whatever
+        must outlive this call.
         """
 
     @abstractmethod
