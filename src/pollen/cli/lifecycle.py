@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -56,14 +56,13 @@ def _keep_freed_memory_for_reuse() -> None:
     measured, page faults and page clearing took about a third of the
     ServerApp's CPU in a large-model round. Up to 64 MiB of freed memory per
     heap is kept for reuse instead, and buffers below 32 MiB come from the heap.
-    Elsewhere (musl, macOS) this does nothing.
+    Elsewhere (musl, macOS), or when MALLOC_* or GLIBC_TUNABLES is set, this does
+    nothing.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
+    if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
+        return  # the operator tuned malloc: theirs wins
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return
     mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
