@@ -336,3 +336,37 @@ def test_a_result_equal_to_the_model_does_not_take_the_models_blob_with_it(
             await driver.close()
 
     asyncio.run(scenario())
+
+
+def test_pruning_abandoned_runs_ends_and_forgets_only_the_idle_running_ones(
+    tmp_path: Path,
+) -> None:
+    """A ServerApp that died and was never resumed leaves its run running, holding its
+    blobs: ``--abandoned`` ends and deletes it once it has been idle long enough."""
+
+    class Clock:
+        now = 1_000_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    week = 7 * 24 * 3600.0
+
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path, clock=clock)) as link:
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            idle = await driver.create_run("died long ago", {})
+            held = await driver.upload_arrays([np.arange(1000.0)], idle)
+            clock.now += week + 3600
+            active = await driver.create_run("still going", {})
+            assert await driver.prune_runs(week) == ([], 0)  # running runs: left alone
+            pruned, deleted = await driver.prune_runs(week, abandoned=True)
+            await driver.close()
+            state = link.dispatcher.state
+            assert (pruned, deleted) == ([idle], 1)
+            assert state.get_run(idle) is None
+            assert state.get_run(active) is not None
+            assert not link.blobs.exists(held.digest)
+
+    asyncio.run(scenario())

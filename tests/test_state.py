@@ -414,3 +414,19 @@ def test_file_that_is_not_sqlite_is_refused(tmp_path: Path, content: bytes) -> N
 
     with pytest.raises(ConfigurationError, match="not a usable SQLite database"):
         SqliteState(path)
+
+
+def test_idle_running_runs_are_found_by_their_last_task_or_result(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "s.db")
+    try:
+        quiet = state.create_run("a", {}, 0.0)
+        busy = state.create_run("b", {}, 0.0)
+        state.add_tasks([Task(quiet, 7, "fit", created_at=10.0)])
+        state.add_tasks([Task(busy, 7, "fit", created_at=100.0)])
+        assert state.idle_running_runs(50.0) == [quiet]
+        state.abandon_run(quiet, "abandoned")
+        assert state.idle_running_runs(50.0) == []
+        assert state.prune_runs(finished_before=50.0) == [quiet]  # it ended when it went quiet
+        assert state.get_run(busy) is not None
+    finally:
+        state.close()

@@ -34,6 +34,12 @@ def runs() -> None:
 
 @runs.command("prune")
 @click.option("--older-than", required=True, help="Age of the runs to delete: 7d, 12h, 30m...")
+@click.option(
+    "--abandoned",
+    is_flag=True,
+    help="Also end and delete running runs with no task or result for that long "
+    "(their ServerApp died and was never resumed).",
+)
 @click.option("--insecure", is_flag=True, help="Connect without TLS.")
 @click.option(
     "--superlink",
@@ -51,6 +57,7 @@ def runs() -> None:
 )
 def prune(
     older_than: str,
+    abandoned: bool,
     insecure: bool,
     superlink_address: str,
     root_certificates: Path | None,
@@ -58,7 +65,8 @@ def prune(
 ) -> None:
     """Delete runs that finished (or failed) longer ago than --older-than, blobs included.
 
-    Running runs are never touched.
+    Running runs are left alone unless --abandoned is given: then a running run with
+    no new task or result for longer than --older-than is ended as failed and deleted.
     """
     age = parse_age(older_than)
     address = parse_address(superlink_address, "--superlink")
@@ -68,7 +76,7 @@ def prune(
     async def run() -> tuple[list[int], int]:
         driver = await DriverClient.connect(address, credentials, 10.0, identity)
         try:
-            return await driver.prune_runs(age)
+            return await driver.prune_runs(age, abandoned)
         except grpc.aio.AioRpcError as exc:
             raise ConnectionFailed(
                 f"SuperLink at {address}: {exc.code().name.lower()} ({exc.details()})"

@@ -101,10 +101,12 @@ class ReleaseBlobsReply(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class PruneRunsRequest(_message.Message):
-    __slots__ = ("older_than_seconds",)
+    __slots__ = ("older_than_seconds", "abandoned")
     OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ABANDONED_FIELD_NUMBER: _ClassVar[int]
     older_than_seconds: float
-    def __init__(self, older_than_seconds: _Optional[float] = ...) -> None: ...
+    abandoned: bool
+    def __init__(self, older_than_seconds: _Optional[float] = ..., abandoned: _Optional[bool] = ...) -> None: ...
 
 class PruneRunsReply(_message.Message):
     __slots__ = ("run_ids", "blobs_deleted")

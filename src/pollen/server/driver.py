@@ -92,9 +92,12 @@ class DriverClient:
         )
         return int(reply.run_id)
 
-    async def prune_runs(self, older_than_seconds: float) -> tuple[list[int], int]:
-        """Delete runs that ended longer ago than this; (their ids, blobs deleted)."""
-        request = dpb.PruneRunsRequest(older_than_seconds=older_than_seconds)
+    async def prune_runs(
+        self, older_than_seconds: float, abandoned: bool = False
+    ) -> tuple[list[int], int]:
+        """Delete runs that ended longer ago than this (with ``abandoned``, also running
+        runs idle that long); (their ids, blobs deleted)."""
+        request = dpb.PruneRunsRequest(older_than_seconds=older_than_seconds, abandoned=abandoned)
         reply = await self._retry.call(
             lambda: self._stub.PruneRuns(request, metadata=self._signed("PruneRuns", request))
         )

@@ -63,7 +63,12 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self, request: dpb.PruneRunsRequest, context: Context
     ) -> dpb.PruneRunsReply:
         now = self._dispatcher.clock()
-        run_ids = self._state.prune_runs(now - max(request.older_than_seconds, 0.0))
+        before = now - max(request.older_than_seconds, 0.0)
+        if request.abandoned:
+            for run_id in self._state.idle_running_runs(before):
+                self._dispatcher.end_run(run_id, f"run {run_id} abandoned")
+                self._state.abandon_run(run_id, "abandoned: no task or result for too long")
+        run_ids = self._state.prune_runs(before)
         deleted = self._collector.sweep(grace=0.0) if run_ids else 0
         logger.info("pruned runs %s (%d blobs deleted)", run_ids, deleted)
         return dpb.PruneRunsReply(run_ids=run_ids, blobs_deleted=deleted)

@@ -143,7 +143,8 @@ class RequestVerifier:
         inner: Any = handler.stream_unary
 
         async def behaviour(requests: AsyncIterator[_Raw], context: Context) -> Any:
-            # Authenticated at open; every chunk is then covered by the blob's digest.
+            # Authenticated at open; the chunks then travel on that session's TLS
+            # connection, and the SuperLink names the blob by the digest it computes.
             await self._authenticate(method, EMPTY_BODY_DIGEST, context)
 
             async def messages() -> AsyncIterator[Any]:

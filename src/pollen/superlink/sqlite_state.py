@@ -288,6 +288,27 @@ class SqliteState:
                 self._db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
         return ids
 
+    def _last_activity(self, run_id: int) -> float:
+        """When the run was created, or last got a task or a result."""
+        (latest,) = self._rows(
+            "SELECT MAX(t) FROM (SELECT created_at AS t FROM runs WHERE run_id=? UNION ALL "
+            "SELECT created_at FROM tasks WHERE run_id=? UNION ALL "
+            "SELECT created_at FROM results WHERE run_id=?)",
+            run_id,
+            run_id,
+            run_id,
+        )[0]
+        return float(latest or 0.0)
+
+    def idle_running_runs(self, idle_before: float) -> list[int]:
+        """Running runs with no task or result since ``idle_before``."""
+        running = [r[0] for r in self._rows("SELECT run_id FROM runs WHERE status='running'")]
+        return [r for r in running if self._last_activity(r) < idle_before]
+
+    def abandon_run(self, run_id: int, message: str) -> None:
+        """Mark a running run failed as of its last activity (so pruning takes it)."""
+        self.finish_run(run_id, "failed", message, self._last_activity(run_id))
+
     def reopen_run(self, run_id: int) -> None:
         self._db.execute(
             "UPDATE runs SET status='running', message='', finished_at=NULL WHERE run_id=?",
