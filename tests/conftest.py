@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pollen.cli.local_federation import LocalFederation, spawn
 from pollen.client.client_app import ClientApp
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
 from pollen.supernode.node import SuperNodeConfig, run_supernode
@@ -21,6 +23,18 @@ from pollen.transport.addresses import Address
 APPS_DIR = Path(__file__).parent / "apps"
 REPO_ROOT = Path(__file__).parent.parent
 LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
+
+
+def run_serverapp_to_the_end(fed: LocalFederation, app: str, timeout: float = 30) -> float:
+    """Run the ServerApp ``app`` (from the test apps) against ``fed`` until it exits 0;
+    the seconds it took."""
+    started = time.monotonic()
+    server = spawn("serverapp", fed.serverapp_command(app, APPS_DIR), fed.log_dir)
+    try:
+        assert server.process.wait(timeout=timeout) == 0, server.log()
+    finally:
+        server.stop()
+    return time.monotonic() - started
 
 
 def rounds_recorded(runs: Path) -> list[dict[str, Any]]:

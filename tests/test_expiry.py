@@ -7,11 +7,10 @@ import contextlib
 import re
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
-from pollen.cli.local_federation import LocalFederation, pollen_command, spawn
-from tests.conftest import APPS_DIR, rounds_recorded
+from pollen.cli.local_federation import LocalFederation, pollen_command
+from tests.conftest import APPS_DIR, rounds_recorded, run_serverapp_to_the_end
 
 
 def test_tasks_past_their_ttl_fail_and_the_finished_run_is_pruned_with_its_blobs(
@@ -23,17 +22,8 @@ def test_tasks_past_their_ttl_fail_and_the_finished_run_is_pruned_with_its_blobs
     try:
         fed.start_supernode("numpy_apps:app", APPS_DIR)
         fed.start_supernode("numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=8")
-        started = time.monotonic()
-        server = spawn(
-            "serverapp",
-            fed.serverapp_command("numpy_apps:two_rounds_both_nodes", APPS_DIR),
-            fed.log_dir,
-        )
-        try:
-            assert server.process.wait(timeout=30) == 0, server.log()
-        finally:
-            server.stop()
-        assert time.monotonic() - started < 8  # no round waited for the slow node
+        took = run_serverapp_to_the_end(fed, "numpy_apps:two_rounds_both_nodes")
+        assert took < 8  # no round waited for the slow node
         pruned = subprocess.run(
             pollen_command(
                 "runs",

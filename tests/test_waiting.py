@@ -4,11 +4,10 @@ minimum of nodes and says so, and leaves stragglers behind at ``round_timeout``.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
-from tests.conftest import APPS_DIR, rounds_recorded
+from tests.conftest import APPS_DIR, rounds_recorded, run_serverapp_to_the_end
 
 
 def test_a_straggler_is_left_behind_at_round_timeout_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -18,17 +17,7 @@ def test_a_straggler_is_left_behind_at_round_timeout_and_the_run_goes_on(tmp_pat
     try:
         fed.start_supernode("numpy_apps:app", APPS_DIR)
         fed.start_supernode("numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=6")
-        started = time.monotonic()
-        server = spawn(
-            "serverapp",
-            fed.serverapp_command("numpy_apps:round_timeout_one_second", APPS_DIR),
-            fed.log_dir,
-        )
-        try:
-            assert server.process.wait(timeout=30) == 0, server.log()
-        finally:
-            server.stop()
-        took = time.monotonic() - started
+        took = run_serverapp_to_the_end(fed, "numpy_apps:round_timeout_one_second")
         fed.nodes[1].process.kill()  # still training for the first round: no need to wait
     finally:
         fed.stop()
