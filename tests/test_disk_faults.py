@@ -260,3 +260,11 @@ def test_clients_wait_out_a_full_disk_but_not_an_oversized_message_or_a_rate_lim
 ) -> None:
     error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
     assert storage_full(error) is retried
+
+
+def test_a_superlink_started_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        fill(disk)
+        code, output = run_superlink(disk / "superlink.db")
+    assert code == 2
+    assert_one_line_error(output, "the disk is full", "free space there")

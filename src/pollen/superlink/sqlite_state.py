@@ -15,7 +15,7 @@ from pollen.records.config_json import config_from_json, config_to_json
 from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import UserConfig
 from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
-from pollen.superlink.storage_faults import disk_full, unwritable
+from pollen.superlink.storage_faults import disk_full, from_os_error, unwritable
 
 SCHEMA_VERSION = 1
 
@@ -173,7 +173,9 @@ class SqliteState:
         try:
             self._lock = _lock_exclusively(path)
         except OSError as exc:
-            raise _unwritable_at_start(path, exc.strerror or str(exc)) from None
+            full = isinstance(from_os_error(exc, path), StorageFull)
+            refusal = _full_at_start if full else _unwritable_at_start
+            raise refusal(path, exc.strerror or str(exc)) from None
         try:
             self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
