@@ -9,10 +9,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pollen.errors import BlobError, ConfigurationError
+from pollen.errors import BlobError, ConfigurationError, StorageError
 from pollen.records.arrays import is_sha256_hex
 from pollen.records.messages import BlobRef
-from pollen.superlink.storage_faults import from_os_error
+from pollen.superlink.storage_faults import as_storage_faults
 
 
 def _check_digest(digest: str) -> None:
@@ -54,13 +54,11 @@ class BlobWriter:
     def _refused_writes(self) -> Iterator[None]:
         """A full or read-only disk becomes a `StorageError`; the partial file goes."""
         try:
-            yield
-        except OSError as exc:
-            fault = from_os_error(exc, self._store.root)
-            if fault is None:
-                raise
+            with as_storage_faults(self._store.root):
+                yield
+        except StorageError:
             self.abort()
-            raise fault from exc
+            raise
 
     def commit(self) -> BlobRef:
         with self._refused_writes():
@@ -115,13 +113,8 @@ class BlobStore:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
 
     def delete(self, digest: str) -> None:
-        try:
+        with as_storage_faults(self.root):
             self.path(digest).unlink(missing_ok=True)
-        except OSError as exc:
-            fault = from_os_error(exc, self.root)
-            if fault is None:
-                raise
-            raise fault from exc
 
     def stored(self) -> list[str]:
         """Digests of the blob files present (temporary files excluded)."""

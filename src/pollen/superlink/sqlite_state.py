@@ -15,7 +15,7 @@ from pollen.records.config_json import config_from_json, config_to_json
 from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import UserConfig
 from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
-from pollen.superlink.storage_faults import disk_full, from_os_error, unwritable
+from pollen.superlink.storage_faults import as_storage_faults, disk_full, unwritable
 
 SCHEMA_VERSION = 1
 
@@ -142,6 +142,14 @@ def _full_at_start(path: Path, detail: str) -> ConfigurationError:
     )
 
 
+def _refused_at_start(path: Path, fault: StorageError) -> ConfigurationError:
+    """The one-line refusal for a storage fault met while opening the database."""
+    cause = fault.__cause__
+    detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+    refusal = _full_at_start if isinstance(fault, StorageFull) else _unwritable_at_start
+    return refusal(path, detail)
+
+
 def _lock_exclusively(path: Path) -> IO[str]:
     """One SuperLink per database: a second one would hand out the same tasks twice."""
     lock = path.with_name(path.name + ".lock").open("a+")
@@ -171,11 +179,12 @@ class SqliteState:
                 f"--database {path}: directory {path.parent} does not exist; create it first"
             )
         try:
-            self._lock = _lock_exclusively(path)
+            with as_storage_faults(path):
+                self._lock = _lock_exclusively(path)
+        except StorageError as exc:
+            raise _refused_at_start(path, exc) from None
         except OSError as exc:
-            full = isinstance(from_os_error(exc, path), StorageFull)
-            refusal = _full_at_start if full else _unwritable_at_start
-            raise refusal(path, exc.strerror or str(exc)) from None
+            raise _unwritable_at_start(path, exc.strerror or str(exc)) from None
         try:
             self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
@@ -186,8 +195,7 @@ class SqliteState:
             ) from exc
         except StorageError as exc:
             self._close_after_failed_start()
-            refusal = _full_at_start if isinstance(exc, StorageFull) else _unwritable_at_start
-            raise refusal(path, str(exc.__cause__ or exc)) from None
+            raise _refused_at_start(path, exc) from None
         except ConfigurationError:
             self._close_after_failed_start()
             raise

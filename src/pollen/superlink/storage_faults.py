@@ -9,9 +9,10 @@ a blob never becomes visible half-written).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -47,6 +48,18 @@ def from_os_error(exc: OSError, where: Path) -> StorageError | None:
     if exc.errno in _UNWRITABLE:
         return unwritable(where, detail)
     return None
+
+
+@contextlib.contextmanager
+def as_storage_faults(where: Path) -> Iterator[None]:
+    """Within the block, an OSError that is a storage fault becomes that `StorageError`."""
+    try:
+        yield
+    except OSError as exc:
+        fault = from_os_error(exc, where)
+        if fault is None:
+            raise
+        raise fault from exc
 
 
 def status_of(fault: StorageError) -> grpc.StatusCode:
