@@ -10,9 +10,10 @@ import click
 import grpc
 
 from pollen.cli.security_options import client_credentials, client_identity
-from pollen.errors import ConfigurationError, ConnectionFailed
+from pollen.errors import ConfigurationError
 from pollen.server.driver import DriverClient
 from pollen.transport.addresses import parse_address
+from pollen.transport.statuses import call_failed
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -78,9 +79,7 @@ def prune(
         try:
             return await driver.prune_runs(age, abandoned)
         except grpc.aio.AioRpcError as exc:
-            raise ConnectionFailed(
-                f"SuperLink at {address}: {exc.code().name.lower()} ({exc.details()})"
-            ) from None
+            raise call_failed(address, exc) from None
         finally:
             await driver.close()
 

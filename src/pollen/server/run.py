@@ -19,6 +19,7 @@ from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
 from pollen.transport.request_signing import ClientIdentity
+from pollen.transport.statuses import call_failed
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOu
     try:
         return await _drive(app, config, driver, start)
     except grpc.aio.AioRpcError as exc:
-        raise ConnectionFailed(
-            f"SuperLink at {config.superlink}: {exc.code().name.lower()} ({exc.details()})"
-        ) from exc
+        raise call_failed(config.superlink, exc) from exc
     finally:
         await driver.close()
 

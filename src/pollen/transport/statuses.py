@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from pollen.errors import STORAGE_FULL
+from pollen.errors import STORAGE_FULL, ConnectionFailed
 
 
 def storage_full(exc: grpc.aio.AioRpcError) -> bool:
@@ -15,3 +15,10 @@ def storage_full(exc: grpc.aio.AioRpcError) -> bool:
     """
     details = exc.details() or ""
     return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(STORAGE_FULL)
+
+
+def call_failed(superlink: object, exc: grpc.aio.AioRpcError) -> ConnectionFailed:
+    """A call the SuperLink at ``superlink`` refused, as the one-line error the CLI shows."""
+    return ConnectionFailed(
+        f"SuperLink at {superlink}: {exc.code().name.lower()} ({exc.details()})"
+    )
