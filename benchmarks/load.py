@@ -54,7 +54,7 @@ from pollen.records.messages import BlobRef, Result, Task
 from pollen.server.driver import DriverClient
 from pollen.supernode.fleet_client import FleetClient
 from pollen.transport import keys
-from pollen.transport.channels import MAX_MESSAGE_BYTES
+from pollen.transport.channels import CLIENT_OPTIONS
 from pollen.transport.keygen import generate
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 from pollen.transport.tls import channel_credentials
@@ -74,12 +74,7 @@ _DISCONNECTED = re.compile(rb"node \d+ disconnected")
 # The client options of pollen.transport.channels, plus a channel-local subchannel
 # pool: without it, gRPC would let channels with equal arguments share one connection.
 _CHANNEL_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
+    *CLIENT_OPTIONS,
     ("grpc.use_local_subchannel_pool", 1),
 ]
 

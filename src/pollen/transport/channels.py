@@ -12,7 +12,7 @@ from pollen.transport.addresses import Address
 # Blobs move in chunks well below this; it bounds what one hostile message may cost.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
-_OPTIONS: list[tuple[str, int]] = [
+CLIENT_OPTIONS: list[tuple[str, int]] = [  # what every channel of Pollen is opened with
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
@@ -38,8 +38,10 @@ def open_channel(
     """An asynchronous channel to ``address``; plaintext when ``credentials`` is None."""
     target = str(address)
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=_OPTIONS, interceptors=interceptors)
-    return grpc.aio.secure_channel(target, credentials, options=_OPTIONS, interceptors=interceptors)
+        return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, credentials, options=CLIENT_OPTIONS, interceptors=interceptors
+    )
 
 
 def new_server() -> grpc.aio.Server:
