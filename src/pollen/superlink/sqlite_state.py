@@ -94,7 +94,7 @@ _SQLITE_UNWRITABLE = {8, 10, 14}  # READONLY, IOERR, CANTOPEN (a folder it canno
 
 def _storage_fault(exc: sqlite3.OperationalError, where: Path) -> StorageError | None:
     """The storage fault behind an SQLite error, or None when it is something else."""
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    code = exc.sqlite_errorcode & 0xFF  # the primary code of an extended one
     if code == _SQLITE_FULL:
         return disk_full(where, str(exc))
     if code in _SQLITE_UNWRITABLE:

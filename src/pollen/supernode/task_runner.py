@@ -57,7 +57,6 @@ class TaskRunner:
         # about as much as a copy): the last encoded result, a blob the cache let go.
         self._upload_buffer: bytearray | None = None
         self._spare: bytearray | None = None
-        self.storage_patience = STORAGE_PATIENCE
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
         context = self._contexts.get(task.run_id)
@@ -105,12 +104,11 @@ class TaskRunner:
             result.metrics = reply.metrics
             if encoded is not None:
                 result.parameters = await _until_stored(
-                    lambda: fleet.upload_blob(encoded, run_id=task.run_id),
-                    self.storage_patience,
+                    lambda: fleet.upload_blob(encoded, run_id=task.run_id), STORAGE_PATIENCE
                 )
         if result.error:
             logger.warning("task %s failed: %s", task.task_id[:8], result.error)
-        await _until_stored(lambda: fleet.push_result(result), self.storage_patience)
+        await _until_stored(lambda: fleet.push_result(result), STORAGE_PATIENCE)
         logger.info(
             "run %d: %s task done in %.3f s", task.run_id, task.kind, time.perf_counter() - started
         )
