@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pollen.errors import RecordError
-from pollen.records.arrays import FORMAT, decode_arrays, encode_arrays, read_specs, sha256_hex
+from pollen.records.arrays import FORMAT, decode_arrays, encode_arrays, read_specs
+from pollen.records.content_address import content_digest
 
 _LEN = struct.Struct("<Q")
 
@@ -192,21 +193,23 @@ def test_specs_describe_each_array() -> None:
     assert [(s.dtype, s.shape, s.nbytes) for s in specs] == [(">i2", (2, 3), 12), ("|u1", (4,), 4)]
 
 
-def test_sha256_hex_is_the_lowercase_sha256_of_the_blob() -> None:
+def test_content_digest_is_the_lowercase_blake3_of_the_blob() -> None:
     blob = encode_arrays([np.arange(3)])
 
-    digest = sha256_hex(blob)
+    digest = content_digest(blob)
 
-    assert digest == sha256_hex(bytes(blob)) == sha256_hex(memoryview(blob))
+    assert digest == content_digest(bytes(blob)) == content_digest(memoryview(blob))
     assert len(digest) == 64 and digest == digest.lower()
-    assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert content_digest(b"") == (
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    )
 
 
 def test_equal_arrays_encode_to_identical_bytes() -> None:
     first = encode_arrays([np.arange(10, dtype=np.int32).reshape(2, 5)])
     second = encode_arrays([np.arange(10, dtype=np.int32).reshape(2, 5).T.copy().T])
 
-    assert sha256_hex(first) == sha256_hex(second)
+    assert content_digest(first) == content_digest(second)
 
 
 # --- refused inputs ----------------------------------------------------------------------

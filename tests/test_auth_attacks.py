@@ -24,6 +24,7 @@ from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
+from pollen.records.content_address import content_digest
 from pollen.records.messages import Result, Task
 from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
@@ -723,7 +724,7 @@ def test_blob_upload_without_a_session_is_refused(tmp_path: Path, seed: Seed) ->
         ):
             fleet = FleetClient(client.channel)  # never joined: nothing is signed
             assert await status_of(fleet.upload_blob(bytearray(b"payload"))) == UNAUTHENTICATED
-            assert not link.blobs.exists(hashlib.sha256(b"payload").hexdigest())
+            assert not link.blobs.exists(content_digest(b"payload"))
 
     asyncio.run(scenario())
 
@@ -754,7 +755,7 @@ def test_an_authenticated_upload_is_hashed_once_not_once_more_per_chunk(
             fleet = await registered(client)
             hashed.clear()
             ref = await fleet.upload_blob(data)
-            assert ref.digest == hashlib.sha256(data).hexdigest()
+            assert ref.digest == content_digest(data)
             assert link.blobs.exists(ref.digest)
 
     asyncio.run(scenario())

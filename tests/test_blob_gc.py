@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef, Task
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blobstore import BlobStore
@@ -19,7 +19,7 @@ class Clock:
 
 
 def store_blob(store: BlobStore, state: SqliteState, content: bytes, now: float) -> str:
-    digest = hashlib.sha256(content).hexdigest()
+    digest = content_digest(content)
     writer = store.writer(BlobRef(digest, len(content)))
     writer.write(0, content)
     writer.commit()

@@ -11,7 +11,8 @@ import pytest
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import decode_arrays, encode_arrays, sha256_hex
+from pollen.records.arrays import decode_arrays, encode_arrays
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
 from pollen.transport import blob_stream
 from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
@@ -25,7 +26,7 @@ def model() -> tuple[bytearray, BlobRef]:
         np.zeros((0, 4), np.float16),
     ]
     buffer = encode_arrays(arrays)
-    return buffer, BlobRef(sha256_hex(buffer), len(buffer))
+    return buffer, BlobRef(content_digest(buffer), len(buffer))
 
 
 class Cut(grpc.aio.AioRpcError):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
 from pollen.errors import BlobError
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
 from pollen.superlink.blobstore import BlobStore
 from pollen.supernode.blob_cache import BlobCache
@@ -16,7 +16,7 @@ DATA = bytes(range(256)) * 40 + b"tail"  # 10 244 bytes
 
 
 def ref_of(data: bytes) -> BlobRef:
-    return BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    return BlobRef(content_digest(data), len(data))
 
 
 def upload(store: BlobStore, data: bytes, chunk_size: int = 1000) -> BlobRef:
@@ -90,7 +90,7 @@ def test_writer_tracks_bytes_received(store: BlobStore) -> None:
 
 
 def test_upload_with_the_wrong_digest_is_refused_and_leaves_nothing(store: BlobStore) -> None:
-    wrong = BlobRef(hashlib.sha256(b"something else").hexdigest(), len(DATA))
+    wrong = BlobRef(content_digest(b"something else"), len(DATA))
     writer = store.writer(wrong)
     writer.write(0, DATA)
 
@@ -184,7 +184,7 @@ def test_failed_upload_keeps_an_earlier_copy_of_the_blob(store: BlobStore) -> No
 )
 def test_invalid_digests_are_refused_everywhere(store: BlobStore, digest: str) -> None:
     if digest:  # an upload may declare none: see the test below
-        with pytest.raises(BlobError, match="not a sha256 hex digest"):
+        with pytest.raises(BlobError, match="not a content digest"):
             store.writer(BlobRef(digest, 3))
     with pytest.raises(BlobError):
         store.path(digest)
@@ -355,7 +355,7 @@ def test_an_upload_that_declares_no_digest_is_named_by_its_content(store: BlobSt
     writer.write(0, data[:1000])
     writer.write(1000, data[1000:])
     ref = writer.commit()
-    assert ref == BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    assert ref == BlobRef(content_digest(data), len(data))
     assert store.path(ref.digest).read_bytes() == data
 
 

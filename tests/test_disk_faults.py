@@ -22,7 +22,7 @@ import pytest
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
 from pollen.errors import StorageError, StorageFull
-from pollen.records.arrays import sha256_hex
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef, Task
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
@@ -82,7 +82,7 @@ def test_a_blob_that_does_not_fit_is_refused_as_storage_full_and_leaves_no_file(
     with small_disk(tmp_path / "disk", "1m") as disk:
         store = BlobStore(disk / "blobs")
         data = os.urandom(2 << 20)
-        writer = store.writer(BlobRef(sha256_hex(data), len(data)))
+        writer = store.writer(BlobRef(content_digest(data), len(data)))
         with pytest.raises(StorageFull, match=r"storage full: cannot write .*free space there"):
             for offset in range(0, len(data), 1 << 18):
                 writer.write(offset, data[offset : offset + (1 << 18)])

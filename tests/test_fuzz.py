@@ -4,7 +4,6 @@ SuperLink stays up with consistent state."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import random
 import tempfile
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import fleet_pb2 as fpb
-from pollen.records.arrays import sha256_hex
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.transport.blob_stream import CHUNK_SIZE, iter_chunks
@@ -121,7 +120,7 @@ async def assert_up_and_consistent(link: SuperLink) -> None:
         await asyncio.sleep(0.02)
     assert not leftovers, f"partial or open blob files left behind: {leftovers}"
     for digest in link.blobs.stored():  # every stored blob is whole and known
-        assert sha256_hex((link.blobs.root / digest).read_bytes()) == digest
+        assert content_digest((link.blobs.root / digest).read_bytes()) == digest
         assert state.has_blob(digest)
 
 
@@ -172,7 +171,7 @@ def padded(message: bytes, size: int = OVERSIZED) -> bytes:
 
 def make_blob(size: int, seed: int = 0) -> tuple[bytes, BlobRef]:
     data = random.Random(seed).randbytes(size)
-    return data, BlobRef(sha256_hex(data), size)
+    return data, BlobRef(content_digest(data), size)
 
 
 def chunks(data: bytes, ref: BlobRef, node_id: int = 0, run_id: int = 0) -> list[bytes]:
@@ -413,7 +412,7 @@ def test_an_upload_cut_mid_blob_leaves_no_partial_blob_and_can_be_redone(
             reply = await upload(link, api, parts)
             assert (reply.digest, reply.size) == (ref.digest, ref.size)
             stored = (link.blobs.root / ref.digest).read_bytes()
-            assert hashlib.sha256(stored).hexdigest() == ref.digest
+            assert content_digest(stored) == ref.digest
             assert await download(link, "Driver", ref.digest) == data
             await assert_up_and_consistent(link)
 

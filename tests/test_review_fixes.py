@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
+from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef, Task
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blobstore import BlobStore
@@ -62,7 +62,7 @@ def test_releasing_a_blob_a_run_never_held_deletes_nothing(tmp_path: Path) -> No
     state = SqliteState(tmp_path / "s.db")
     store = BlobStore(tmp_path / "blobs")
     content = b"another run's upload"
-    digest = hashlib.sha256(content).hexdigest()
+    digest = content_digest(content)
     writer = store.writer(BlobRef(digest, len(content)))
     writer.write(0, content)
     writer.commit()

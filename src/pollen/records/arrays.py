@@ -10,7 +10,6 @@ boundary of the data section so that receivers can build arrays with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import struct
@@ -164,13 +163,3 @@ def decode_arrays(buffer: Buffer) -> list[npt.NDArray[np.generic]]:
         )
         arrays.append(flat.reshape(spec.shape))
     return arrays
-
-
-def is_sha256_hex(text: str) -> bool:
-    """True for a content address as `sha256_hex` writes it: 64 lowercase hex digits."""
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def sha256_hex(buffer: Buffer) -> str:
-    """The content address of a blob: sha256 of its bytes, lowercase hex."""
-    return hashlib.sha256(buffer).hexdigest()

@@ -15,7 +15,7 @@ TASK_KINDS: tuple[TaskKind, ...] = ("get_parameters", "fit", "evaluate")
 
 @dataclass(frozen=True)
 class BlobRef:
-    """A content-addressed blob: sha256 hex digest and size in bytes."""
+    """A content-addressed blob: BLAKE3 hex digest and size in bytes."""
 
     digest: str
     size: int

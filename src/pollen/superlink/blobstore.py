@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from pollen.errors import BlobError, ConfigurationError, StorageError
-from pollen.records.arrays import is_sha256_hex
+from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.superlink.storage_faults import as_storage_faults
 
 
 def _check_digest(digest: str) -> None:
-    if not is_sha256_hex(digest):
-        raise BlobError(f"{digest[:80]!r} is not a sha256 hex digest")
+    if not is_content_digest(digest):
+        raise BlobError(f"{digest[:80]!r} is not a content digest (64 lowercase hex digits)")
 
 
 class BlobWriter:
@@ -35,7 +34,7 @@ class BlobWriter:
         self._temp = store.root / f".{uuid.uuid4().hex}.part"
         with self._refused_writes():
             self._file = self._temp.open("wb")
-        self._hasher = hashlib.sha256()
+        self._hasher = new_hasher()
         self.received = 0
 
     def write(self, offset: int, data: bytes) -> None:
@@ -85,7 +84,7 @@ class BlobWriter:
 
 
 class BlobStore:
-    """Blob files under ``root``, named by their sha256 digest."""
+    """Blob files under ``root``, named by their content digest (BLAKE3)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

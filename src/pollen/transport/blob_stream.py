@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterable, Callable, Iterator
 
@@ -11,7 +10,8 @@ import grpc
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import Buffer, is_sha256_hex
+from pollen.records.arrays import Buffer
+from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def iter_chunks(
 
 def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
     """What the SuperLink stored an upload as; a digest other than the one sent is refused."""
-    if reply.size != sent.size or not is_sha256_hex(reply.digest):
+    if reply.size != sent.size or not is_content_digest(reply.digest):
         raise BlobError(
             f"the SuperLink answered an upload of {sent.size} bytes with "
             f"{reply.digest[:12]!r} of {reply.size} bytes; upload it again"
@@ -74,7 +74,7 @@ in thread switches than the overlap won on two cores."""
 class _Assembly:
     """A blob being received into one preallocated buffer, hashed as it arrives.
 
-    The digest is computed in a worker thread (hashlib releases the GIL) over
+    The digest is computed in a worker thread (the hasher releases the GIL) over
     batches of received bytes, while the event loop receives the next chunks.
     """
 
@@ -83,7 +83,7 @@ class _Assembly:
         self.out = out if out is not None and len(out) == ref.size else bytearray(ref.size)
         self.position = 0
         self._hashed = 0
-        self._hasher = hashlib.sha256()
+        self._hasher = new_hasher()
         self._pending: asyncio.Future[None] | None = None
 
     async def settle(self) -> None:
@@ -108,7 +108,10 @@ class _Assembly:
         batch = memoryview(self.out)[self._hashed : self.position]
         self._hashed = self.position
         loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(None, self._hasher.update, batch)
+        self._pending = loop.run_in_executor(None, self._hash, batch)
+
+    def _hash(self, batch: memoryview) -> None:
+        self._hasher.update(batch)
 
     async def finish(self) -> bytearray:
         await self._hash_received()

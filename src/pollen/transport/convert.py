@@ -9,7 +9,7 @@ from google.protobuf.internal.containers import MessageMap
 
 from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import is_sha256_hex
+from pollen.records.content_address import is_content_digest
 from pollen.records.messages import TASK_KINDS, BlobRef, Result, RunInfo, Task, TaskKind
 from pollen.records.typing import Scalar, to_scalar
 
@@ -53,8 +53,10 @@ def blob_ref_to_proto(ref: BlobRef | None, out: pb.BlobRef) -> None:
 def blob_ref_from_proto(message: pb.BlobRef) -> BlobRef | None:
     if not message.digest:
         return None
-    if not is_sha256_hex(message.digest):
-        raise RecordError(f"{message.digest[:80]!r} is not a sha256 hex digest")
+    if not is_content_digest(message.digest):
+        raise RecordError(
+            f"{message.digest[:80]!r} is not a content digest (64 lowercase hex digits)"
+        )
     return BlobRef(message.digest, message.size)
 
 
