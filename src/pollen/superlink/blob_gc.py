@@ -41,8 +41,11 @@ class BlobCollector:
         return deleted
 
     def release(self, run_id: int, digests: Iterable[str] | None = None) -> int:
-        """``run_id`` no longer needs ``digests`` (all its blobs when None)."""
-        return self.collect(self.state.release_blobs(run_id, digests))
+        """``run_id`` no longer needs ``digests`` (all its blobs when None: it ended)."""
+        deleted = self.collect(self.state.release_blobs(run_id, digests))
+        if digests is None:
+            self.store.spares.drop()  # a run that ended leaves no file of its own behind
+        return deleted
 
     def sweep(self, grace: float = ORPHAN_GRACE_SECONDS) -> int:
         """Delete old blobs no run holds, and files the state does not know."""

@@ -8,9 +8,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from pollen.errors import BlobError, ConfigurationError, StorageError
+from pollen.errors import BlobError, ConfigurationError, StorageError, StorageFull
 from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
+from pollen.superlink.spare_files import SpareFiles
 from pollen.superlink.storage_faults import as_storage_faults
 
 
@@ -33,7 +34,9 @@ class BlobWriter:
         self.ref = ref
         self._temp = store.root / f".{uuid.uuid4().hex}.part"
         with self._refused_writes():
-            self._file = self._temp.open("wb")
+            # over a spare when one is kept: its pages are cached (see spare_files)
+            reused = store.spares.take(ref.size, self._temp)
+            self._file = self._temp.open("r+b" if reused else "wb")
         self._hasher = new_hasher()
         self.received = 0
 
@@ -55,12 +58,15 @@ class BlobWriter:
         try:
             with as_storage_faults(self._store.root):
                 yield
-        except StorageError:
+        except StorageError as exc:
             self.abort()
+            if isinstance(exc, StorageFull):
+                self._store.spares.drop()  # the disk they hold lets the retry through
             raise
 
     def commit(self) -> BlobRef:
         with self._refused_writes():
+            self._file.truncate(self.received)  # a spare may have been longer
             self._file.close()  # flushes what is buffered: the disk may refuse it now
         digest = self._hasher.hexdigest()
         if self.received != self.ref.size or self.ref.digest not in ("", digest):
@@ -90,13 +96,15 @@ class BlobStore:
         self.root = root
         try:
             root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(".*.part"):  # uploads cut by a crash
+            for stale in root.glob(".*.part"):  # uploads cut by a crash, spares
                 stale.unlink(missing_ok=True)
         except OSError as exc:
             raise ConfigurationError(
                 f"blob folder {root}: cannot use it ({exc.strerror or exc}); make it writable, "
                 "or choose another --database (blobs are kept beside it)"
             ) from None
+
+        self.spares = SpareFiles(root)
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)
@@ -112,8 +120,9 @@ class BlobStore:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
 
     def delete(self, digest: str) -> None:
-        with as_storage_faults(self.root):
-            self.path(digest).unlink(missing_ok=True)
+        """Remove the blob; its file may be kept as a spare for the next upload."""
+        with as_storage_faults(self.root), contextlib.suppress(FileNotFoundError):
+            self.spares.keep(self.path(digest))
 
     def stored(self) -> list[str]:
         """Digests of the blob files present (temporary files excluded)."""

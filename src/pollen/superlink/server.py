@@ -172,6 +172,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             dispatcher.close_all()
     finally:
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
+        blobs.spares.drop()
         state.close()
         logger.info("SuperLink stopped")
 
