@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -57,6 +58,7 @@ class TaskRunner:
         # about as much as a copy): the last encoded result, a blob the cache let go.
         self._upload_buffer: bytearray | None = None
         self._spare: bytearray | None = None
+        self._app_buffer: bytearray | None = None  # the last copy an app got, if it let go
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
         context = self._contexts.get(task.run_id)
@@ -77,7 +79,18 @@ class TaskRunner:
             blob = await fleet.download_blob(ref, self._spare)
             self._spare = self.cache.put(ref.digest, blob)
         # The app may change its arrays in place; the cached blob must stay intact.
-        return bytearray(blob)
+        return self._app_copy(blob)
+
+    def _app_copy(self, blob: bytearray) -> bytearray:
+        """A copy of ``blob`` for the app, written over the previous app's copy when no
+        array of it is alive any more (an app may keep its model between tasks)."""
+        previous, self._app_buffer = self._app_buffer, None
+        if previous is not None and len(previous) == len(blob) and _unreferenced(previous):
+            previous[:] = blob
+            self._app_buffer = previous
+        else:
+            self._app_buffer = bytearray(blob)
+        return self._app_buffer
 
     async def run(self, fleet: FleetClient, task: Task) -> None:
         """Run ``task`` and push its result; a failing ClientApp becomes an error result.
@@ -122,3 +135,10 @@ class TaskRunner:
             return reply, None
         self._upload_buffer = encode_arrays(reply.parameters, self._upload_buffer)
         return reply, self._upload_buffer
+
+
+def _unreferenced(buffer: bytearray) -> bool:
+    """True when only the caller holds ``buffer``: no array decoded from it is alive
+    (each holds a reference to the buffer it views)."""
+    # the caller's name, this function's parameter and getrefcount's own argument
+    return sys.getrefcount(buffer) <= 3
