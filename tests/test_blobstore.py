@@ -365,3 +365,14 @@ def test_an_upload_without_digest_that_ends_short_is_refused(store: BlobStore) -
     with pytest.raises(BlobError, match="received 5 of 10 bytes"):
         writer.commit()
     assert list(store.root.iterdir()) == []
+
+
+def test_cache_make_room_evicts_only_when_full_and_hands_back_the_buffer() -> None:
+    cache = BlobCache(capacity=2)
+    first, second = bytearray(b"first"), bytearray(b"second")
+    cache.put("a", first)
+    assert cache.make_room() is None  # room left: nothing evicted
+    cache.put("b", second)
+
+    assert cache.make_room() is first
+    assert cache.get("a") is None and cache.get("b") is second

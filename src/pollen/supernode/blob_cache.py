@@ -33,6 +33,13 @@ class BlobCache:
     def accepts(self, size: int) -> bool:
         return size <= self.max_bytes
 
+    def make_room(self) -> bytearray | None:
+        """Evict the least recently used blob if the cache is full; return its buffer,
+        free for reuse (a download into memory already touched costs less)."""
+        if len(self._blobs) < self.capacity:
+            return None
+        return self._blobs.popitem(last=False)[1]
+
     def put(self, digest: str, blob: bytearray) -> bytearray | None:
         """Keep ``blob``; return a buffer this evicted, free for reuse (nobody else has it)."""
         if not self.accepts(len(blob)):

@@ -76,7 +76,8 @@ class TaskRunner:
         if blob is None:
             if not self.cache.accepts(ref.size):
                 return await fleet.download_blob(ref)  # not kept: the app gets this very buffer
-            blob = await fleet.download_blob(ref, self._spare)
+            reuse, self._spare = self._spare or self.cache.make_room(), None
+            blob = await fleet.download_blob(ref, reuse)
             self._spare = self.cache.put(ref.digest, blob)
         # The app may change its arrays in place; the cached blob must stay intact.
         return self._app_copy(blob)
