@@ -72,4 +72,4 @@ def supernode(
     async def serve(stop: asyncio.Event) -> None:
         await run_supernode(client_app, config, stop)
 
-    run_until_signalled(serve)
+    run_until_signalled(serve, holds_models=True)
