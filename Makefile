@@ -33,7 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/round_latency.py --secure $(PEER)
 	$(PY) benchmarks/auth_overhead.py --repeats 3
 	$(PY) benchmarks/throughput.py --model-mb 100 500 $(PEER)
-	$(PY) benchmarks/throughput.py --model-mb 2500 --rounds 2
+	$(PY) benchmarks/throughput.py --model-mb 2500 --rounds 3
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 2 $(PEER)
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 8
 	$(PY) benchmarks/cifar_round.py

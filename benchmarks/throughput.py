@@ -3,9 +3,13 @@
 For each ``--model-mb`` size, two SuperNodes (TLS and client authentication)
 receive the model, change one element and send it back, for ``--rounds`` rounds.
 Effective throughput = 4 x model bytes per round (to both nodes and back) over
-the median round time, the measure the recorded Flower figures use.
+the median round time, the measure the recorded Flower figures use. The first
+rounds are slower on this project's machine (its VM hands freed memory back to
+the host, and memory touched fresh costs ~0.65 s/GB until each process and the
+page cache reuse their buffers), so the default is 10 rounds; every round's time
+is printed.
 
-    .venv/bin/python benchmarks/throughput.py [--model-mb 100 500 2500] [--rounds 3]
+    .venv/bin/python benchmarks/throughput.py [--model-mb 100 500 2500] [--rounds 10]
         [--peer flower]
 """
 
@@ -52,7 +56,7 @@ def report(runs: Sequence[LargeModelRun], peer: dict[int, float]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-mb", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--workdir",
         type=Path,

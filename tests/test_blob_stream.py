@@ -16,6 +16,7 @@ from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
 from pollen.transport import blob_stream
 from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
+from pollen.transport.chunk_codec import Chunk, decode_chunk
 
 
 def model() -> tuple[bytearray, BlobRef]:
@@ -40,13 +41,13 @@ def server(buffer: bytearray, ref: BlobRef, cut_after: list[int]) -> blob_stream
     """Serves ``buffer`` from any offset; the n-th stream breaks after ``cut_after[n]`` chunks."""
     opened: list[int] = []
 
-    async def stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+    async def stream(offset: int) -> AsyncIterator[Chunk]:
         opened.append(offset)
         limit = cut_after[len(opened) - 1] if len(opened) <= len(cut_after) else None
         for index, chunk in enumerate(iter_chunks(buffer, ref, offset=offset)):
             if limit is not None and index == limit:
                 raise Cut()
-            yield chunk
+            yield decode_chunk(chunk)
 
     stream.opened = opened  # type: ignore[attr-defined]
     return stream
@@ -90,11 +91,11 @@ def test_a_stream_that_ends_early_is_refused() -> None:
     buffer, ref = model()
     short = BlobRef(ref.digest, ref.size)
 
-    async def stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+    async def stream(offset: int) -> AsyncIterator[Chunk]:
         for index, chunk in enumerate(iter_chunks(buffer, ref, offset=offset)):
             if index == 1:
                 return
-            yield chunk
+            yield decode_chunk(chunk)
 
     with pytest.raises(BlobError, match="received"):
         asyncio.run(download_blob(stream, short))

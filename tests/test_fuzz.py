@@ -175,7 +175,7 @@ def make_blob(size: int, seed: int = 0) -> tuple[bytes, BlobRef]:
 
 
 def chunks(data: bytes, ref: BlobRef, node_id: int = 0, run_id: int = 0) -> list[bytes]:
-    return [c.SerializeToString() for c in iter_chunks(data, ref, node_id=node_id, run_id=run_id)]
+    return list(iter_chunks(data, ref, node_id=node_id, run_id=run_id))
 
 
 def port(link: SuperLink, api: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
 import numpy as np
@@ -18,8 +18,15 @@ from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.server.reconnect import Reconnector
 from pollen.transport.addresses import Address
-from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
+from pollen.transport.blob_stream import (
+    download_blob,
+    download_call,
+    iter_chunks,
+    stored_ref,
+    upload_call,
+)
 from pollen.transport.channels import open_channel
+from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
 from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth, open_session
 
@@ -39,6 +46,8 @@ class DriverClient:
     ) -> None:
         self._channel = channel
         self._stub = DriverStub(channel)  # type: ignore[no-untyped-call]
+        self._upload = upload_call(channel, _DRIVER + "UploadBlob")
+        self._download = download_call(channel, _DRIVER + "DownloadBlob")
         self._auth = auth
         self._transient: bytearray | None = None
         self._transient_digest = ""
@@ -177,7 +186,7 @@ class DriverClient:
         buffer = await asyncio.to_thread(encode_arrays, arrays, reuse)
         sent = BlobRef("", len(buffer))
         reply = await self._retry.call(
-            lambda: self._stub.UploadBlob(
+            lambda: self._upload(
                 iter_chunks(buffer, sent, run_id=run_id),
                 metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
             )
@@ -193,9 +202,9 @@ class DriverClient:
         download reuses: use them (fold them in) before downloading again.
         """
 
-        def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+        def open_stream(offset: int) -> AsyncIterable[Chunk]:
             request = pb.DownloadBlobRequest(digest=ref.digest, offset=offset)
-            call: AsyncIterator[pb.BlobChunk] = self._stub.DownloadBlob(
+            call: AsyncIterable[Chunk] = self._download(
                 request, metadata=self._signed("DownloadBlob", request)
             )
             return call

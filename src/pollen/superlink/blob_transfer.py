@@ -14,14 +14,15 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
 from pollen.transport.blob_stream import CHUNK_SIZE
+from pollen.transport.chunk_codec import Chunk, encode_chunk
 
 
 async def receive_upload(
-    chunks: AsyncIterable[pb.BlobChunk],
+    chunks: AsyncIterable[Chunk],
     store: BlobStore,
     state: State,
     clock: Clock,
-    context: grpc.aio.ServicerContext[pb.BlobChunk, pb.BlobRef],
+    context: grpc.aio.ServicerContext[Chunk, pb.BlobRef],
 ) -> pb.BlobRef:
     """Write an uploaded blob to disk, verify its digest, record it once."""
     writer = None
@@ -64,9 +65,9 @@ async def receive_upload(
 async def send_download(
     request: pb.DownloadBlobRequest,
     store: BlobStore,
-    context: grpc.aio.ServicerContext[pb.DownloadBlobRequest, pb.BlobChunk],
-) -> AsyncIterator[pb.BlobChunk]:
-    """Stream a stored blob from ``request.offset`` in chunks read from disk."""
+    context: grpc.aio.ServicerContext[pb.DownloadBlobRequest, bytes],
+) -> AsyncIterator[bytes]:
+    """Stream a stored blob from ``request.offset`` in encoded chunks read from disk."""
     try:
         size = store.size(request.digest)
     except BlobError as exc:
@@ -76,13 +77,13 @@ async def send_download(
     position = request.offset
     first = True
     for data in store.read_chunks(request.digest, request.offset, CHUNK_SIZE):
-        yield pb.BlobChunk(
+        yield encode_chunk(
+            data,
+            offset=position,
             digest=request.digest if first else "",
             total_size=size if first else 0,
-            offset=position,
-            data=data,
         )
         first = False
         position += len(data)
     if first:  # empty blob or offset at the end: still say how big it is
-        yield pb.BlobChunk(digest=request.digest, total_size=size, offset=position)
+        yield encode_chunk(b"", offset=position, digest=request.digest, total_size=size)

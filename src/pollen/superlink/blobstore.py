@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pollen.errors import BlobError, ConfigurationError, StorageError, StorageFull
+from pollen.records.arrays import Buffer
 from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.superlink.spare_files import SpareFiles
@@ -40,7 +41,7 @@ class BlobWriter:
         self._hasher = new_hasher()
         self.received = 0
 
-    def write(self, offset: int, data: bytes) -> None:
+    def write(self, offset: int, data: Buffer) -> None:
         if offset != self.received or self.received + len(data) > self.ref.size:
             raise BlobError(
                 f"blob {self.ref.digest[:12] or 'upload'}: chunk at offset {offset} with "

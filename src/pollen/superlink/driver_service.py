@@ -19,6 +19,7 @@ from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
+from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
 
 logger = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         return dpb.ReleaseBlobsReply(deleted=deleted)
 
     async def UploadBlob(
-        self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context
+        self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
         return await receive_upload(
             request_iterator, self._blobs, self._state, self._dispatcher.clock, context
@@ -190,6 +191,6 @@ class DriverService(driver_pb2_grpc.DriverServicer):
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context
-    ) -> AsyncIterator[pb.BlobChunk]:
+    ) -> AsyncIterator[bytes]:
         async for chunk in send_download(request, self._blobs, context):
             yield chunk

@@ -18,6 +18,7 @@ from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
+from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         return fpb.GetRunReply(run=run_to_proto(run))
 
     async def UploadBlob(
-        self, request_iterator: AsyncIterable[pb.BlobChunk], context: Context
+        self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
         return await receive_upload(
             self._checked_upload(request_iterator, context),
@@ -167,8 +168,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         )
 
     async def _checked_upload(
-        self, chunks: AsyncIterable[pb.BlobChunk], context: Context
-    ) -> AsyncIterator[pb.BlobChunk]:
+        self, chunks: AsyncIterable[Chunk], context: Context
+    ) -> AsyncIterator[Chunk]:
         """Only a registered node uploads, and only for a run it has tasks in.
 
         Each chunk counts as a heartbeat: a large upload can hold the node's
@@ -189,7 +190,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context
-    ) -> AsyncIterator[pb.BlobChunk]:
+    ) -> AsyncIterator[bytes]:
         await self._known_node(request.node_id, context)
         if not self._state.node_can_read_blob(request.node_id, request.digest):
             await context.abort(

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 from pollen.errors import StorageError
 from pollen.superlink.sessions import RequestRejected, Session, SessionStore
 from pollen.superlink.storage_faults import refuse
+from pollen.transport.chunk_codec import without_protobuf_copies
 from pollen.transport.session_crypto import EMPTY_BODY_DIGEST, META_AUTH
 
 logger = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ class _Registrar:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         wrapped = {
-            name: self._verifier.wrap(f"/{service}/{name}", handler)
+            name: self._verifier.wrap(f"/{service}/{name}", without_protobuf_copies(handler))
             for name, handler in handlers.items()
         }
         self._server.add_generic_rpc_handlers(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
 from google.protobuf.message import Message
@@ -12,7 +12,14 @@ from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
 from pollen.records.arrays import Buffer
 from pollen.records.messages import BlobRef, Result, RunInfo, Task
-from pollen.transport.blob_stream import download_blob, iter_chunks, stored_ref
+from pollen.transport.blob_stream import (
+    download_blob,
+    download_call,
+    iter_chunks,
+    stored_ref,
+    upload_call,
+)
+from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import result_to_proto, run_from_proto, task_from_proto
 from pollen.transport.request_signing import Metadata, RequestAuth
 
@@ -24,6 +31,8 @@ class FleetClient:
 
     def __init__(self, channel: grpc.aio.Channel, auth: RequestAuth | None = None) -> None:
         self._stub = FleetStub(channel)  # type: ignore[no-untyped-call]
+        self._upload = upload_call(channel, _FLEET + "UploadBlob")
+        self._download = download_call(channel, _FLEET + "DownloadBlob")
         self._auth = auth
         self.node_id = 0
         self.heartbeat_interval = 5.0
@@ -70,15 +79,15 @@ class FleetClient:
         """Upload ``buffer``; without ``digest`` the SuperLink names it (and hashes it once)."""
         ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None
-        reply = await self._stub.UploadBlob(
+        reply = await self._upload(
             iter_chunks(buffer, ref, node_id=self.node_id, run_id=run_id), metadata=metadata
         )
         return stored_ref(reply, ref)
 
     async def download_blob(self, ref: BlobRef, reuse: bytearray | None = None) -> bytearray:
-        def open_stream(offset: int) -> AsyncIterator[pb.BlobChunk]:
+        def open_stream(offset: int) -> AsyncIterable[Chunk]:
             request = pb.DownloadBlobRequest(digest=ref.digest, node_id=self.node_id, offset=offset)
-            call: AsyncIterator[pb.BlobChunk] = self._stub.DownloadBlob(
+            call: AsyncIterable[Chunk] = self._download(
                 request, metadata=self._signed("DownloadBlob", request)
             )
             return call

@@ -13,6 +13,7 @@ from pollen.proto import common_pb2 as pb
 from pollen.records.arrays import Buffer
 from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
+from pollen.transport.chunk_codec import Chunk, as_is, decode_chunk, encode_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -22,8 +23,9 @@ CHUNK_SIZE = 1024 * 1024
 
 def iter_chunks(
     buffer: Buffer, ref: BlobRef, node_id: int = 0, offset: int = 0, run_id: int = 0
-) -> Iterator[pb.BlobChunk]:
-    """Chunks of ``buffer`` from ``offset``; the first names the digest, total size and run.
+) -> Iterator[bytes]:
+    """Encoded `BlobChunk` messages of ``buffer`` from ``offset``; the first names the
+    digest, total size and run.
 
     An upload may leave ``ref.digest`` empty: the SuperLink then names the blob by
     its content and says so in its reply.
@@ -32,17 +34,37 @@ def iter_chunks(
     first = True
     position = offset
     while first or position < len(view):
-        data = bytes(view[position : position + CHUNK_SIZE])
-        yield pb.BlobChunk(
+        data = view[position : position + CHUNK_SIZE]
+        yield encode_chunk(
+            data,
+            offset=position,
             digest=ref.digest if first else "",
             total_size=ref.size if first else 0,
-            offset=position,
-            data=data,
             node_id=node_id if first else 0,
             run_id=run_id if first else 0,
         )
         first = False
         position += len(data)
+
+
+def upload_call(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.StreamUnaryMultiCallable[bytes, pb.BlobRef]:
+    """An UploadBlob call that sends `iter_chunks` as they are (no protobuf copy)."""
+    return channel.stream_unary(
+        method, request_serializer=as_is, response_deserializer=pb.BlobRef.FromString
+    )
+
+
+def download_call(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryStreamMultiCallable[pb.DownloadBlobRequest, Chunk]:
+    """A DownloadBlob call whose chunks' data are views of what arrived (no protobuf copy)."""
+    return channel.unary_stream(
+        method,
+        request_serializer=pb.DownloadBlobRequest.SerializeToString,
+        response_deserializer=decode_chunk,
+    )
 
 
 def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
@@ -57,7 +79,7 @@ def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
     return BlobRef(reply.digest, reply.size)
 
 
-OpenStream = Callable[[int], AsyncIterable[pb.BlobChunk]]
+OpenStream = Callable[[int], AsyncIterable[Chunk]]
 """Opens a download of a blob from a byte offset."""
 
 RETRYABLE = frozenset(
@@ -91,7 +113,7 @@ class _Assembly:
             await self._pending
             self._pending = None
 
-    async def feed(self, chunk: pb.BlobChunk) -> None:
+    async def feed(self, chunk: Chunk) -> None:
         end = self.position + len(chunk.data)
         if chunk.offset != self.position or end > self.ref.size:
             raise BlobError(
