@@ -4,8 +4,9 @@ The bytes on the wire are protobuf's own encoding of `BlobChunk` (common.proto),
 so any protobuf peer reads and writes them. Only this side skips the copies:
 an encoded chunk is its few small fields followed by the data, joined in one
 copy, and a decoded chunk's data is a view of the message gRPC received. Through
-protobuf, each chunk was copied twice more on each side of each hop, about 6%
-of a large-model round's CPU.
+protobuf each chunk was copied twice more, into fresh 1 MiB buffers, on each side
+of each hop: measured, a 500 MB round took ~7.0 CPU-seconds across the four
+processes with protobuf and ~5.5 with this codec.
 """
 
 from __future__ import annotations
