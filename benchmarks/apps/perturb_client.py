@@ -1,7 +1,10 @@
-"""A ClientApp for transfer benchmarks: ``fit`` hands the model back, changed by one element.
+"""A ClientApp for transfer benchmarks: ``fit`` hands the model back with two elements changed.
 
-Changing it keeps every result a distinct blob, as real training does, so that
-no transfer is saved by content addressing.
+The first element grows by one each round and the last becomes a number drawn
+from the node's id, so that every result differs from the global model and from
+every other node's result, as real training does: no transfer or storage is
+saved by content addressing. (Changing only the first element made both nodes'
+results identical: the SuperLink stored one and the ServerApp downloaded one.)
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from pollen.records.typing import Config, Metrics, NDArrays
 
 
 class PerturbClient(NumPyClient):
+    def __init__(self, node_id: int) -> None:
+        self.mark = node_id % (1 << 24)  # exact in float32; two nodes differ but by 1 in 2**24
+
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
-        first = parameters[0].reshape(-1)
-        first[0] += 1  # the arrays Pollen hands over are writable and this task's own
+        # the arrays Pollen hands over are writable and this task's own
+        parameters[0].reshape(-1)[0] += 1
+        parameters[-1].reshape(-1)[-1] = self.mark
         return parameters, 1, {}
 
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
@@ -21,7 +28,7 @@ class PerturbClient(NumPyClient):
 
 
 def client_fn(context: Context) -> PerturbClient:
-    return PerturbClient()
+    return PerturbClient(context.node_id)
 
 
 app = ClientApp(client_fn)

@@ -2,8 +2,9 @@
 
 ``train`` hands the model back: unchanged when the run config says
 ``perturb = false`` (round latency, like Pollen's ``noop_client``), or with one
-element increased by one (throughput and memory, like ``perturb_client``), so
-that every result differs from the global model, as real training does.
+element increased by one and the last set from the node's id (throughput and
+memory, like ``perturb_client``), so that every result differs from the global
+model and from the other nodes' results, as real training does.
 ``evaluate`` reports zero loss.
 """
 
@@ -24,6 +25,9 @@ def train(msg: Message, context: Context) -> Message:
         if not ndarrays[0].flags.writeable:
             ndarrays[0] = ndarrays[0].copy()
         ndarrays[0].reshape(-1)[0] += 1
+        if not ndarrays[-1].flags.writeable:
+            ndarrays[-1] = ndarrays[-1].copy()
+        ndarrays[-1].reshape(-1)[-1] = context.node_id % (1 << 24)
         arrays = ArrayRecord(ndarrays)
     metrics = MetricRecord({"num-examples": 1})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
