@@ -72,3 +72,22 @@ def test_unknown_fields_are_skipped_as_protobuf_does() -> None:
 def test_malformed_chunks_are_refused(message: bytes) -> None:
     with pytest.raises(DecodeError):
         decode_chunk(message)
+
+
+def test_a_chunk_of_many_tiny_unknown_fields_is_refused_before_it_costs_memory() -> None:
+    flood = b"".join(bytes([0xF8, 0xFF, 0xFF, 0x07, index % 128]) for index in range(100_000))
+
+    with pytest.raises(DecodeError, match="more than 64 fields"):
+        decode_chunk(flood + encode_chunk(b"data", offset=0))
+
+
+def test_a_field_number_beyond_protobufs_range_is_refused() -> None:
+    key = (1 << 29) << 3  # field 2**29, wire type 0
+    encoded = bytearray()
+    while key > 0x7F:
+        encoded.append((key & 0x7F) | 0x80)
+        key >>= 7
+    encoded.append(key)
+
+    with pytest.raises(DecodeError, match="field number"):
+        decode_chunk(bytes(encoded) + b"\x01")

@@ -121,3 +121,28 @@ def test_a_run_that_ends_and_a_store_reopened_leave_no_spare(tmp_path: Path) -> 
     (store.root / PATTERN.replace("*", "left-by-a-crash")).write_bytes(b"x")
     BlobStore(store.root)
     assert list(store.root.iterdir()) == []
+
+
+def test_a_blob_deleted_while_a_download_reads_it_is_not_written_over(
+    store: BlobStore,
+) -> None:
+    old_data = os.urandom(3 * 4096)
+    old = upload(store, old_data)
+    download = store.read_chunks(old.digest, 0, 4096)
+    received = next(download)
+
+    store.delete(old.digest)  # e.g. its task expired while a slow node still downloads
+    upload(store, os.urandom(3 * 4096))  # another node's result
+    received += b"".join(download)
+
+    assert received == old_data  # never another blob's bytes
+    assert spares(store.root) == []
+
+
+def test_a_blob_whose_download_has_finished_becomes_a_spare_again(store: BlobStore) -> None:
+    ref = upload(store, os.urandom(10_000))
+    assert b"".join(store.read_chunks(ref.digest, 0, 4096))
+
+    store.delete(ref.digest)
+
+    assert len(spares(store.root)) == 1

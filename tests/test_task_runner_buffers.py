@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ from pollen.client import ClientApp, NumPyClient
 from pollen.records.arrays import encode_arrays
 from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef, Result, Task
-from pollen.supernode.task_runner import TaskRunner
+from pollen.supernode.task_runner import TaskRunner, _viewed
 
 
 class StoredBlobs:
@@ -58,9 +57,9 @@ class KeepsItsModel(NumPyClient):
 
 
 async def let_go(runner: TaskRunner) -> None:
-    """Wait (up to 5 s) for the worker thread that ran the app to drop its arguments."""
+    """Wait (up to 5 s) for the worker thread that ran the app to drop its arrays."""
     for _ in range(500):
-        if sys.getrefcount(runner._app_buffer) <= 2:
+        if runner._app_buffer is not None and not _viewed(runner._app_buffer):
             return
         await asyncio.sleep(0.01)
 
@@ -100,3 +99,23 @@ def test_the_copy_an_app_let_go_of_receives_the_next_model() -> None:
     _, copies = run_two_fits(keep=False)
 
     assert copies[0] == copies[1]  # no fresh memory for the second model
+
+
+def test_an_app_that_keeps_one_array_of_its_model_keeps_that_array_intact() -> None:
+    kept: list[np.ndarray] = []
+
+    class KeepsOneArray(NumPyClient):
+        def fit(self, parameters, config):
+            kept.append(parameters[0][10:20])  # a view of a view: one reference in all
+            return parameters, 1, {}
+
+    runner = TaskRunner(ClientApp(client_fn=lambda context: KeepsOneArray()), {})
+    fleet = StoredBlobs()
+    refs = [fleet.put([np.full(1000, float(value), np.float32)]) for value in (1, 2)]
+
+    async def scenario() -> None:
+        for ref in refs:
+            await runner.run(fleet, Task(run_id=1, node_id=1, kind="fit", parameters=ref))  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert kept[0].tolist() == [1.0] * 10

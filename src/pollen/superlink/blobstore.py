@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,6 +107,7 @@ class BlobStore:
             ) from None
 
         self.spares = SpareFiles(root)
+        self._readers: Counter[str] = Counter()  # downloads of each digest in progress
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)
@@ -121,9 +123,16 @@ class BlobStore:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
 
     def delete(self, digest: str) -> None:
-        """Remove the blob; its file may be kept as a spare for the next upload."""
+        """Remove the blob; its file may be kept as a spare for the next upload.
+
+        Not while a download of it is open: the next upload would write over the
+        file that download is still reading, and send it another blob's bytes.
+        """
         with as_storage_faults(self.root), contextlib.suppress(FileNotFoundError):
-            self.spares.keep(self.path(digest))
+            if self._readers[digest]:
+                self.path(digest).unlink()
+            else:
+                self.spares.keep(self.path(digest))
 
     def stored(self) -> list[str]:
         """Digests of the blob files present (temporary files excluded)."""
@@ -138,7 +147,13 @@ class BlobStore:
             handle = self.path(digest).open("rb")
         except FileNotFoundError as exc:
             raise BlobError(f"blob {digest[:12]} is not stored on this SuperLink") from exc
-        with handle:
-            handle.seek(offset)
-            while chunk := handle.read(chunk_size):
-                yield chunk
+        self._readers[digest] += 1
+        try:
+            with handle:
+                handle.seek(offset)
+                while chunk := handle.read(chunk_size):
+                    yield chunk
+        finally:
+            self._readers[digest] -= 1
+            if not self._readers[digest]:
+                del self._readers[digest]

@@ -177,7 +177,7 @@ class _Registrar:
 
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         wrapped = {
-            name: self._verifier.wrap(f"/{service}/{name}", without_protobuf_copies(handler))
+            name: self._verifier.wrap(f"/{service}/{name}", without_protobuf_copies(name, handler))
             for name, handler in handlers.items()
         }
         self._server.add_generic_rpc_handlers(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -86,7 +85,7 @@ class TaskRunner:
         """A copy of ``blob`` for the app, written over the previous app's copy when no
         array of it is alive any more (an app may keep its model between tasks)."""
         previous, self._app_buffer = self._app_buffer, None
-        if previous is not None and len(previous) == len(blob) and _unreferenced(previous):
+        if previous is not None and len(previous) == len(blob) and not _viewed(previous):
             previous[:] = blob
             self._app_buffer = previous
         else:
@@ -138,8 +137,14 @@ class TaskRunner:
         return reply, self._upload_buffer
 
 
-def _unreferenced(buffer: bytearray) -> bool:
-    """True when only the caller holds ``buffer``: no array decoded from it is alive
-    (each holds a reference to the buffer it views)."""
-    # the caller's name, this function's parameter and getrefcount's own argument
-    return sys.getrefcount(buffer) <= 3
+def _viewed(buffer: bytearray) -> bool:
+    """True while an array decoded from ``buffer`` is alive: each holds an export of its
+    buffer, and a bytearray with exports cannot change size."""
+    if not buffer:
+        return False
+    try:
+        last = buffer.pop()
+    except BufferError:
+        return True
+    buffer.append(last)  # within the allocation: no copy, no move
+    return False

@@ -1,7 +1,9 @@
 """`BlobChunk` messages written and read without protobuf's copies of their data.
 
-The bytes on the wire are protobuf's own encoding of `BlobChunk` (common.proto),
-so any protobuf peer reads and writes them. Only this side skips the copies:
+The bytes on the wire are protobuf's wire format of `BlobChunk` (common.proto),
+so any protobuf peer reads and writes them (the data comes last, where protobuf
+would write it before fields 5 and 6: every protobuf reader accepts any field
+order). Only this side skips the copies:
 an encoded chunk is its few small fields followed by the data, joined in one
 copy, and a decoded chunk's data is a view of the message gRPC received. Through
 protobuf each chunk was copied twice more, into fresh 1 MiB buffers, on each side
@@ -22,6 +24,11 @@ from pollen.records.arrays import Buffer
 _DIGEST, _TOTAL_SIZE, _OFFSET, _DATA, _NODE_ID, _RUN_ID = 1, 2, 3, 4, 5, 6
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _UINT64_LIMIT = 1 << 64
+_MAX_FIELD_NUMBER = (1 << 29) - 1
+_MAX_FIELDS = 64
+"""Fields one message may carry: a peer sends at most 6; a hostile one could send
+millions of tiny unknown fields in one 16 MiB message to make parsing costly."""
+_KNOWN = frozenset({_DIGEST, _TOTAL_SIZE, _OFFSET, _DATA, _NODE_ID, _RUN_ID})
 _NO_DATA = memoryview(b"")
 
 
@@ -91,25 +98,34 @@ def decode_chunk(message: bytes) -> Chunk:
     """Read a `BlobChunk`; unknown fields are skipped, malformed input raises DecodeError."""
     raw = memoryview(message)
     fields: dict[int, Any] = {}
-    position = 0
+    position = count = 0
     while position < len(raw):
+        count += 1
+        if count > _MAX_FIELDS:
+            raise DecodeError(f"BlobChunk: more than {_MAX_FIELDS} fields")
         key, position = _read_varint(raw, position)
         field, wire = key >> 3, key & 7
-        if wire == _VARINT:
-            fields[field], position = _read_varint(raw, position)
-        elif wire == _LENGTH:
-            length, position = _read_varint(raw, position)
-            if position + length > len(raw):
-                raise DecodeError("BlobChunk: field runs past the end of the message")
-            fields[field] = raw[position : position + length]
-            position += length
-        elif wire in (_FIXED64, _FIXED32):
-            position += 8 if wire == _FIXED64 else 4
-        else:
-            raise DecodeError(f"BlobChunk: wire type {wire} is not valid here")
-        if field == 0 or position > len(raw):
-            raise DecodeError("BlobChunk: malformed field")
+        if not 0 < field <= _MAX_FIELD_NUMBER:
+            raise DecodeError(f"BlobChunk: field number {field} is not valid")
+        value, position = _read_field(raw, position, wire)
+        if field in _KNOWN:
+            fields[field] = value  # unknown fields are skipped, as protobuf readers do
     return _chunk(fields)
+
+
+def _read_field(raw: memoryview, position: int, wire: int) -> tuple[Any, int]:
+    if wire == _VARINT:
+        return _read_varint(raw, position)
+    if wire == _LENGTH:
+        length, position = _read_varint(raw, position)
+        end = position + length
+    elif wire in (_FIXED64, _FIXED32):
+        end = position + (8 if wire == _FIXED64 else 4)
+    else:
+        raise DecodeError(f"BlobChunk: wire type {wire} is not valid here")
+    if end > len(raw):
+        raise DecodeError("BlobChunk: field runs past the end of the message")
+    return raw[position:end], end
 
 
 def _chunk(fields: dict[int, Any]) -> Chunk:
@@ -138,12 +154,12 @@ def as_is(message: bytes) -> bytes:
     return message
 
 
-def without_protobuf_copies(handler: Any) -> Any:
-    """A generated gRPC method handler, with `BlobChunk` read and written by this codec
-    (the service then takes `Chunk`s and yields `encode_chunk` messages)."""
-    if handler.request_deserializer == pb.BlobChunk.FromString:
+def without_protobuf_copies(method: str, handler: Any) -> Any:
+    """The generated gRPC handler of ``method`` (a name such as "UploadBlob"), with
+    `BlobChunk` read and written by this codec: UploadBlob then takes `Chunk`s and
+    DownloadBlob yields `encode_chunk` messages."""
+    if method == "UploadBlob" and handler.request_deserializer == pb.BlobChunk.FromString:
         return handler._replace(request_deserializer=decode_chunk)
-    # (every message class shares one SerializeToString: a download is known by its request)
-    if handler.request_deserializer == pb.DownloadBlobRequest.FromString:
+    if method == "DownloadBlob":
         return handler._replace(response_serializer=as_is)
     return handler
