@@ -29,7 +29,9 @@ def spares(root: Path) -> list[Path]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> BlobStore:
-    return BlobStore(tmp_path / "blobs")
+    blobs = BlobStore(tmp_path / "blobs")
+    blobs.spares.floor = 0  # whatever the free space of the disk the tests run on
+    return blobs
 
 
 def test_a_deleted_blob_becomes_a_spare_and_the_next_upload_writes_over_it(
@@ -58,7 +60,7 @@ def test_an_upload_longer_than_the_spare_gets_all_its_bytes(store: BlobStore) ->
 
 
 def test_the_spare_that_best_fits_is_taken(tmp_path: Path) -> None:
-    kept = SpareFiles(tmp_path)
+    kept = SpareFiles(tmp_path, floor=0)
     for name, size in [("small", 10), ("medium", 100), ("large", 1000)]:
         (tmp_path / name).write_bytes(b"x" * size)
         assert kept.keep(tmp_path / name)
@@ -70,7 +72,7 @@ def test_the_spare_that_best_fits_is_taken(tmp_path: Path) -> None:
 
 
 def test_spares_stay_within_their_limit_of_disk(tmp_path: Path) -> None:
-    kept = SpareFiles(tmp_path, limit=250)
+    kept = SpareFiles(tmp_path, limit=250, floor=0)
     for index in range(4):
         (tmp_path / f"blob{index}").write_bytes(b"x" * 100)
 
@@ -105,6 +107,7 @@ def test_a_run_that_ends_and_a_store_reopened_leave_no_spare(tmp_path: Path) -> 
     state = SqliteState(tmp_path / "state.db")
     try:
         store = BlobStore(tmp_path / "blobs")
+        store.spares.floor = 0
         collector = BlobCollector(state, store, clock=lambda: 0.0)
         run_id = state.create_run("app:app", {}, 0.0)
         ref = upload(store, os.urandom(10_000))
@@ -146,3 +149,12 @@ def test_a_blob_whose_download_has_finished_becomes_a_spare_again(store: BlobSto
     store.delete(ref.digest)
 
     assert len(spares(store.root)) == 1
+
+
+def test_no_spare_is_kept_on_a_disk_short_of_free_space(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    kept = SpareFiles(tmp_path, floor=free + 1024**3)  # more than this disk has free
+    (tmp_path / "blob").write_bytes(b"x" * 100)
+
+    assert not kept.keep(tmp_path / "blob")
+    assert list(tmp_path.iterdir()) == []

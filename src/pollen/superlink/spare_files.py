@@ -8,10 +8,11 @@ deletes about as many bytes of blobs (the last model, the results) as it
 writes, so the store renames a deleted blob to a spare instead of unlinking
 it, and the next upload overwrites a spare whose pages are still cached.
 
-Spares are bounded (`SPARE_BYTES`), never read (a writer truncates its file to
-what it received before the file takes its digest's name), named ``.spare-*.part``
-so that a restart removes them with other unfinished files, and all dropped
-when the disk is full.
+Spares are bounded (`SPARE_BYTES`), kept only while the disk has `FREE_FLOOR`
+free besides them, never read (a writer truncates its file to what it received
+before the file takes its digest's name), named ``.spare-*.part`` so that a
+restart removes them with other unfinished files, and all dropped when a blob
+write finds the disk full.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from pathlib import Path
 SPARE_BYTES = 4 * 1024**3
 """At most this much disk is lent to spares; past it, deleted blobs are unlinked."""
 
+FREE_FLOOR = 1024**3
+"""A deleted blob becomes a spare only if the disk has this much free: spares must
+not hold the space the state database or the next blobs need."""
+
 PATTERN = ".spare-*.part"
 
 
 class SpareFiles:
     """The spares of one blob folder; safe to use from worker threads."""
 
-    def __init__(self, root: Path, limit: int = SPARE_BYTES) -> None:
+    def __init__(self, root: Path, limit: int = SPARE_BYTES, floor: int = FREE_FLOOR) -> None:
         self.root = root
         self.limit = limit
+        self.floor = floor
         self._sizes: dict[Path, int] = {}
         self._lock = threading.Lock()
 
@@ -49,8 +55,10 @@ class SpareFiles:
         Raises FileNotFoundError if ``blob`` does not exist.
         """
         size = blob.stat().st_size
+        disk = os.statvfs(self.root)
+        roomy = disk.f_bavail * disk.f_frsize >= self.floor
         with self._lock:
-            if size == 0 or sum(self._sizes.values()) + size > self.limit:
+            if size == 0 or not roomy or sum(self._sizes.values()) + size > self.limit:
                 blob.unlink()
                 return False
             spare = self.root / PATTERN.replace("*", uuid.uuid4().hex)
