@@ -2,8 +2,9 @@
 
 A SuperLink, ``nodes`` SuperNodes and the ServerApp all run as child processes
 with TLS and client authentication (credentials generated in the work folder).
-The ClientApp (``apps/perturb_client.py``) hands the model back changed by one
-element, so every result is a distinct blob, as in real training. Each process's
+The ClientApp (``apps/perturb_client.py``) hands the model back with one element
+grown and one set from the node's id, so every result is a distinct blob, as in
+real training. Each process's
 peak RSS is read from ``/proc/PID/status`` (VmHWM) and CPU seconds from
 ``/proc/PID/stat``; round times come from the run's ``metrics.json``.
 """

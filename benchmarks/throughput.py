@@ -1,7 +1,8 @@
 """Throughput: effective MB/s moving a large model through a secure federation.
 
 For each ``--model-mb`` size, two SuperNodes (TLS and client authentication)
-receive the model, change one element and send it back, for ``--rounds`` rounds.
+receive the model, change two elements (one from the node's id, so that the
+nodes' results differ) and send it back, for ``--rounds`` rounds.
 Effective throughput = 4 x model bytes per round (to both nodes and back) over
 the median round time, the measure the recorded Flower figures use. The first
 rounds are slower on this project's machine (its VM hands freed memory back to

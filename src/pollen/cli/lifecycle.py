@@ -67,8 +67,9 @@ def _keep_freed_memory_for_reuse(holds_models: bool) -> None:
     ServerApp's CPU in a large-model round. Up to 64 MiB of freed memory per
     heap is kept for reuse instead, and buffers below 32 MiB come from the heap.
 
-    With ``holds_models``, model-sized buffers (a downloaded model, the
-    aggregate, an encoded result) come from the heap too, and up to 2 GiB of
+    With ``holds_models``, model-sized buffers the main thread allocates (a
+    downloaded model, the aggregate) come from the heap too (glibc still maps
+    those of other threads), and up to 2 GiB of
     freed memory is kept: glibc unmaps buffers it got by mmap as soon as they
     are freed, and on this project's VM memory handed back is reclaimed by the
     host, so each round's new model-sized buffer was touched fresh, at 1.6 GB/s

@@ -44,7 +44,9 @@ class BlobCollector:
         """``run_id`` no longer needs ``digests`` (all its blobs when None: it ended)."""
         deleted = self.collect(self.state.release_blobs(run_id, digests))
         if digests is None:
-            self.store.spares.drop()  # a run that ended leaves no file of its own behind
+            # a run that ended leaves no spare behind (other runs' spares go too:
+            # they cost the next uploads some speed, never a byte of data)
+            self.store.spares.drop()
         return deleted
 
     def sweep(self, grace: float = ORPHAN_GRACE_SECONDS) -> int:
