@@ -69,17 +69,18 @@ def _keep_freed_memory_for_reuse(holds_models: bool) -> None:
 
     With ``holds_models``, model-sized buffers the main thread allocates (a
     downloaded model, the aggregate) come from the heap too (glibc still maps
-    those of other threads), and up to 2 GiB of
-    freed memory is kept: glibc unmaps buffers it got by mmap as soon as they
-    are freed, and on this project's VM memory handed back is reclaimed by the
-    host, so each round's new model-sized buffer was touched fresh, at 1.6 GB/s
-    against 33 GB/s for memory in use (measured: the ServerApp's CPU per round
-    at 500 MB fell from 1.3-1.65 s to 1.07-1.21 s, its peak RSS unchanged).
+    those of other threads), and up to 2 GiB of freed memory is kept: glibc
+    unmaps buffers it got by mmap as soon as they are freed, and on this
+    project's VM memory handed back is reclaimed by the host, so each round's
+    new model-sized buffer was touched fresh, at 1.6 GB/s against 33 GB/s for
+    memory in use (measured: the ServerApp's CPU per round at 500 MB fell from
+    1.3-1.65 s to 1.07-1.21 s, its peak RSS unchanged).
 
     Otherwise (the SuperLink) its threads share two heaps: each heap keeps up
     to 64 MiB of freed memory, and with glibc's default of a heap per busy
     thread the SuperLink's peak RSS with 8 nodes moving a 500 MB model was
     0.58 GB; with two heaps 0.30 GB.
+
     Elsewhere (musl, macOS), or when MALLOC_* or GLIBC_TUNABLES is set, this does
     nothing.
     """
