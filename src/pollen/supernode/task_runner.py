@@ -53,10 +53,9 @@ class TaskRunner:
         self.node_config = node_config
         self.cache = cache or BlobCache()
         self._contexts: dict[int, Context] = {}
-        # Buffers the app never sees, reused to spare fresh allocations (which cost
-        # about as much as a copy): the last encoded result, a blob the cache let go.
+        # Buffers reused to spare fresh allocations (which cost about as much as a
+        # copy): the last encoded result (the app never sees it), the app's last copy.
         self._upload_buffer: bytearray | None = None
-        self._spare: bytearray | None = None
         self._app_buffer: bytearray | None = None  # the last copy an app got, if it let go
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
@@ -75,9 +74,9 @@ class TaskRunner:
         if blob is None:
             if not self.cache.accepts(ref.size):
                 return await fleet.download_blob(ref)  # not kept: the app gets this very buffer
-            reuse, self._spare = self._spare or self.cache.make_room(), None
-            blob = await fleet.download_blob(ref, reuse)
-            self._spare = self.cache.put(ref.digest, blob)
+            # into the buffer of the blob the cache lets go, if it is full
+            blob = await fleet.download_blob(ref, self.cache.make_room())
+            self.cache.put(ref.digest, blob)  # room was made: evicts nothing
         # The app may change its arrays in place; the cached blob must stay intact.
         return self._app_copy(blob)
 
