@@ -32,6 +32,7 @@ PEER ?= --peer flower
 bench: $(VENV)/.installed
 	$(PY) benchmarks/round_latency.py --secure $(PEER)
 	$(PY) benchmarks/auth_overhead.py --repeats 3
+	$(PY) benchmarks/transport_ceiling.py
 	$(PY) benchmarks/throughput.py --model-mb 100 500 $(PEER)
 	$(PY) benchmarks/throughput.py --model-mb 2500 --rounds 3
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 2 $(PEER)
