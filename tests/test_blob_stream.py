@@ -11,7 +11,7 @@ import pytest
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import decode_arrays, encode_arrays
+from pollen.records.arrays import ArrayBytes, decode_arrays, encode_arrays
 from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
 from pollen.transport import blob_stream
@@ -110,11 +110,40 @@ def test_an_upload_reply_that_names_other_bytes_is_refused() -> None:
         stored_ref(pb.BlobRef(digest=digest, size=4), BlobRef("", 3))
 
 
-def test_an_upload_never_lays_out_arrays_over_the_buffer_they_live_in() -> None:
-    from pollen.server.driver import _overlaps
+def mixed_arrays() -> list[np.ndarray]:
+    big = np.arange(blob_stream.CHUNK_SIZE // 3, dtype=np.float32)  # chunk edges inside it
+    return [
+        np.arange(7, dtype=np.float16),
+        np.array(2.5),  # scalar
+        np.zeros((0, 3), np.int64),  # zero-size
+        np.ones((3, 5), dtype=bool),
+        np.arange(40, dtype=">i4").reshape(5, 8)[:, ::3],  # big-endian, not contiguous
+        big,
+        np.array([1 + 2j, 3 - 4j]),  # three small arrays share the last chunk
+        np.arange(blob_stream.CHUNK_SIZE + 5, dtype=np.uint8),
+        np.array([-1], dtype=np.int8),
+    ]
 
-    buffer = encode_arrays([np.arange(10, dtype=np.float32), np.ones((2, 2))])
-    inside = decode_arrays(buffer)
-    assert _overlaps(inside, buffer)
-    assert _overlaps([inside[1]], buffer)
-    assert not _overlaps([a.copy() for a in inside], buffer)
+
+@pytest.mark.parametrize("offset", [0, 1, blob_stream.CHUNK_SIZE - 1, blob_stream.CHUNK_SIZE * 2])
+def test_arrays_sent_from_their_own_memory_arrive_as_their_flat_buffer(offset: int) -> None:
+    arrays = mixed_arrays()
+    expected = bytes(encode_arrays(arrays))
+    blob = ArrayBytes(arrays)
+    assert len(blob) == len(expected) and bytes(blob) == expected
+    chunks = [decode_chunk(c) for c in iter_chunks(blob, BlobRef("", len(blob)), offset=offset)]
+    assert [c.offset for c in chunks] == list(range(offset, len(expected), blob_stream.CHUNK_SIZE))
+    assert b"".join(bytes(c.data) for c in chunks) == expected[offset:]
+    decoded = decode_arrays(bytearray(expected))
+    for sent, received in zip(arrays, decoded, strict=True):
+        assert received.dtype == sent.dtype and np.array_equal(received, sent)
+
+
+def test_sending_arrays_copies_their_bytes_only_into_the_messages() -> None:
+    weights = np.zeros(1000, dtype=np.float32)
+    blob = ArrayBytes([weights])
+    weights[:] = 1.5  # the blob is a view of the arrays, not a copy laid out beforehand
+    assert decode_arrays(bytearray(bytes(blob)))[0].tolist() == [1.5] * 1000
+    # arrays decoded from a buffer (as a node's model is) go out as that very buffer
+    buffer = encode_arrays(mixed_arrays())
+    assert bytes(ArrayBytes(decode_arrays(buffer))) == bytes(buffer)

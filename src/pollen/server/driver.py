@@ -6,14 +6,13 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
-import numpy as np
 from google.protobuf.message import Message
 
 from pollen.errors import ConnectionFailed
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
-from pollen.records.arrays import decode_arrays, encode_arrays
+from pollen.records.arrays import ArrayBytes, decode_arrays
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.server.reconnect import Reconnector
@@ -160,7 +159,7 @@ class DriverClient:
         )
 
     def drop_transient(self) -> None:
-        """Free the buffer that transient downloads and uploads reuse (at the end of a run)."""
+        """Free the buffer that transient downloads reuse (at the end of a run)."""
         self._transient, self._transient_digest = None, ""
 
     async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
@@ -171,29 +170,21 @@ class DriverClient:
         )
 
     async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
-        """Lay ``arrays`` out as one blob and upload it once (in chunks), held by ``run_id``.
+        """Upload ``arrays`` as one blob (in chunks), held by ``run_id``.
 
-        The blob is laid out in the buffer of transient downloads: between two
-        folds that buffer is free, and a model-sized buffer allocated afresh each
-        round cost about a third of the ServerApp's CPU in page faults (500 MB
-        model). The SuperLink hashes the blob on arrival and names it: no second
-        pass over the model here.
+        Each chunk is copied straight from the arrays into its message
+        (`ArrayBytes`): no model-sized buffer is laid out first. The SuperLink
+        hashes the blob on arrival and names it: no pass over the model here.
         """
-        reuse = self._transient
-        if reuse is not None and _overlaps(arrays, reuse):
-            reuse = None  # the arrays live in that buffer: writing it would scramble them
-        self._transient, self._transient_digest = None, ""
-        buffer = await asyncio.to_thread(encode_arrays, arrays, reuse)
-        sent = BlobRef("", len(buffer))
+        blob = ArrayBytes(arrays)
+        sent = BlobRef("", len(blob))
         reply = await self._retry.call(
             lambda: self._upload(
-                iter_chunks(buffer, sent, run_id=run_id),
+                iter_chunks(blob, sent, run_id=run_id),
                 metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
             )
         )
-        ref = stored_ref(reply, sent)
-        self._transient, self._transient_digest = buffer, ref.digest
-        return ref
+        return stored_ref(reply, sent)
 
     async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
         """Download and decode a blob.
@@ -217,8 +208,3 @@ class DriverClient:
         if transient:
             self._transient, self._transient_digest = buffer, ref.digest
         return decode_arrays(buffer)
-
-
-def _overlaps(arrays: NDArrays, buffer: bytearray) -> bool:
-    whole = np.frombuffer(buffer, np.uint8)
-    return any(np.may_share_memory(array, whole) for array in arrays)

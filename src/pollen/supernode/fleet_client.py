@@ -10,7 +10,7 @@ from google.protobuf.message import Message
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
-from pollen.records.arrays import Buffer
+from pollen.records.arrays import ArrayBytes, Buffer
 from pollen.records.messages import BlobRef, Result, RunInfo, Task
 from pollen.transport.blob_stream import (
     download_blob,
@@ -75,7 +75,9 @@ class FleetClient:
         request = fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
         await self._stub.PushResult(request, metadata=self._signed("PushResult", request))
 
-    async def upload_blob(self, buffer: Buffer, digest: str = "", run_id: int = 0) -> BlobRef:
+    async def upload_blob(
+        self, buffer: Buffer | ArrayBytes, digest: str = "", run_id: int = 0
+    ) -> BlobRef:
         """Upload ``buffer``; without ``digest`` the SuperLink names it (and hashes it once)."""
         ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None

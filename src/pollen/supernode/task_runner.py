@@ -12,7 +12,7 @@ import grpc
 
 from pollen.client.client_app import ClientApp, Reply
 from pollen.errors import PollenError
-from pollen.records.arrays import decode_arrays, encode_arrays
+from pollen.records.arrays import ArrayBytes, decode_arrays
 from pollen.records.context import Context
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
@@ -53,9 +53,7 @@ class TaskRunner:
         self.node_config = node_config
         self.cache = cache or BlobCache()
         self._contexts: dict[int, Context] = {}
-        # Buffers reused to spare fresh allocations (which cost about as much as a
-        # copy): the last encoded result (the app never sees it), the app's last copy.
-        self._upload_buffer: bytearray | None = None
+        # Reused to spare a fresh allocation (which costs about as much as a copy).
         self._app_buffer: bytearray | None = None  # the last copy an app got, if it let go
 
     async def _context(self, fleet: FleetClient, task: Task) -> Context:
@@ -127,13 +125,13 @@ class TaskRunner:
 
     def _execute(
         self, task: Task, blob: bytearray | None, context: Context
-    ) -> tuple[Reply, bytearray | None]:
+    ) -> tuple[Reply, ArrayBytes | None]:
         parameters: NDArrays = decode_arrays(blob) if blob is not None else []
         reply = self.app.run_task(task.kind, parameters, task.config, context)
         if reply.parameters is None:
             return reply, None
-        self._upload_buffer = encode_arrays(reply.parameters, self._upload_buffer)
-        return reply, self._upload_buffer
+        # sent straight from the app's arrays: each chunk is copied once, into its message
+        return reply, ArrayBytes(reply.parameters)
 
 
 def _viewed(buffer: bytearray) -> bool:

@@ -10,7 +10,7 @@ import grpc
 
 from pollen.errors import BlobError
 from pollen.proto import common_pb2 as pb
-from pollen.records.arrays import Buffer
+from pollen.records.arrays import ArrayBytes, Buffer
 from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.transport.chunk_codec import Chunk, as_is, decode_chunk, encode_chunk
@@ -22,19 +22,32 @@ CHUNK_SIZE = 1024 * 1024
 
 
 def iter_chunks(
-    buffer: Buffer, ref: BlobRef, node_id: int = 0, offset: int = 0, run_id: int = 0
+    buffer: Buffer | ArrayBytes,
+    ref: BlobRef,
+    node_id: int = 0,
+    offset: int = 0,
+    run_id: int = 0,
 ) -> Iterator[bytes]:
     """Encoded `BlobChunk` messages of ``buffer`` from ``offset``; the first names the
-    digest, total size and run.
+    digest, total size and run. Each byte is copied once, into its message.
 
     An upload may leave ``ref.digest`` empty: the SuperLink then names the blob by
     its content and says so in its reply.
     """
-    view = memoryview(buffer)
+    pieces: Callable[[int, int], list[memoryview]]
+    if isinstance(buffer, ArrayBytes):
+        size, pieces = len(buffer), buffer.slice
+    else:
+        view = memoryview(buffer).cast("B")
+        size = len(view)
+
+        def pieces(start: int, end: int) -> list[memoryview]:
+            return [view[start:end]]
+
     first = True
     position = offset
-    while first or position < len(view):
-        data = view[position : position + CHUNK_SIZE]
+    while first or position < size:
+        data = pieces(position, min(position + CHUNK_SIZE, size))
         yield encode_chunk(
             data,
             offset=position,
@@ -44,7 +57,7 @@ def iter_chunks(
             run_id=run_id if first else 0,
         )
         first = False
-        position += len(data)
+        position += sum(len(piece) for piece in data)
 
 
 def upload_call(

@@ -13,6 +13,7 @@ processes with protobuf and ~5.5 with this codec.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +55,20 @@ def _varint(value: int) -> bytes:
 
 
 def encode_chunk(
-    data: Buffer,
+    data: Buffer | Sequence[memoryview],
     offset: int,
     digest: str = "",
     total_size: int = 0,
     node_id: int = 0,
     run_id: int = 0,
 ) -> bytes:
-    """A `BlobChunk` message (zero fields left out, as protobuf does), data last."""
+    """A `BlobChunk` message (zero fields left out, as protobuf does), data last.
+
+    ``data`` may come in pieces (a list of views): they are joined into the
+    message with the rest, in the same one copy.
+    """
+    parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+    size = sum(len(part) for part in parts)
     header = bytearray()
     if digest:
         encoded = digest.encode()
@@ -74,9 +81,9 @@ def encode_chunk(
     ):
         if value:
             header += _varint(field << 3 | _VARINT) + _varint(value)
-    if len(data):
-        header += _varint(_DATA << 3 | _LENGTH) + _varint(len(data))
-    return b"".join((header, data))
+    if size:
+        header += _varint(_DATA << 3 | _LENGTH) + _varint(size)
+    return b"".join((header, *parts))
 
 
 def _read_varint(raw: memoryview, position: int) -> tuple[int, int]:
