@@ -87,4 +87,4 @@ def serverapp(
             raise RunError("interrupted; the run did not finish")
         run.result()
 
-    run_until_signalled(drive, holds_models=True)
+    run_until_signalled(drive, holds_models=True, one_run=True)
