@@ -17,8 +17,7 @@ round, so on C cores no relay through a SuperLink can pass
 
 and that only if every core is busy all the time with nothing but those bytes:
 no copy into a buffer, no disk, no Python. The figure moves with the machine
-(this VM's memory bandwidth varies by +-20% from one minute to the next), so
-``throughput.py`` measures it beside each run.
+(this VM's memory bandwidth varies by +-20% from one minute to the next).
 
     .venv/bin/python benchmarks/transport_ceiling.py [--gigabytes 1] [--nodes 2]
 """
@@ -79,15 +78,11 @@ def _cpu() -> float:
     return times.user + times.system
 
 
-def _write_credentials(folder: Path) -> ServerTls:
+def _write_credentials(folder: Path) -> None:
     for name, (content, _private) in tls_files(["127.0.0.1"]).items():
         path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    certificates = folder / "certificates"
-    return ServerTls(
-        certificates / "ca.crt", certificates / "server.pem", certificates / "server.key"
-    )
 
 
 async def _serve(folder: Path, total: int) -> None:
@@ -212,7 +207,7 @@ def measure_transport(gigabytes: float = 1.0, repeats: int = 3) -> TransportCost
         statistics.median(sends),
         statistics.median(receives),
         _hash_cost(total),
-        os.cpu_count() or 1,
+        len(os.sched_getaffinity(0)),
     )
 
 

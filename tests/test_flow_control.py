@@ -68,5 +68,6 @@ async def _sent_while_unread() -> int:
 
 
 def test_a_stream_runs_ahead_of_its_reader_by_one_window_at_most() -> None:
-    # the window, plus a message being written and one being read
-    assert asyncio.run(_sent_while_unread()) <= STREAM_WINDOW_BYTES // MIB + 2
+    # the window, plus a message being written and one being read; and it does flow
+    sent = asyncio.run(_sent_while_unread())
+    assert STREAM_WINDOW_BYTES // MIB - 1 <= sent <= STREAM_WINDOW_BYTES // MIB + 2

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
+import numpy as np
 from google.protobuf.message import Message
 
 from pollen.errors import ConnectionFailed
@@ -70,7 +71,7 @@ class DriverClient:
         Later calls ride out a SuperLink restart for up to ``timeout`` seconds.
         """
         auth = RequestAuth() if identity is not None else None
-        channel = open_channel(address, credentials)
+        channel = open_channel(address, credentials, fixed_window=True)  # beside the SuperLink
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
             if identity is not None and auth is not None:
@@ -176,6 +177,9 @@ class DriverClient:
         (`ArrayBytes`): no model-sized buffer is laid out first. The SuperLink
         hashes the blob on arrival and names it: no pass over the model here.
         """
+        if self._transient is not None and _overlaps(arrays, self._transient):
+            # the arrays live in the buffer the next download writes: let it go to them
+            self._transient, self._transient_digest = None, ""
         blob = ArrayBytes(arrays)
         sent = BlobRef("", len(blob))
         reply = await self._retry.call(
@@ -208,3 +212,8 @@ class DriverClient:
         if transient:
             self._transient, self._transient_digest = buffer, ref.digest
         return decode_arrays(buffer)
+
+
+def _overlaps(arrays: NDArrays, buffer: bytearray) -> bool:
+    whole = np.frombuffer(buffer, np.uint8)
+    return any(np.may_share_memory(array, whole) for array in arrays)

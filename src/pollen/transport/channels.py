@@ -13,18 +13,20 @@ from pollen.transport.addresses import Address
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 STREAM_WINDOW_BYTES = 4 * 1024 * 1024
-_FLOW_CONTROL: list[tuple[str, int]] = [
+FIXED_WINDOW: list[tuple[str, int]] = [
     # What a stream may have in flight towards a receiver that has not read it yet.
     # gRPC's default grows this window from probes of the link; on loopback the
     # probes overestimated it, and a SuperLink receiving eight 500 MB uploads at
     # once held up to 0.67 GB of them in memory (0.24-0.67 GB from run to run).
     # With a fixed 4 MiB window it held 0.20-0.23 GB, at the same throughput.
+    # The SuperLink's server and the ServerApp's channel (beside it) use it; a
+    # SuperNode's channel keeps the probes: across a wide-area link a fixed
+    # window would cap a download at 4 MiB per round trip.
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
 ]
 
 CLIENT_OPTIONS: list[tuple[str, int]] = [  # what every channel of Pollen is opened with
-    *_FLOW_CONTROL,
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
@@ -34,7 +36,7 @@ CLIENT_OPTIONS: list[tuple[str, int]] = [  # what every channel of Pollen is ope
 ]
 
 _SERVER_OPTIONS: list[tuple[str, int]] = [
-    *_FLOW_CONTROL,
+    *FIXED_WINDOW,
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
@@ -47,14 +49,18 @@ def open_channel(
     address: Address,
     credentials: grpc.ChannelCredentials | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    fixed_window: bool = False,
 ) -> grpc.aio.Channel:
-    """An asynchronous channel to ``address``; plaintext when ``credentials`` is None."""
+    """An asynchronous channel to ``address``; plaintext when ``credentials`` is None.
+
+    ``fixed_window``: streams toward this side have a fixed flow-control window
+    (see `FIXED_WINDOW`), for a peer on the same machine or network.
+    """
     target = str(address)
+    options = [*FIXED_WINDOW, *CLIENT_OPTIONS] if fixed_window else CLIENT_OPTIONS
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=CLIENT_OPTIONS, interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        target, credentials, options=CLIENT_OPTIONS, interceptors=interceptors
-    )
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
 def new_server() -> grpc.aio.Server:

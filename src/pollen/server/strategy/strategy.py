@@ -32,8 +32,7 @@ class FitAggregator(ABC):
         """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason.
 
         ``result.parameters`` are views over a download buffer that the next
-        result (or the next upload of the global model) reuses: copy whatever
-        must outlive this call.
+        result reuses: copy whatever must outlive this call.
         """
 
     @abstractmethod
