@@ -13,8 +13,8 @@ from pollen.records.messages import BlobRef
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
-from pollen.transport.blob_stream import CHUNK_SIZE
-from pollen.transport.chunk_codec import Chunk, encode_chunk
+from pollen.transport.blob_stream import CHUNK_SIZE, encode_chunks
+from pollen.transport.chunk_codec import Chunk
 
 
 async def receive_upload(
@@ -74,16 +74,6 @@ async def send_download(
         await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
     if request.offset > size:
         await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {size}")
-    position = request.offset
-    first = True
-    for data in store.read_chunks(request.digest, request.offset, CHUNK_SIZE):
-        yield encode_chunk(
-            data,
-            offset=position,
-            digest=request.digest if first else "",
-            total_size=size if first else 0,
-        )
-        first = False
-        position += len(data)
-    if first:  # empty blob or offset at the end: still say how big it is
-        yield encode_chunk(b"", offset=position, digest=request.digest, total_size=size)
+    chunks = store.read_chunks(request.digest, request.offset, CHUNK_SIZE)
+    for message in encode_chunks(chunks, BlobRef(request.digest, size), request.offset):
+        yield message
