@@ -15,12 +15,9 @@ import grpc
 
 from pollen.transport.addresses import Address
 from pollen.transport.channels import STREAM_WINDOW_BYTES, new_server, open_channel
+from pollen.transport.chunk_codec import as_is
 
 MIB = 1024 * 1024
-
-
-def _as_is(message: bytes) -> bytes:
-    return message
 
 
 async def _sent_while_unread() -> int:
@@ -35,14 +32,14 @@ async def _sent_while_unread() -> int:
         return b""
 
     server = new_server()
-    handler = grpc.stream_unary_rpc_method_handler(upload, _as_is, _as_is)
+    handler = grpc.stream_unary_rpc_method_handler(upload, as_is, as_is)
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler("test", {"Upload": handler})]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = open_channel(Address("127.0.0.1", port))
-    call = channel.stream_unary("/test/Upload", _as_is, _as_is)
+    call = channel.stream_unary("/test/Upload", as_is, as_is)
     payload = os.urandom(MIB)
     produced = 0
 
