@@ -116,6 +116,24 @@ def test_0d_arrays_are_averaged() -> None:
     assert float(parameters[0]) == 2.0
 
 
+@pytest.mark.parametrize(
+    "dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, bool]
+)
+def test_0d_integer_arrays_stay_arrays_and_are_rounded(dtype: type) -> None:
+    # BatchNorm's num_batches_tracked: a 0-d int64 array in every state_dict
+    reference = [np.zeros(2, np.float32), np.array(0, dtype)]
+    a = FitRes([np.ones(2, np.float32), np.array(1, dtype)], 1)
+    b = FitRes([np.ones(2, np.float32), np.array(0 if dtype is bool else 2, dtype)], 3)
+
+    parameters, _ = aggregate(reference, a, b)
+
+    assert isinstance(parameters[1], np.ndarray)
+    assert parameters[1].shape == ()
+    assert parameters[1].dtype == np.dtype(dtype)
+    # (1*1 + 3*2) / 4 = 1.75 -> 2; bool: (1*True + 3*False) / 4 = 0.25 -> False
+    assert parameters[1] == (False if dtype is bool else 2)
+
+
 def test_finish_with_nothing_added_returns_none_and_no_metrics() -> None:
     assert aggregate([np.zeros(3)]) == (None, {})
 

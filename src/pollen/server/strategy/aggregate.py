@@ -97,7 +97,8 @@ class RunningWeightedMean:
         for total, (_, dtype) in zip(self._sums, self._reference, strict=True):
             np.divide(total, self.total_weight, out=total)
             if dtype.kind in "biu":
-                out.append(np.rint(total.real).astype(dtype))
+                # asarray: a ufunc of a 0-d array (BatchNorm's num_batches_tracked) is a scalar
+                out.append(np.asarray(np.rint(total.real)).astype(dtype))
             else:
                 out.append(total.astype(dtype, copy=False))
         self._sums = None
