@@ -71,16 +71,69 @@ def test_trailing_comma_is_allowed() -> None:
     assert parse_config_string("a=1,") == {"a": 1}
 
 
-def test_value_may_contain_equals_sign() -> None:
-    assert parse_config_string("query=a=b") == {"query": "a=b"}
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('query="a=b"', "a=b"),
+        ("path='data;v2'", "data;v2"),
+        ('name="a,b;c=d",x=1', "a,b;c=d"),
+        ('name = " spaced, out " ', " spaced, out "),
+    ],
+)
+def test_a_quoted_value_may_hold_separators_on_purpose(text: str, expected: str) -> None:
+    config = parse_config_string(text)
+
+    assert next(iter(config.values())) == expected
+    assert len(config) == (2 if "x=1" in text else 1)
+
+
+def test_an_apostrophe_inside_a_value_is_not_a_quote() -> None:
+    assert parse_config_string("owner=O'Brien,lr=0.1") == {"owner": "O'Brien", "lr": 0.1}
 
 
 def test_empty_value_is_an_empty_string() -> None:
     assert parse_config_string("a=") == {"a": ""}
 
 
-def test_later_key_overrides_earlier_one() -> None:
-    assert parse_config_string("a=1,a=2") == {"a": 2}
+TWO_SETTINGS = "partition-id=0,num-partitions=2"
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "fix"),
+    [
+        # issue 12: this became partition-id="0;num-partitions=2" and the node failed every round
+        ("partition-id=0;num-partitions=2", "'0;num-partitions=2'", f"({TWO_SETTINGS})"),
+        ("partition-id=0 num-partitions=2", "'0 num-partitions=2'", f"({TWO_SETTINGS})"),
+        ("query=a=b", "'a=b'", "'query=\"a=b\"'"),
+        ("lr=0.1;0.2", "'0.1;0.2'", "'lr=\"0.1;0.2\"'"),
+    ],
+)
+def test_an_unquoted_value_that_looks_like_a_mistaken_separator_is_refused(
+    text: str, value: str, fix: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_config_string(text, option="--node-config")
+
+    message = str(info.value)
+    assert message.startswith(f"--node-config {text}: the value {value} holds")
+    assert "separate settings with commas" in message and "quote a value" in message
+    assert fix in message
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_config_string("a=1,b=0,a=2", option="--run-config")
+
+    assert str(info.value) == "--run-config a: given twice (a=1 and a=2); give each setting once"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [('name="abc', 'the quote " is not closed'), ('name="a"b', "text follows the closing quote")],
+)
+def test_a_broken_quote_is_refused(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        parse_config_string(text)
 
 
 @pytest.mark.parametrize("item", ["lr", "=0.1", " = 3", "a b"])

@@ -26,4 +26,9 @@ strategy = FedAvg(
     fit_metrics_aggregation_fn=weighted_average,
 )
 
-app = ServerApp(config=ServerConfig(num_rounds=3), strategy=strategy)
+# The settings --run-config may change, with their defaults; any other key is refused
+# (a misspelt `epochs=2` would otherwise be ignored). client.py reads them from
+# context.run_config.
+run_config = {"local-epochs": 1}
+
+app = ServerApp(config=ServerConfig(num_rounds=3), strategy=strategy, run_config=run_config)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from pollen.errors import ConfigurationError
 from pollen.records.typing import Scalar, UserConfig
 from pollen.server.strategy.fedavg import FedAvg
 from pollen.server.strategy.strategy import Strategy
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,10 +58,26 @@ class ServerApp:
         self.config = config or ServerConfig()
         self.strategy = strategy or FedAvg()
         self.run_config: UserConfig = dict(run_config or {})
+        self._warned: set[tuple[str, ...]] = set()
 
     def merged_run_config(self, overrides: UserConfig, option: str = "--run-config") -> UserConfig:
-        """The declared settings with ``overrides`` applied, each checked against its default."""
+        """The declared settings with ``overrides`` applied, each checked against its default.
+
+        An app that declares no settings takes any key, unchecked: a warning
+        (logged once per app and keys) names them, since a misspelt key would
+        otherwise be ignored without a word.
+        """
         if not self.run_config:
+            unchecked = tuple(sorted(overrides))
+            if unchecked and unchecked not in self._warned:
+                self._warned.add(unchecked)
+                logger.warning(
+                    "%s %s: this ServerApp declares no settings, so Pollen cannot check these "
+                    "names and a misspelt one is ignored; declare them with their defaults, "
+                    "ServerApp(..., run_config={...}), to have them checked",
+                    option,
+                    ", ".join(unchecked),
+                )
             return dict(overrides)
         merged = dict(self.run_config)
         for key, value in overrides.items():
