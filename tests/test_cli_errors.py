@@ -202,8 +202,76 @@ def test_run_config_overrides_merge_with_the_declared_defaults() -> None:
     assert merged == {"lr": 1.0, "local-epochs": 2, "optimizer": "3", "augment": False}
 
 
+def test_node_config_with_a_semicolon_for_a_comma_is_refused() -> None:
+    # issue 12: partition-id became the string "0;num-partitions=2" and every round failed
+    code, output = run(
+        "supernode",
+        "numpy_apps:app",
+        "--insecure",
+        "--dir",
+        str(APPS_DIR),
+        "--node-config",
+        "partition-id=0;num-partitions=2",
+    )
+    assert code == 2
+    assert_one_line_error(
+        output,
+        "--node-config partition-id=0;num-partitions=2: the value '0;num-partitions=2'",
+        "separate settings with commas (partition-id=0,num-partitions=2)",
+    )
+
+
+def test_a_run_config_key_given_twice_is_refused() -> None:
+    code, output = run(
+        "serverapp",
+        "configured_server:app",
+        "--insecure",
+        "--dir",
+        str(APPS_DIR),
+        "--run-config",
+        "lr=0.1,lr=0.2",
+    )
+    assert code == 2
+    assert_one_line_error(output, "--run-config lr: given twice (lr=0.1 and lr=0.2)")
+
+
+def test_the_cifar_example_refuses_a_misspelt_run_config_key() -> None:
+    # issue 12: its README suggests local-epochs=2; epochs=2 was ignored without a word
+    example = Path(__file__).parent.parent / "examples" / "client-authentication-pytorch"
+    code, output = run(
+        "serverapp", "server:app", "--insecure", "--dir", str(example), "--run-config", "epochs=2"
+    )
+    assert code == 2
+    assert_one_line_error(
+        output, "--run-config epochs: not a setting of this app; its settings are local-epochs"
+    )
+
+
+def test_run_config_keys_of_an_app_that_declares_none_are_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from pollen.server import ServerApp
+
+    app = ServerApp()
+    with caplog.at_level("WARNING", logger="pollen.server.server_app"):
+        merged = app.merged_run_config({"epochs": 2, "lr": 0.1})
+        assert app.merged_run_config(merged) == merged  # the CLI checks, then the run does
+    assert merged == {"epochs": 2, "lr": 0.1}  # passed on as given
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("--run-config epochs, lr: this ServerApp declares no settings")
+    assert "ServerApp(..., run_config={...})" in warning
+
+
 @pytest.mark.parametrize("age", ["soon", "7 days", "-1d"])
 def test_prune_with_an_age_that_is_not_one(age: str) -> None:
     code, output = run("runs", "prune", "--older-than", age, "--insecure")
     assert code == 2
     assert_one_line_error(output, "is not an age; write e.g. 7d")
+
+
+@pytest.mark.parametrize("age", ["7", "1.5"])
+def test_prune_with_an_age_without_its_unit_is_refused(age: str) -> None:
+    # issue 12: "7" was taken for 7 seconds, which deletes nearly every finished run
+    code, output = run("runs", "prune", "--older-than", age, "--insecure")
+    assert code == 2
+    assert_one_line_error(output, f"--older-than '{age}' has no unit; write {age}d (days)")

@@ -19,11 +19,18 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_age(text: str) -> float:
-    """``7d``, ``12h``, ``30m``, ``45s`` or ``0`` as seconds."""
+    """``7d``, ``12h``, ``30m``, ``45s`` or ``0`` as seconds; a number needs its unit."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if match is None:
         raise ConfigurationError(
             f"--older-than {text!r} is not an age; write e.g. 7d, 12h, 30m or 45s"
+        )
+    if not match[2] and float(match[1]) != 0:
+        # "7" could mean days as well as seconds; guessing wrong deletes runs
+        number = match[1]
+        raise ConfigurationError(
+            f"--older-than {text!r} has no unit; write {number}d (days), {number}h (hours), "
+            f"{number}m (minutes) or {number}s (seconds)"
         )
     return float(match[1]) * _UNITS[match[2] or "s"]
 
@@ -34,7 +41,11 @@ def runs() -> None:
 
 
 @runs.command("prune")
-@click.option("--older-than", required=True, help="Age of the runs to delete: 7d, 12h, 30m...")
+@click.option(
+    "--older-than",
+    required=True,
+    help="Age of the runs to delete, with its unit: 7d, 12h, 30m or 45s.",
+)
 @click.option(
     "--abandoned",
     is_flag=True,
