@@ -364,7 +364,7 @@ def test_a_node_cannot_act_for_another_node(tmp_path: Path, seed: Seed) -> None:
             me, victim = fleet_a.node_id, fleet_b.node_id
             async with collecting(fleet_b) as inbox:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [victim], 2)
-                run_id = await driver.create_run("attack", {})
+                run_id, _ = await driver.create_run("attack", {})
                 ref = await driver.upload_arrays([np.arange(3.0)])
                 task = Task(run_id, victim, "fit", ref)
                 await driver.push_tasks(run_id, [task])
@@ -432,7 +432,7 @@ def test_a_result_naming_a_malformed_blob_is_refused_as_invalid(
             fleet = await registered(client)
             async with collecting(fleet) as inbox:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
-                run_id = await driver.create_run("hostile node", {})
+                run_id, _ = await driver.create_run("hostile node", {})
                 task = Task(run_id, fleet.node_id, "fit")
                 await driver.push_tasks(run_id, [task])
                 await asyncio.wait_for(inbox.get(), 2)
@@ -567,7 +567,7 @@ def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: S
             fleet = await registered(client)
             async with collecting(fleet) as inbox:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
-                run_id = await driver.create_run("watching", {})
+                run_id, _ = await driver.create_run("watching", {})
                 task = Task(run_id, fleet.node_id, "evaluate")  # delivered, never answered
                 await driver.push_tasks(run_id, [task])
                 await asyncio.wait_for(inbox.get(), 2)
@@ -625,7 +625,7 @@ def test_driver_api_with_operator_keys_admits_only_listed_operators(
         async with open_superlink(config) as link:
             address = Address("127.0.0.1", link.driver_port)
             async with driver_client(seed, link.driver_port, operator) as driver:
-                assert await driver.create_run("by an operator", {}) > 0
+                assert (await driver.create_run("by an operator", {}))[0] > 0
             async with driver_client(seed, link.driver_port) as anonymous:
                 assert await status_of(anonymous.create_run("anonymous", {})) == UNAUTHENTICATED
 

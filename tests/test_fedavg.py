@@ -117,7 +117,8 @@ def test_0d_arrays_are_averaged() -> None:
 
 
 @pytest.mark.parametrize(
-    "dtype", [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, bool]
+    "dtype",
+    [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64, bool],
 )
 def test_0d_integer_arrays_stay_arrays_and_are_rounded(dtype: type) -> None:
     # BatchNorm's num_batches_tracked: a 0-d int64 array in every state_dict

@@ -43,7 +43,7 @@ def test_three_rounds_with_two_nodes_average_and_write_outputs(tmp_path: Path) -
         assert outcome.history.rounds[0].fit_metrics["train_loss"] == pytest.approx(0.5)
         assert outcome.history.rounds[-1].evaluate_metrics == {"accuracy": 0.5}
         with np.load(directory / "final_model.npz") as saved:
-            np.testing.assert_array_equal(saved["arr_0"], outcome.parameters[0])
+            np.testing.assert_array_equal(saved["layer_0"], outcome.parameters[0])
         metrics = json.loads((directory / "metrics.json").read_text())
         assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
 
@@ -239,7 +239,7 @@ def test_driver_lists_only_connected_nodes(tmp_path: Path) -> None:
         configs: list[dict[str, object]] = [{}, {}]
         async with federation(tmp_path, numpy_apps.app, configs) as (link, nodes):
             driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
-            run_id = await driver.create_run("test", {"lr": 0.1})
+            run_id, _ = await driver.create_run("test", {"lr": 0.1})
             assert len(await driver.get_nodes(run_id)) == 2
             nodes[1].task.cancel()
             await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
@@ -260,7 +260,7 @@ def test_pruning_forgets_finished_runs_and_their_blobs_but_not_running_ones(
                 server_config(tmp_path, link.driver_port),
             )
             driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
-            running = await driver.create_run("still going", {})
+            running, _ = await driver.create_run("still going", {})
             pruned, _ = await driver.prune_runs(0)
             await driver.close()
             state = link.dispatcher.state
@@ -326,7 +326,7 @@ def test_a_result_equal_to_the_model_does_not_take_the_models_blob_with_it(
         async with federation(tmp_path, numpy_apps.app, configs) as (link, _):
             driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
             app = numpy_apps.make_server_app(num_rounds=1, fraction_evaluate=0.0)
-            run_id = await driver.create_run("numpy_apps:server_app", {})
+            run_id, _ = await driver.create_run("numpy_apps:server_app", {})
             model = GlobalModel(driver, run_id, [a.copy() for a in numpy_apps.INITIAL])
             ref = await model.ref()
             record = RoundRecord(1)
@@ -356,10 +356,10 @@ def test_pruning_abandoned_runs_ends_and_forgets_only_the_idle_running_ones(
     async def scenario() -> None:
         async with open_superlink(superlink_config(tmp_path, clock=clock)) as link:
             driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
-            idle = await driver.create_run("died long ago", {})
+            idle, _ = await driver.create_run("died long ago", {})
             held = await driver.upload_arrays([np.arange(1000.0)], idle)
             clock.now += week + 3600
-            active = await driver.create_run("still going", {})
+            active, _ = await driver.create_run("still going", {})
             assert await driver.prune_runs(week) == ([], 0)  # running runs: left alone
             pruned, deleted = await driver.prune_runs(week, abandoned=True)
             await driver.close()

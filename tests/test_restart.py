@@ -114,7 +114,7 @@ def test_a_server_app_killed_mid_run_resumes_from_its_last_completed_round(
     assert document["finished"] and [r["round"] for r in document["rounds"]] == [1, 2, 3, 4]
     with np.load(output / "final_model.npz") as model:
         # every round adds exactly 1: a round run twice or skipped would show here
-        np.testing.assert_array_equal(model["arr_0"], np.full((2, 3), 4, np.float32))
+        np.testing.assert_array_equal(model["layer_0"], np.full((2, 3), 4, np.float32))
     assert not (output / "checkpoint.npz").exists()
 
 

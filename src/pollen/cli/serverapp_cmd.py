@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -12,7 +13,6 @@ from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
 from pollen.cli.options import app_options
 from pollen.cli.security_options import client_credentials, client_identity
-from pollen.errors import RunError
 from pollen.records.config_string import parse_config_string
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.server.server_app import ServerApp
@@ -75,16 +75,23 @@ def serverapp(
     server_app = load_app(app, directory, ServerApp)
     config.run_config = server_app.merged_run_config(config.run_config)
 
+    config.command = _resume_command(sys.argv[1:])
+
     async def drive(stop: asyncio.Event) -> None:
-        run = asyncio.create_task(run_server_app(server_app, config))
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not run.done():
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
-            raise RunError("interrupted; the run did not finish")
-        run.result()
+        await run_server_app(server_app, config, stop)
 
     run_until_signalled(drive, holds_models=True, one_run=True)
+
+
+def _resume_command(arguments: list[str]) -> str:
+    """This command line without --resume (a stopped run's message adds it)."""
+    kept: list[str] = []
+    skip = False
+    for argument in arguments:
+        if skip:
+            skip = False
+        elif argument == "--resume":
+            skip = True
+        elif not argument.startswith("--resume="):
+            kept.append(argument)
+    return shlex.join(["pollen", *kept])

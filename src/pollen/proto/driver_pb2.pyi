@@ -23,20 +23,28 @@ class CreateRunRequest(_message.Message):
     def __init__(self, app: _Optional[str] = ..., run_config: _Optional[_Mapping[str, _common_pb2.Scalar]] = ...) -> None: ...
 
 class CreateRunReply(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "superlink_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SUPERLINK_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: int
-    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+    superlink_id: str
+    def __init__(self, run_id: _Optional[int] = ..., superlink_id: _Optional[str] = ...) -> None: ...
 
 class ResumeRunRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "checkpoint_digest", "superlink_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SUPERLINK_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: int
-    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+    checkpoint_digest: str
+    superlink_id: str
+    def __init__(self, run_id: _Optional[int] = ..., checkpoint_digest: _Optional[str] = ..., superlink_id: _Optional[str] = ...) -> None: ...
 
 class ResumeRunReply(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("superlink_id",)
+    SUPERLINK_ID_FIELD_NUMBER: _ClassVar[int]
+    superlink_id: str
+    def __init__(self, superlink_id: _Optional[str] = ...) -> None: ...
 
 class GetNodesRequest(_message.Message):
     __slots__ = ("run_id",)
@@ -73,14 +81,16 @@ class StreamResultsRequest(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FinishRunRequest(_message.Message):
-    __slots__ = ("run_id", "status", "message")
+    __slots__ = ("run_id", "status", "message", "keep_digests")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    KEEP_DIGESTS_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     status: str
     message: str
-    def __init__(self, run_id: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    keep_digests: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[int] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., keep_digests: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FinishRunReply(_message.Message):
     __slots__ = ()

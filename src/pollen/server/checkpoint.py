@@ -1,10 +1,11 @@
-"""A run's progress after every round, so that a crashed ServerApp can resume it.
+"""A run's progress after every round, so that a stopped ServerApp can resume it.
 
-The global model after the last completed round stays on the SuperLink (its
-blob is held by the run until the next checkpoint replaces it; the SuperLink's
-state survives crashes), and ``metrics.json`` in the run's output folder names
-it, next to the history so far and ``completed_rounds``. The file is written
-under a temporary name and renamed: a crash leaves the previous checkpoint intact.
+The global model after the last completed round (round 0: the initial model)
+stays on the SuperLink: its blob is held by the run until the next checkpoint
+replaces it, also when the run stopped or failed (until the run is pruned).
+``metrics.json`` in the run's output folder names it, next to the history so
+far and ``completed_rounds``. The file is written under a temporary name and
+renamed: a crash leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -27,46 +28,67 @@ class Checkpoint:
     completed_rounds: int
     model: BlobRef
     history: History
+    directory: Path
 
 
 def write_metrics(directory: Path, document: dict[str, Any]) -> None:
     """Replace ``metrics.json`` atomically."""
+    temporary = directory / (METRICS + ".part")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        temporary = directory / (METRICS + ".part")
         temporary.write_text(json.dumps(document, indent=2) + "\n")
         os.replace(temporary, directory / METRICS)
     except OSError as exc:
+        temporary.unlink(missing_ok=True)
         raise RunError(
             f"cannot write {directory / METRICS} ({exc.strerror}); "
-            "free some space or choose another --output-dir"
+            "free some space there or choose another --output-dir"
         ) from None
 
 
 def write_checkpoint(
-    directory: Path, completed_rounds: int, model: BlobRef, history: History
+    directory: Path,
+    completed_rounds: int,
+    model: BlobRef,
+    history: History,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     document = {
         **history.to_json(),
         "completed_rounds": completed_rounds,
         "finished": False,
         "checkpoint": {"digest": model.digest, "size": model.size},
+        **(extra or {}),
     }
     write_metrics(directory, document)
 
 
-def read_checkpoint(directory: Path, run_id: int) -> Checkpoint:
-    """The last checkpoint of ``run_id``; a one-line error when there is none to resume."""
-    try:
-        document = json.loads((directory / METRICS).read_text())
-        if document.get("finished"):
-            raise ConfigurationError(
-                f"--resume {run_id}: the run already finished; see {directory}"
-            )
-        model = BlobRef(str(document["checkpoint"]["digest"]), int(document["checkpoint"]["size"]))
-        return Checkpoint(int(document["completed_rounds"]), model, History.from_json(document))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(
-            f"--resume {run_id}: no usable checkpoint in {directory} ({exc}); check the run id "
-            "and --output-dir"
-        ) from None
+def _read(directory: Path, run_id: int) -> Checkpoint:
+    document = json.loads((directory / METRICS).read_text())
+    if int(document["run_id"]) != run_id:
+        raise ValueError(f"it is run {document['run_id']}'s")
+    if document.get("finished"):
+        raise ConfigurationError(f"--resume {run_id}: the run already finished; see {directory}")
+    model = BlobRef(str(document["checkpoint"]["digest"]), int(document["checkpoint"]["size"]))
+    history = History.from_json(document)
+    return Checkpoint(int(document["completed_rounds"]), model, history, directory)
+
+
+def read_checkpoints(directories: list[Path], run_id: int) -> list[Checkpoint]:
+    """The checkpoints of run ``run_id`` in ``directories`` (several SuperLinks may have
+    had a run of that id); a one-line error when there is none to resume."""
+    found: list[Checkpoint] = []
+    problems: list[str] = []
+    for directory in directories:
+        try:
+            found.append(_read(directory, run_id))
+        except ConfigurationError as exc:
+            problems.append(str(exc).removeprefix(f"--resume {run_id}: "))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{directory}: {exc}")
+    if found:
+        return found
+    detail = "; ".join(problems) or "no output folder of that run"
+    raise ConfigurationError(
+        f"--resume {run_id}: no usable checkpoint ({detail}); check the run id and --output-dir"
+    )

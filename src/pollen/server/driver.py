@@ -93,13 +93,14 @@ class DriverClient:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def create_run(self, app: str, run_config: UserConfig) -> int:
+    async def create_run(self, app: str, run_config: UserConfig) -> tuple[int, str]:
+        """A new run: its id and the SuperLink's (run ids are unique only within it)."""
         request = dpb.CreateRunRequest(app=app)
         fill_map(request.run_config, run_config)
         reply = await self._retry.call(
             lambda: self._stub.CreateRun(request, metadata=self._signed("CreateRun", request))
         )
-        return int(reply.run_id)
+        return int(reply.run_id), str(reply.superlink_id)
 
     async def prune_runs(
         self, older_than_seconds: float, abandoned: bool = False
@@ -112,11 +113,16 @@ class DriverClient:
         )
         return list(reply.run_ids), int(reply.blobs_deleted)
 
-    async def resume_run(self, run_id: int) -> None:
-        request = dpb.ResumeRunRequest(run_id=run_id)
-        await self._retry.call(
+    async def resume_run(self, run_id: int, checkpoint: str = "", superlink_id: str = "") -> str:
+        """Reopen ``run_id`` if the SuperLink still holds its ``checkpoint`` model (and is
+        ``superlink_id``, when given); the SuperLink's id."""
+        request = dpb.ResumeRunRequest(
+            run_id=run_id, checkpoint_digest=checkpoint, superlink_id=superlink_id
+        )
+        reply = await self._retry.call(
             lambda: self._stub.ResumeRun(request, metadata=self._signed("ResumeRun", request))
         )
+        return str(reply.superlink_id)
 
     async def get_nodes(self, run_id: int) -> list[int]:
         request = dpb.GetNodesRequest(run_id=run_id)
@@ -153,8 +159,13 @@ class DriverClient:
             finally:
                 call.cancel()
 
-    async def finish_run(self, run_id: int, status: str, message: str = "") -> None:
-        request = dpb.FinishRunRequest(run_id=run_id, status=status, message=message)
+    async def finish_run(
+        self, run_id: int, status: str, message: str = "", keep: Sequence[BlobRef] = ()
+    ) -> None:
+        """End the run; a failed one keeps the blobs in ``keep`` (its checkpoint's model)."""
+        request = dpb.FinishRunRequest(
+            run_id=run_id, status=status, message=message, keep_digests=[r.digest for r in keep]
+        )
         await self._retry.call(
             lambda: self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
         )

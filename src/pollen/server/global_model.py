@@ -35,6 +35,10 @@ class GlobalModel:
             self._arrays = await self._driver.download_arrays(self._ref)
         return self._arrays
 
+    def in_memory(self) -> NDArrays | None:
+        """The arrays if the ServerApp holds them now (no download)."""
+        return self._arrays
+
     async def ref(self) -> BlobRef:
         """The model's blob on the SuperLink, uploaded on first use."""
         if self._ref is None:

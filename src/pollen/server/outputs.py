@@ -1,40 +1,96 @@
-"""A finished run on disk: ``final_model.npz`` and ``metrics.json``."""
+"""A run's folder on disk: where it goes, and the models written into it.
+
+``OUTPUT_DIR/RUN_ID/`` holds ``metrics.json`` (see `checkpoint`) and, once the
+run ends, ``final_model.npz`` (it finished) or ``last_model.npz`` (it stopped:
+the model of its last completed round). Run ids are unique only within one
+SuperLink database, so a folder that already holds another run's outputs is
+never written over: that run's outputs go to ``RUN_ID-SUPERLINK_ID/`` instead.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pollen.errors import ConfigurationError
-from pollen.server.checkpoint import write_metrics
-from pollen.server.round_loop import RunOutcome
+from pollen.errors import ConfigurationError, RunError
+from pollen.records.typing import NDArrays
+from pollen.server.checkpoint import METRICS
 
 FINAL_MODEL = "final_model.npz"
+LAST_MODEL = "last_model.npz"
 
 
-def write_outputs(outcome: RunOutcome, directory: Path) -> Path:
-    """Write the final model (arrays ``arr_0``, ``arr_1``, ... in order) and the metrics.
-
-    Files are written under a temporary name and renamed, so a crash never
-    leaves a half-written model behind.
-    """
+def check_output_root(root: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before a run starts."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
     except OSError as exc:
         raise ConfigurationError(
-            f"--output-dir {directory}: cannot create it ({exc.strerror}); choose another"
-        ) from exc
-    model_tmp = directory / (FINAL_MODEL + ".part")
-    with model_tmp.open("wb") as handle:
-        np.savez(handle, *outcome.parameters)
-    os.replace(model_tmp, directory / FINAL_MODEL)
-    document = {
-        "final_model": FINAL_MODEL,
-        **outcome.history.to_json(),
-        "completed_rounds": len(outcome.history.rounds),
-        "finished": True,
-    }
-    write_metrics(directory, document)
-    return directory
+            f"--output-dir {root}: cannot write there ({exc.strerror or exc}); "
+            + _fix(exc, "--output-dir")
+        ) from None
+
+
+def _fix(exc: OSError, option: str) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space there or choose another {option}"
+    return f"choose a folder you can write to with {option}"
+
+
+def _owner(directory: Path) -> tuple[int, str] | None:
+    """(run id, SuperLink id) of the run whose outputs ``directory`` holds, if any."""
+    try:
+        document = json.loads((directory / METRICS).read_text())
+        return int(document["run_id"]), str(document.get("superlink_id", ""))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return (-1, "")  # something else's: never written over
+
+
+def run_directory(root: Path, run_id: int, superlink_id: str) -> Path:
+    """The folder of this run: ``RUN_ID/`` unless another run's outputs are there."""
+    plain = root / str(run_id)
+    owner = _owner(plain) if plain.is_dir() and any(plain.iterdir()) else None
+    if owner is None or owner == (run_id, superlink_id):
+        return plain
+    return root / f"{run_id}-{superlink_id}"
+
+
+def candidate_directories(root: Path, run_id: int) -> list[Path]:
+    """Folders that may hold run ``run_id``'s outputs, of any SuperLink."""
+    found = [root / str(run_id)] if (root / str(run_id)).is_dir() else []
+    return found + sorted(root.glob(f"{run_id}-*"))
+
+
+def array_names(names: Sequence[str] | None, count: int) -> list[str]:
+    """The names the app gave its arrays, or ``layer_0``, ``layer_1``, ..."""
+    if names is not None and len(names) == count and len(set(names)) == count:
+        return list(names)
+    return [f"layer_{index}" for index in range(count)]
+
+
+def write_model(directory: Path, name: str, arrays: NDArrays, names: Sequence[str] | None) -> Path:
+    """Write ``arrays`` as ``directory/name`` (``.npz``, named arrays), atomically."""
+    path = directory / name
+    partial = directory / (name + ".part")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as handle:
+            named = dict(zip(array_names(names, len(arrays)), arrays, strict=True))
+            np.savez(handle, **named)  # type: ignore[arg-type]  # numpy's stub misses **kwds
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise RunError(
+            f"cannot write {path} ({exc.strerror}); " + _fix(exc, "--output-dir")
+        ) from None
+    return path

@@ -17,7 +17,7 @@ from pollen.records.typing import Config, NDArrays
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
 from pollen.server.driver import DriverClient
 from pollen.server.global_model import GlobalModel
-from pollen.server.history import History, RoundRecord
+from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.strategy import Strategy
 
@@ -105,11 +105,17 @@ class RoundLoop:
         app: ServerApp,
         driver: DriverClient,
         run_id: int,
-        checkpoints: Path | None = None,
+        directory: Path | None = None,
         start: Checkpoint | None = None,
+        history: History | None = None,
     ) -> None:
-        self.checkpoints = checkpoints
+        self.directory = directory
+        """Where checkpoints (and outputs) are written; None: nowhere."""
         self.start = start
+        self.history = start.history if start is not None else history or History(run_id)
+        self.checkpointed: GlobalModel | None = None
+        """The model of the last checkpoint (round ``completed_rounds``)."""
+        self.completed_rounds = 0
         self.app = app
         self.strategy: Strategy = app.strategy
         self.driver = driver
@@ -160,6 +166,9 @@ class RoundLoop:
                 arrays = await self.driver.download_arrays(result.parameters, transient=True)
                 aggregator.add(result.node_id, FitRes(arrays, result.num_examples, result.metrics))
                 record.fit_results += 1
+                record.fit_nodes.append(
+                    NodeFit(result.node_id, result.num_examples, dict(result.metrics))
+                )
             except PollenError as exc:
                 failures.append(f"node {result.node_id}: result rejected: {exc}")
         for failure in failures:
@@ -203,6 +212,9 @@ class RoundLoop:
                     (result.node_id, EvaluateRes(result.loss, result.num_examples, result.metrics))
                 )
             record.evaluate_results = len(results)
+            record.evaluate_nodes = [
+                NodeEvaluate(node, r.num_examples, r.loss, dict(r.metrics)) for node, r in results
+            ]
             record.evaluate_loss, record.evaluate_metrics = self.strategy.aggregate_evaluate(
                 server_round, results
             )
@@ -215,38 +227,39 @@ class RoundLoop:
             record.centralized_loss, record.centralized_metrics = centralized
 
     async def run(self) -> RunOutcome:
+        history = self.history
         if self.start is not None:
-            history = self.start.history
             model = GlobalModel(self.driver, self.run_id, None, self.start.model)
-            first = self.start.completed_rounds + 1
-            logger.info("run %d resumes after round %d", self.run_id, first - 1)
+            self.checkpointed, self.completed_rounds = model, self.start.completed_rounds
+            logger.info("run %d resumes after round %d", self.run_id, self.completed_rounds)
         else:
-            history = History(self.run_id)
             model = GlobalModel(self.driver, self.run_id, await self.initial_parameters())
-            first = 1
+            history.array_names = self.strategy.array_names()
+            await self._checkpoint(0, model, None)  # round 0: a run that stops now can resume
         num_rounds = self.app.config.num_rounds
-        for server_round in range(first, num_rounds + 1):
+        for server_round in range(self.completed_rounds + 1, num_rounds + 1):
             started = time.perf_counter()
-            record = RoundRecord(server_round)
+            record = RoundRecord(server_round, started_at=now_iso())
             previous = await model.ref()
             model = await self.fit(server_round, model, record)
             await self.evaluate(server_round, model, record)
             record.seconds = time.perf_counter() - started
             history.rounds.append(record)
             logger.info("%s", describe_round(record, num_rounds))
-            await self._checkpoint(server_round, model, history, previous)
+            await self._checkpoint(server_round, model, previous)
         self.driver.drop_transient()
         return RunOutcome(self.run_id, await model.arrays(), history)
 
     async def _checkpoint(
-        self, server_round: int, model: GlobalModel, history: History, previous: BlobRef
+        self, server_round: int, model: GlobalModel, previous: BlobRef | None
     ) -> None:
         """Name the new model (uploaded now: the next round sends it anyway) on disk."""
-        if self.checkpoints is None:
+        self.checkpointed, self.completed_rounds = model, server_round
+        if self.directory is None:
             return
         current = await model.ref()
-        write_checkpoint(self.checkpoints, server_round, current, history)
-        if previous.digest != current.digest:
+        write_checkpoint(self.directory, server_round, current, self.history)
+        if previous is not None and previous.digest != current.digest:
             await self.driver.release_blobs(self.run_id, [previous])
 
 

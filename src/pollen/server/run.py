@@ -1,20 +1,35 @@
-"""Running a `ServerApp` against a SuperLink, from connection to written outputs."""
+"""Running a `ServerApp` against a SuperLink, from connection to written outputs.
+
+A run that stops before its last round (a signal, lost quorum, an error)
+stays resumable: the SuperLink keeps the model of its last checkpoint, the
+ServerApp writes that model to ``last_model.npz`` and says how to go on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
-from pollen.errors import ConfigurationError, ConnectionFailed, PollenError
+from pollen.errors import ConfigurationError, ConnectionFailed, PollenError, RunError
 from pollen.records.typing import UserConfig
-from pollen.server.checkpoint import Checkpoint, read_checkpoint
+from pollen.server.checkpoint import Checkpoint, read_checkpoints, write_checkpoint, write_metrics
 from pollen.server.driver import DriverClient
-from pollen.server.outputs import write_outputs
+from pollen.server.history import History, now_iso
+from pollen.server.outputs import (
+    FINAL_MODEL,
+    LAST_MODEL,
+    candidate_directories,
+    check_output_root,
+    run_directory,
+    write_model,
+)
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
@@ -22,6 +37,11 @@ from pollen.transport.request_signing import ClientIdentity
 from pollen.transport.statuses import call_failed
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_STOP_GRACE = 30.0
+"""Seconds a stopping ServerApp spends saving the last model and marking the run."""
 
 
 @dataclass
@@ -38,46 +58,161 @@ class ServerAppConfig:
     """The operator key, for a Driver API that requires one."""
     resume: int | None = None
     """Take up this run from its last checkpoint instead of starting a new one."""
+    command: str = "pollen serverapp"
+    """How the user started this ServerApp: a stopped run's message ends with it + --resume."""
 
 
-async def run_server_app(app: ServerApp, config: ServerAppConfig) -> tuple[RunOutcome, Path]:
-    """Create (or resume) a run, drive its rounds, write its outputs; failed runs are marked."""
-    start = None
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None, when: str) -> T:
+    """``work``'s result; RunError once ``stop`` is set (``work`` is cancelled first)."""
+    if stop is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise RunError(f"interrupted (Ctrl-C or SIGTERM) {when}")
+    return task.result()
+
+
+async def run_server_app(
+    app: ServerApp, config: ServerAppConfig, stop: asyncio.Event | None = None
+) -> tuple[RunOutcome, Path]:
+    """Create (or resume) a run, drive its rounds, write its outputs.
+
+    Setting ``stop`` ends the run early, as a failure does: the run stays
+    resumable and the error names the command that takes it up again.
+    """
+    checkpoints: list[Checkpoint] = []
     if config.resume is not None:  # checked before connecting: a typo fails at once
-        start = read_checkpoint(config.output_root / str(config.resume), config.resume)
-    driver = await DriverClient.connect(
-        config.superlink, config.credentials, config.connect_timeout, config.identity
+        directories = candidate_directories(config.output_root, config.resume)
+        checkpoints = read_checkpoints(directories, config.resume)
+    else:
+        check_output_root(config.output_root)
+    driver = await _unless_stopped(
+        DriverClient.connect(
+            config.superlink, config.credentials, config.connect_timeout, config.identity
+        ),
+        stop,
+        "while connecting to the SuperLink; no run was started",
     )
     try:
-        return await _drive(app, config, driver, start)
+        return await _drive(app, config, driver, checkpoints, stop)
     except grpc.aio.AioRpcError as exc:
         raise call_failed(config.superlink, exc) from exc
     finally:
         await driver.close()
 
 
+async def _resume(driver: DriverClient, run_id: int, checkpoints: list[Checkpoint]) -> Checkpoint:
+    """Reopen the run on the SuperLink whose checkpoint this is; refused: nothing changes."""
+    refusals: list[str] = []
+    for checkpoint in checkpoints:
+        try:
+            await driver.resume_run(
+                run_id, checkpoint.model.digest, checkpoint.history.superlink_id
+            )
+            return checkpoint
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise
+            refusals.append(exc.details() or str(exc.code()))
+    raise ConfigurationError(f"--resume {run_id}: {'; '.join(refusals)}")
+
+
 async def _drive(
-    app: ServerApp, config: ServerAppConfig, driver: DriverClient, start: Checkpoint | None
+    app: ServerApp,
+    config: ServerAppConfig,
+    driver: DriverClient,
+    checkpoints: list[Checkpoint],
+    stop: asyncio.Event | None,
 ) -> tuple[RunOutcome, Path]:
+    start: Checkpoint | None = None
     if config.resume is not None:
         run_id = config.resume
-        try:
-            await driver.resume_run(run_id)
-        except grpc.aio.AioRpcError as exc:
-            raise ConfigurationError(f"--resume {run_id}: {exc.details()}") from None
+        start = await _resume(driver, run_id, checkpoints)
+        directory, history = start.directory, start.history
     else:
         run_config = app.merged_run_config(config.run_config)
-        run_id = await driver.create_run(config.app_name, run_config)
+        run_id, superlink_id = await driver.create_run(config.app_name, run_config)
         logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
-    directory = config.output_root / str(run_id)
-    loop = RoundLoop(app, driver, run_id, directory, start)
+        directory = run_directory(config.output_root, run_id, superlink_id)
+        history = History(
+            run_id,
+            superlink_id=superlink_id,
+            app=config.app_name,
+            run_config=run_config,
+            started_at=now_iso(),
+        )
+    loop = RoundLoop(app, driver, run_id, directory, start, history)
     try:
-        outcome = await loop.run()
-        write_outputs(outcome, directory)
-    except (PollenError, asyncio.CancelledError) as exc:
-        with contextlib.suppress(grpc.aio.AioRpcError, ConnectionFailed):
-            await driver.finish_run(run_id, "failed", str(exc)[:500] or "interrupted")
-        raise
+        outcome = await _unless_stopped(loop.run(), stop, "")
+    except (PollenError, grpc.aio.AioRpcError) as exc:
+        error = call_failed(config.superlink, exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
+        raise await _stopped(loop, config, error) from None
+    except Exception as exc:  # the app's own code (a strategy, evaluate_fn) raised
+        logger.debug("the ServerApp raised", exc_info=True)
+        error = RunError(f"the ServerApp raised {type(exc).__name__}: {exc} (-v shows where)")
+        raise await _stopped(loop, config, error) from None
+    history.finished_at = now_iso()
+    write_model(directory, FINAL_MODEL, outcome.parameters, history.array_names)
+    write_metrics(
+        directory,
+        {
+            **history.to_json(),
+            "completed_rounds": len(history.rounds),
+            "finished": True,
+            "final_model": FINAL_MODEL,
+        },
+    )
     await driver.finish_run(run_id, "finished")
     logger.info("run %d finished; outputs in %s", run_id, directory)
     return outcome, directory
+
+
+async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -> RunError:
+    """Save what a stopped run has, leave it resumable, and say how to go on."""
+    reason = str(error).strip() or "interrupted"
+    reachable = not isinstance(error, ConnectionFailed)
+    saved = await _save_last_model(loop, reason, reachable)
+    if reachable:
+        kept = [] if loop.checkpointed is None else [await loop.checkpointed.ref()]
+        with contextlib.suppress(grpc.aio.AioRpcError, PollenError, TimeoutError):
+            async with asyncio.timeout(_STOP_GRACE):
+                await loop.driver.finish_run(loop.run_id, "failed", reason[:500], kept)
+    head = f"run {loop.run_id} stopped"
+    if saved is None:
+        return RunError(f"{head} before its first round: {reason}; start a new run")
+    rounds = f"after round {loop.completed_rounds} of {loop.app.config.num_rounds}"
+    return RunError(
+        f"{head} {rounds}: {reason}; {saved}; to go on from there: "
+        f"{config.command} --resume {loop.run_id}"
+    )
+
+
+async def _save_last_model(loop: RoundLoop, reason: str, reachable: bool) -> str | None:
+    """Write the last checkpoint's model as ``last_model.npz`` and record the stop in
+    ``metrics.json``; say where the model is (None: the run has no checkpoint)."""
+    model, directory = loop.checkpointed, loop.directory
+    if model is None or directory is None:
+        return None
+    round_ = loop.completed_rounds
+    extra = {"stopped": reason}
+    try:
+        async with asyncio.timeout(_STOP_GRACE if reachable else 0.0):
+            arrays = model.in_memory() or await model.arrays()
+        path = write_model(directory, LAST_MODEL, arrays, loop.history.array_names)
+        extra["last_model"] = LAST_MODEL
+        saved = f"the model of round {round_} is in {path}"
+    except (grpc.aio.AioRpcError, PollenError, TimeoutError) as exc:
+        logger.warning("last model not written (%s)", exc or "the SuperLink did not send it")
+        saved = f"the model of round {round_} stays on the SuperLink"
+    loop.history.finished_at = now_iso()
+    with contextlib.suppress(RunError):
+        write_checkpoint(directory, round_, await model.ref(), loop.history, extra)
+    return saved

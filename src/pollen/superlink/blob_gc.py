@@ -40,9 +40,12 @@ class BlobCollector:
                 deleted += 1
         return deleted
 
-    def release(self, run_id: int, digests: Iterable[str] | None = None) -> int:
-        """``run_id`` no longer needs ``digests`` (all its blobs when None: it ended)."""
-        deleted = self.collect(self.state.release_blobs(run_id, digests))
+    def release(
+        self, run_id: int, digests: Iterable[str] | None = None, keep: Iterable[str] = ()
+    ) -> int:
+        """``run_id`` no longer needs ``digests`` (all its blobs but ``keep`` when None:
+        it ended; a failed run keeps its checkpoint's model, to be resumed)."""
+        deleted = self.collect(self.state.release_blobs(run_id, digests, keep))
         if digests is None:
             # a run that ended leaves no spare behind (other runs' spares go too:
             # they cost the next uploads some speed, never a byte of data)

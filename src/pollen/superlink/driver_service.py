@@ -58,7 +58,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         run_id = self._state.create_run(request.app, run_config, self._dispatcher.clock())
         logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
-        return dpb.CreateRunReply(run_id=run_id)
+        return dpb.CreateRunReply(run_id=run_id, superlink_id=self._state.superlink_id())
 
     async def PruneRuns(
         self, request: dpb.PruneRunsRequest, context: Context
@@ -77,18 +77,36 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     async def ResumeRun(
         self, request: dpb.ResumeRunRequest, context: Context
     ) -> dpb.ResumeRunReply:
-        run = self._state.get_run(request.run_id)
+        run_id, digest = request.run_id, request.checkpoint_digest
+        run = self._state.get_run(run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} does not exist")
         if run.status == "finished":
             await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"run {request.run_id} already finished"
+                grpc.StatusCode.FAILED_PRECONDITION, f"run {run_id} already finished"
             )
+        own_id = self._state.superlink_id()
+        if request.superlink_id and request.superlink_id != own_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the checkpoint is of run {run_id} of another SuperLink database "
+                f"({request.superlink_id}; this one is {own_id}): the run ids restarted, "
+                "so this is another run",
+            )
+        if digest and not (self._state.has_blob(digest) and self._blobs.exists(digest)):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the checkpoint's model (blob {digest[:12]}) is no longer on this SuperLink "
+                "(the run was pruned); start a new run",
+            )
+        # Checked before anything changes: a refused resume leaves the run as it was.
+        if digest:
+            self._state.hold_blobs(run_id, [digest])
         # what the previous ServerApp left in flight is nobody's any more
-        self._dispatcher.end_run(request.run_id, "the ServerApp restarted")
-        self._state.reopen_run(request.run_id)
-        logger.info("run %d resumed", request.run_id)
-        return dpb.ResumeRunReply()
+        self._dispatcher.end_run(run_id, "the ServerApp restarted")
+        self._state.reopen_run(run_id)
+        logger.info("run %d resumed", run_id)
+        return dpb.ResumeRunReply(superlink_id=own_id)
 
     async def GetNodes(self, request: dpb.GetNodesRequest, context: Context) -> dpb.GetNodesReply:
         await self._running_run(request.run_id, context)
@@ -169,7 +187,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         # Marked finished last: if the disk refuses a step, the retry finds the run
         # still running and does it all again (each step can be repeated).
         self._dispatcher.end_run(request.run_id, f"run {request.run_id} ended")
-        self._collector.release(request.run_id)
+        keep = list(request.keep_digests) if status == "failed" else []
+        self._collector.release(request.run_id, keep=keep)  # a failed run stays resumable
         self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()

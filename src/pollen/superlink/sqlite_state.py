@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -80,6 +81,10 @@ CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     size INTEGER NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -224,7 +229,13 @@ class SqliteState:
             )
         self._check_version(path)
         db.executescript(_SCHEMA)
+        # Made once with the database: run ids are unique only within one database.
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('superlink_id', ?)", (secrets.token_hex(8),))
         return db
+
+    def superlink_id(self) -> str:
+        (row,) = self._rows("SELECT value FROM meta WHERE key='superlink_id'")
+        return str(row[0])
 
     def _check_version(self, path: Path) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -532,11 +543,14 @@ class SqliteState:
             "INSERT OR IGNORE INTO blob_holds VALUES (?, ?)", [(d, run_id) for d in digests]
         )
 
-    def release_blobs(self, run_id: int, digests: Iterable[str] | None = None) -> list[str]:
-        """Drop ``run_id``'s holds (all of them when ``digests`` is None); return those digests."""
+    def release_blobs(
+        self, run_id: int, digests: Iterable[str] | None = None, keep: Iterable[str] = ()
+    ) -> list[str]:
+        """Drop ``run_id``'s holds (all of them but ``keep`` when ``digests`` is None);
+        return those digests."""
         # Only what this run held: releasing cannot touch another run's blobs.
         held = {r[0] for r in self._rows("SELECT digest FROM blob_holds WHERE run_id=?", run_id)}
-        released = held if digests is None else held & set(digests)
+        released = (held if digests is None else held & set(digests)) - set(keep)
         self._db.executemany(
             "DELETE FROM blob_holds WHERE digest=? AND run_id=?", [(d, run_id) for d in released]
         )

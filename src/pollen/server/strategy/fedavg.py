@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pollen.errors import ConfigurationError
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import (
     Config,
     Metrics,
+    NDArray,
     NDArrays,
     Parameters,
     parameters_to_ndarrays,
@@ -68,7 +69,7 @@ class FedAvg(Strategy):
         on_fit_config_fn: ConfigFn | None = None,
         on_evaluate_config_fn: ConfigFn | None = None,
         accept_failures: bool = True,
-        initial_parameters: Parameters | NDArrays | None = None,
+        initial_parameters: Parameters | NDArrays | Mapping[str, NDArray] | None = None,
         fit_metrics_aggregation_fn: MetricsAggregationFn | None = None,
         evaluate_metrics_aggregation_fn: MetricsAggregationFn | None = None,
         inplace: bool = True,
@@ -92,6 +93,10 @@ class FedAvg(Strategy):
         self.on_fit_config_fn = on_fit_config_fn
         self.on_evaluate_config_fn = on_evaluate_config_fn
         self.accept_failures = accept_failures
+        self._array_names: list[str] | None = None
+        if isinstance(initial_parameters, Mapping):  # a state_dict: its keys name the arrays
+            self._array_names = [str(name) for name in initial_parameters]
+            initial_parameters = list(initial_parameters.values())
         self.initial_parameters = initial_parameters
         self.fit_metrics_aggregation_fn = fit_metrics_aggregation_fn or weighted_metrics_avg
         self.evaluate_metrics_aggregation_fn = (
@@ -109,6 +114,9 @@ class FedAvg(Strategy):
         if isinstance(initial, Parameters):
             return parameters_to_ndarrays(initial)
         return initial
+
+    def array_names(self) -> list[str] | None:
+        return self._array_names
 
     def _sample(
         self, fraction: float, minimum: int, nodes: list[int], rng: random.Random

@@ -74,3 +74,8 @@ class Strategy(ABC):
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
         """Evaluate the global model on the server; None when there is no server-side data."""
         return None
+
+    def array_names(self) -> list[str] | None:
+        """Names of the model's arrays (a state_dict's keys), for the saved models;
+        None: ``layer_0``, ``layer_1``, ..."""
+        return None
