@@ -14,10 +14,44 @@ from rich.table import Table
 
 from pollen.cli.app_loading import check_dir
 from pollen.cli.local_federation import LocalFederation
-from pollen.errors import RunError
+from pollen.errors import ConfigurationError, RunError
 from pollen.transport.keygen import generate
 
 console = Console()
+
+MARKER = ".pollen-demo"
+"""Written into every demo folder: only a folder holding it is ever emptied."""
+_EARLIER_DEMO = {
+    "credentials",
+    "intruder",
+    "logs",
+    "runs",
+    "superlink.db",
+    "superlink.db.blobs",
+    "superlink.db.lock",
+}
+"""What a demo folder of a Pollen from before the marker holds (and nothing else)."""
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """Empty ``workdir`` if an earlier demo made it, create it, and mark it as the demo's.
+
+    A folder that holds anything else is refused: Pollen deletes only what it created.
+    """
+    workdir = workdir.resolve()
+    if workdir.is_file():
+        raise ConfigurationError(f"--workdir {workdir} is a file; give a folder for the demo")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        names = {p.name.removesuffix("-wal").removesuffix("-shm") for p in workdir.iterdir()}
+        if MARKER not in names and not names <= _EARLIER_DEMO:
+            raise ConfigurationError(
+                f"--workdir {workdir} is not empty and no earlier demo made it, so the demo "
+                "will not empty it; give a new or empty folder (default .pollen/demo)"
+            )
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `pollen demo`: it empties this folder on each run\n")
+    return workdir
 
 
 def _summary(metrics_path: Path) -> Table:
@@ -76,7 +110,8 @@ def _show_intruder_refused(federation: LocalFederation, directory: Path) -> None
     type=click.Path(path_type=Path),
     default=Path(".pollen") / "demo",
     show_default=True,
-    help="Credentials, state, logs and outputs of the demo (emptied first).",
+    help="Credentials, state, logs and outputs of the demo (a new or empty folder, or one an "
+    "earlier demo made: that is emptied first).",
 )
 @click.option("--insecure", is_flag=True, help="Plaintext, without TLS or client authentication.")
 def demo(directory: Path, nodes: int, workdir: Path, insecure: bool) -> None:
@@ -87,8 +122,7 @@ def demo(directory: Path, nodes: int, workdir: Path, insecure: bool) -> None:
     being refused, runs the ServerApp, prints per-round accuracy, stops everything.
     """
     directory = check_dir(directory)
-    shutil.rmtree(workdir, ignore_errors=True)
-    federation = LocalFederation(workdir.resolve(), clients=0 if insecure else nodes)
+    federation = LocalFederation(prepare_workdir(workdir), clients=0 if insecure else nodes)
     try:
         federation.start_superlink()
         mode = "plaintext" if insecure else "TLS + client authentication"
