@@ -124,6 +124,22 @@ def test_a_malformed_line_is_named_with_its_number(tmp_path: Path) -> None:
     assert "expected an OpenSSH public key" in message
 
 
+def test_a_malformed_key_in_a_one_line_csv_names_its_entry(tmp_path: Path) -> None:
+    # issue 12: Flower's client-authentication example puts every key on line 1, and the
+    # error said only "line 1"
+    good = [openssh_line(new_key("p384"), f"pollen-client-{i}") for i in (1, 2)]
+    broken = "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAA-cut pollen-client-3"
+    path = tmp_path / "client_public_keys.csv"
+    path.write_text(",".join([*good, broken]) + "\n")
+
+    message = error_of(AllowList.load, path)
+
+    assert message.startswith(
+        f"{path} line 1 entry 3 of 3 ('ecdsa-sha2-nistp384 AAAAE2Vj... pollen-client-3'): "
+        "not a public key"
+    )
+
+
 @pytest.mark.parametrize("form", ["openssh", "pem"])
 def test_rsa_keys_are_refused_as_unsupported(tmp_path: Path, form: str) -> None:
     public = rsa.generate_private_key(65537, 2048).public_key()
@@ -287,6 +303,76 @@ def test_an_encrypted_key_from_ssh_keygen_loads_with_the_passphrase_variable(
     loaded = keys.load_private_key(path)
     expected = keys.load_public_key(path.with_name("id_ecdsa.pub"))
     keys.check_pair(loaded, expected, path, path.with_name("id_ecdsa.pub"))
+
+
+OPENSSH_PRIVATE = serialization.PrivateFormat.OpenSSH
+TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL
+
+
+@pytest.mark.parametrize(
+    ("kind", "form"),
+    [
+        pytest.param("p384", OPENSSH_PRIVATE, id="p384-openssh"),
+        pytest.param("ed25519", OPENSSH_PRIVATE, id="ed25519-openssh"),
+        pytest.param("p384", PKCS8, id="p384-pkcs8"),
+        pytest.param("ed25519", PKCS8, id="ed25519-pkcs8"),
+        pytest.param("p384", TRADITIONAL, id="p384-traditional"),
+    ],
+)
+def test_a_wrong_passphrase_is_called_a_wrong_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, form: serialization.PrivateFormat
+) -> None:
+    # issue 12: an OpenSSH key said "Corrupt data: broken checksum"
+    path = tmp_path / "id"
+    encryption = serialization.BestAvailableEncryption(b"s3cret")
+    path.write_bytes(new_key(kind).private_bytes(PEM, form, encryption))
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, "wrong")
+
+    message = error_of(keys.load_private_key, path)
+
+    assert message == (
+        f"{path}: wrong passphrase: ${keys.PASSPHRASE_ENV} does not decrypt this private key; "
+        f"set {keys.PASSPHRASE_ENV} to the passphrase the key was made with"
+    )
+
+
+def test_a_damaged_unencrypted_key_is_not_blamed_on_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "id"
+    text = new_key("p384").private_bytes(PEM, PKCS8, serialization.NoEncryption()).decode()
+    lines = text.splitlines()
+    path.write_text("\n".join([lines[0], lines[1][:-8] + "AAAAAAAA", *lines[2:]]) + "\n")
+    monkeypatch.setenv(keys.PASSPHRASE_ENV, "s3cret")
+
+    message = error_of(keys.load_private_key, path)
+
+    assert "passphrase" not in message and "private key" in message
+
+
+def test_an_allow_list_given_as_private_key_is_called_an_allow_list(seed: Seed) -> None:
+    # issue 12: it said "give the private key (the file without .pub)"
+    message = error_of(keys.load_private_key, seed.csv)
+
+    assert message == (
+        f"{seed.csv}: this is an allow-list of public keys, not a private key; give the "
+        "private key file here (the key pair's file without .pub)"
+    )
+
+
+def test_an_allow_list_of_one_key_given_as_private_key_is_called_an_allow_list(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "client_public_keys.csv"
+    path.write_text(openssh_line(new_key("p384"), "pollen-client-1") + "\n")
+
+    assert "this is an allow-list of public keys" in error_of(keys.load_private_key, path)
+
+
+def test_an_allow_list_given_as_public_key_is_called_an_allow_list(seed: Seed) -> None:
+    message = error_of(keys.load_public_key, seed.csv)
+
+    assert message.startswith(f"{seed.csv}: this is an allow-list of 3 public keys, not one")
 
 
 def test_a_passphrase_for_an_unencrypted_key_is_pointed_out(

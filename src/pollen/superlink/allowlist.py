@@ -32,11 +32,27 @@ def parse_allowlist(text: str, path: Path) -> dict[str, keys.PublicKey]:
     text = _PEM_BLOCK.sub(lambda m: "\n" * m.group().count("\n"), text)
     for number, line in enumerate(text.splitlines(), start=1):
         content = line.split("#", 1)[0].strip()
-        for item in (part.strip() for part in content.split(",")):
+        entries = [part.strip() for part in content.split(",")]
+        for index, item in enumerate(entries, start=1):
             if item:
-                key = keys.parse_public_key(item, f"{path} line {number}")
+                where = f"{path} line {number}"
+                if len(entries) > 1:  # the seed's layout: say which key of the line
+                    where += f" entry {index} of {len(entries)} ({_excerpt(item)!r})"
+                key = keys.parse_public_key(item, where)
                 allowed[keys.fingerprint(key)] = key
     return allowed
+
+
+def _excerpt(item: str, width: int = 48) -> str:
+    """An entry short enough for a one-line error: its start and its comment, if any.
+
+    Keys of one type all start alike; the comment (``pollen-client-3``) tells them apart.
+    """
+    if len(item) <= width:
+        return item
+    fields = item.split(None, 2)
+    comment = f" {fields[2][:24]}" if len(fields) == 3 else ""
+    return f"{item[:28]}...{comment}"
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,6 +28,9 @@ EXPECTED_PUBLIC = (
 )
 EXPECTED_PRIVATE = "expected an OpenSSH or PEM private key (ECDSA P-256/P-384/P-521 or Ed25519)"
 _CURVES = ("secp256r1", "secp384r1", "secp521r1")
+# an OpenSSH public key at the start of the file, of a line, or after a comma
+_KEY_START = re.compile(rb"(?:^|[,\n])\s*(?:ecdsa-sha2-nistp\d+|ssh-ed25519|sk-\S+) ")
+_OPENSSH_BODY = re.compile(rb"-----[A-Z ]+-----|\s")
 
 
 def _check_type(key: object, where: str) -> None:
@@ -73,8 +77,38 @@ def read_credential(path: Path, what: str) -> bytes:
         raise ConfigurationError(f"{path}: cannot read {what} file ({exc.strerror})") from None
 
 
+def _key_count(data: bytes) -> int:
+    """How many public keys ``data`` holds, as an allow-list lays them out."""
+    return len(_KEY_START.findall(data)) + data.count(b"-----BEGIN PUBLIC KEY-----")
+
+
+def _looks_like_allowlist(data: bytes, path: Path) -> bool:
+    return _key_count(data) > 1 or (path.suffix.lower() == ".csv" and _key_count(data) > 0)
+
+
 def load_public_key(path: Path) -> PublicKey:
-    return parse_public_key(read_credential(path, "public key").decode(errors="replace"), str(path))
+    data = read_credential(path, "public key")
+    if _key_count(data) > 1:
+        raise ConfigurationError(
+            f"{path}: this is an allow-list of {_key_count(data)} public keys, not one public "
+            "key; give a single public key file here (a .pub file)"
+        )
+    return parse_public_key(data.decode(errors="replace"), str(path))
+
+
+def _is_encrypted(data: bytes) -> bool:
+    """Whether a private key file is encrypted (PEM headers; OpenSSH's cipher name)."""
+    if b"OPENSSH PRIVATE KEY" not in data:
+        return b"ENCRYPTED" in data
+    try:
+        blob = base64.b64decode(_OPENSSH_BODY.sub(b"", data))
+    except ValueError:
+        return False
+    magic = b"openssh-key-v1\0"
+    if not blob.startswith(magic) or len(blob) < len(magic) + 4:
+        return False
+    length = int.from_bytes(blob[len(magic) : len(magic) + 4], "big")
+    return blob[len(magic) + 4 : len(magic) + 4 + length] != b"none"
 
 
 def load_private_key(path: Path) -> PrivateKey:
@@ -87,6 +121,11 @@ def load_private_key(path: Path) -> PrivateKey:
             key: object = serialization.load_ssh_private_key(data, password)
         elif b"PRIVATE KEY" in data:
             key = serialization.load_pem_private_key(data, password)
+        elif _looks_like_allowlist(data, path):
+            raise ConfigurationError(
+                f"{path}: this is an allow-list of public keys, not a private key; give the "
+                "private key file here (the key pair's file without .pub)"
+            )
         elif data.lstrip().startswith((b"ecdsa-", b"ssh-", b"-----BEGIN PUBLIC")):
             raise ConfigurationError(
                 f"{path}: this is a public key; give the private key (the file without .pub)"
@@ -102,6 +141,12 @@ def load_private_key(path: Path) -> PrivateKey:
             f"{path}: private key is encrypted; set {PASSPHRASE_ENV} to its passphrase"
         ) from None
     except (ValueError, UnsupportedAlgorithm) as exc:
+        if password is not None and _is_encrypted(data):
+            # cryptography says "Corrupt data: broken checksum" for an OpenSSH key
+            raise ConfigurationError(
+                f"{path}: wrong passphrase: ${PASSPHRASE_ENV} does not decrypt this private "
+                f"key; set {PASSPHRASE_ENV} to the passphrase the key was made with"
+            ) from None
         raise ConfigurationError(
             f"{path}: not a usable private key ({exc}); {EXPECTED_PRIVATE}"
         ) from None
