@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pollen.cli.local_federation import LocalFederation, pollen_command, spawn, wait_for_log
@@ -65,7 +66,10 @@ def test_quickstart_trains_to_90_percent_in_five_rounds(secure_fed: LocalFederat
     metrics = json.loads(metrics_file.read_text())
     assert len(metrics["rounds"]) == 5
     assert metrics["rounds"][-1]["evaluate_metrics"]["accuracy"] >= 0.9
-    assert (metrics_file.parent / "final_model.npz").is_file()
+    with np.load(metrics_file.parent / "final_model.npz") as model:  # named as the state_dict
+        assert model.files[:3] == ["conv1.weight", "conv1.bias", "bn1.weight"]
+        batches = model["bn1.num_batches_tracked"]  # BatchNorm's 0-d int64 counter, averaged
+        assert batches.shape == () and batches.dtype == np.int64 and batches > 0
 
 
 def test_node_killed_mid_round_lets_the_round_finish_with_the_other(

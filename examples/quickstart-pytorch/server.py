@@ -1,8 +1,8 @@
 """The quickstart's ServerApp: FedAvg over two nodes for five rounds."""
 
-from task import get_weights, new_model
+from task import named_weights, new_model
 
-from pollen.common import Metrics, ndarrays_to_parameters
+from pollen.common import Metrics
 from pollen.server import ServerApp, ServerConfig
 from pollen.server.strategy import FedAvg
 
@@ -19,7 +19,7 @@ strategy = FedAvg(
     min_fit_clients=2,
     min_evaluate_clients=2,
     min_available_clients=2,
-    initial_parameters=ndarrays_to_parameters(get_weights(new_model())),
+    initial_parameters=named_weights(new_model()),  # names label final_model.npz's arrays
     on_fit_config_fn=lambda server_round: {"local-epochs": 2},
     evaluate_metrics_aggregation_fn=weighted_average,
 )

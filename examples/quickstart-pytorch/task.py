@@ -15,18 +15,20 @@ SEED = 42
 
 
 class Net(nn.Module):
-    """Two 3x3 convolutions and two linear layers for 1x8x8 images, 10 classes."""
+    """Two 3x3 convolutions (the first batch-normalised) and two linear layers for 1x8x8
+    images, 10 classes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc1 = nn.Linear(32 * 2 * 2, 64)
         self.fc2 = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
         x = self.pool(torch.relu(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
@@ -94,12 +96,37 @@ def test(net: Net, loader: DataLoader) -> tuple[float, float]:
     return loss / max(count, 1), correct / max(count, 1)
 
 
+def named_weights(net: Net) -> dict[str, np.ndarray]:
+    """The state_dict as NumPy arrays: BatchNorm's running statistics and its
+    ``num_batches_tracked`` (a 0-d int64 array) included. Given to FedAvg as
+    ``initial_parameters``, the names label the arrays of the saved models."""
+    return {name: value.cpu().numpy() for name, value in net.state_dict().items()}
+
+
 def get_weights(net: Net) -> list[np.ndarray]:
-    return [value.cpu().numpy() for value in net.state_dict().values()]
+    return list(named_weights(net).values())
 
 
 def set_weights(net: Net, weights: list[np.ndarray]) -> None:
-    keys = net.state_dict().keys()
+    state = net.state_dict()
+    check_shapes({name: tuple(value.shape) for name, value in state.items()}, weights)
     net.load_state_dict(
-        OrderedDict((k, torch.tensor(v)) for k, v in zip(keys, weights, strict=True))
+        OrderedDict((k, torch.tensor(w)) for k, w in zip(state, weights, strict=True))
+    )
+
+
+def check_shapes(mine: dict[str, tuple[int, ...]], weights: list[np.ndarray]) -> None:
+    """Say which array of the run's model does not fit this model (instead of zip's
+    'argument 2 is longer than argument 1')."""
+    theirs = [tuple(np.shape(w)) for w in weights]
+    if list(mine.values()) == theirs:
+        return
+    problem = f"it has {len(theirs)} arrays, this ClientApp's model {len(mine)}"
+    for index, (name, shape) in enumerate(mine.items()):
+        if index < len(theirs) and theirs[index] != shape:
+            problem = f"array {index} ({name}) is {theirs[index]} there, {shape} here"
+            break
+    raise ValueError(
+        f"the run's model does not fit this ClientApp's model: {problem}; "
+        "run the ClientApp that belongs to the ServerApp"
     )
