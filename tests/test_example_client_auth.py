@@ -91,7 +91,17 @@ def test_generate_sh_writes_what_pollen_keys_generate_writes(project: Path, tmp_
         keys.check_pair(keys.load_private_key(private), public, private, public_path)
         assert keys.fingerprint(public) in allowed
 
-    again = generate_sh(project)  # ./generate.sh: two clients, the earlier five replaced
+    # issue 12: a second ./generate.sh replaced the CA and every key without asking
+    before = {path: path.read_bytes() for path in (project / "keys").iterdir()}
+    refused = generate_sh(project)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().count("\n") == 0
+    assert refused.stderr.startswith("error: certificates/ca.crt already exists (17 files")
+    assert "pass --force to replace them (./generate.sh --force 2)" in refused.stderr
+    assert {path: path.read_bytes() for path in (project / "keys").iterdir()} == before
+
+    readme_command("./generate.sh --force")
+    again = generate_sh(project, "--force")  # two clients, the earlier five replaced
     assert again.returncode == 0, again.stderr
     assert len(parse_allowlist(csv.read_text(), csv)) == 2
     assert not (project / "keys" / "client_credentials_3").exists()
@@ -174,4 +184,5 @@ def test_the_readme_flow_trains_three_rounds_and_refuses_an_unlisted_key(
     assert [r["fit_results"] for r in rounds] == [2, 2, 2]
     assert all(sorted(r["fit_metrics"]) == sorted(METRICS) for r in rounds)
     with np.load(metrics_file.parent / "final_model.npz") as model:
-        assert model["arr_0"].shape == (6, 3, 5, 5) and len(model.files) == 10
+        assert model["layer_0"].shape == (6, 3, 5, 5) and len(model.files) == 15
+        assert model["layer_6"].shape == () and model["layer_6"] > 0  # num_batches_tracked

@@ -7,18 +7,60 @@
 #                  client_credentials_N(.pub) (one key pair per SuperNode, ECDSA P-384),
 #                  client_public_keys.csv (the allow-list: every client key on one line)
 #
-# The same layout as `pollen keys generate N`. Usage: ./generate.sh [NUMBER_OF_CLIENTS]  (2)
-# These keys are for development only: the CA key lies next to the certificates and no
-# private key has a passphrase.
+# The same layout as `pollen keys generate N`. Usage: ./generate.sh [--force] [NUMBER_OF_CLIENTS]
+# (2 clients by default). Like `pollen keys generate`, it refuses to replace existing keys
+# and certificates unless given --force (every node and SuperLink using them must then get
+# the new ones). These keys are for development only: the CA key lies next to the
+# certificates and no private key has a passphrase.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-clients="${1:-2}"
+force=0
+clients=""
+for arg in "$@"; do
+    case "$arg" in
+    --force) force=1 ;;
+    -h | --help)
+        echo "usage: ./generate.sh [--force] [NUMBER_OF_CLIENTS]  (2 clients by default;" \
+            "--force replaces existing keys and certificates)"
+        exit 0
+        ;;
+    -*)
+        echo "error: unknown option '$arg'; usage: ./generate.sh [--force] [NUMBER_OF_CLIENTS]" >&2
+        exit 2
+        ;;
+    *)
+        if [[ -n "$clients" ]]; then
+            echo "error: one number of clients, please (got '$clients' and '$arg'); e.g. ./generate.sh 5" >&2
+            exit 2
+        fi
+        clients="$arg"
+        ;;
+    esac
+done
+clients="${clients:-2}"
 if ! [[ "$clients" =~ ^[0-9]+$ ]] || ((10#$clients < 1)); then
     echo "error: the number of clients must be a whole number >= 1, got '$clients'; e.g. ./generate.sh 5" >&2
     exit 2
 fi
 clients=$((10#$clients))
+
+# What this script writes (and, with --force, replaces), client keys of earlier runs included.
+shopt -s nullglob
+existing=(certificates/ca.crt certificates/ca.key certificates/server.pem certificates/server.key
+    keys/server_credentials keys/server_credentials.pub keys/client_credentials_*
+    keys/client_public_keys.csv)
+shopt -u nullglob
+present=()
+for path in "${existing[@]}"; do
+    [[ -e "$path" ]] && present+=("$path")
+done
+if ((${#present[@]} > 0 && !force)); then
+    echo "error: ${present[0]} already exists (${#present[@]} files would be overwritten);" \
+        "pass --force to replace them (./generate.sh --force $clients), or run it in a copy of" \
+        "this folder" >&2
+    exit 2
+fi
 for tool in openssl ssh-keygen; do
     if ! command -v "$tool" >/dev/null; then
         echo "error: $tool is not installed; install it (OpenSSL, OpenSSH client) or run: pollen keys generate $clients" >&2
@@ -38,10 +80,8 @@ quietly() {
 echo "warning: these keys and certificates are for development only; do not use them in production" >&2
 
 mkdir -p certificates keys
-# Replace what an earlier run wrote (ssh-keygen would otherwise ask before overwriting).
-rm -f certificates/ca.crt certificates/ca.key certificates/server.pem certificates/server.key \
-    certificates/server.csr keys/server_credentials keys/server_credentials.pub \
-    keys/client_credentials_* keys/client_public_keys.csv
+# --force: replace what an earlier run wrote (ssh-keygen would otherwise ask before overwriting).
+rm -f certificates/server.csr ${present[@]+"${present[@]}"}
 umask 077  # private keys readable by their owner only
 
 ec_key=(-newkey ec -pkeyopt ec_paramgen_curve:secp384r1 -nodes)
