@@ -309,6 +309,8 @@ def test_the_task_is_the_classic_cnn_trained_as_the_seed_trains_it(
     assert shapes == [
         (6, 3, 5, 5),
         (6,),
+        *[(6,)] * 4,  # BatchNorm: weight, bias, running mean and variance
+        (),  # its num_batches_tracked
         (16, 6, 5, 5),
         (16,),
         (120, 400),
@@ -335,6 +337,8 @@ def test_the_task_is_the_classic_cnn_trained_as_the_seed_trains_it(
     task.set_weights(fresh, task.get_weights(net))
     for mine, theirs in zip(task.get_weights(fresh), task.get_weights(net), strict=True):
         np.testing.assert_array_equal(mine, theirs)
+    with pytest.raises(ValueError, match=r"array 2 \(bn1.weight\) is \(6, 3, 5, 5\) there"):
+        task.set_weights(fresh, task.get_weights(net)[:2] + task.get_weights(net)[:-2])
     with pytest.raises(task.DataError, match="num-partitions=two: expected a whole number"):
         task.load_data({**config, "num-partitions": "two"})
 

@@ -28,11 +28,13 @@ _KINDS = {int: "a whole number", float: "a number", str: "text"}
 
 class Net(nn.Module):
     """Two 5x5 convolutions with max-pooling, then 400 -> 120 -> 84 -> 10 (the PyTorch tutorial's
-    CIFAR-10 network)."""
+    CIFAR-10 network), with batch normalisation after the first convolution, as most real
+    models have: its running statistics travel and are averaged with the weights."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 6, 5)
+        self.bn1 = nn.BatchNorm2d(6)
         self.pool = nn.MaxPool2d(2, 2)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
@@ -40,7 +42,7 @@ class Net(nn.Module):
         self.fc3 = nn.Linear(84, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
         x = self.pool(torch.relu(self.conv2(x)))
         x = x.flatten(1)
         x = torch.relu(self.fc1(x))
@@ -164,11 +166,31 @@ def test(net: Net, loader: DataLoader) -> tuple[float, float]:
 
 
 def get_weights(net: Net) -> list[np.ndarray]:
+    """The state_dict as NumPy arrays, BatchNorm's statistics and its 0-d
+    ``num_batches_tracked`` counter included."""
     return [value.cpu().numpy() for value in net.state_dict().values()]
 
 
 def set_weights(net: Net, weights: list[np.ndarray]) -> None:
-    keys = net.state_dict().keys()
+    state = net.state_dict()
+    check_shapes({name: tuple(value.shape) for name, value in state.items()}, weights)
     net.load_state_dict(
-        OrderedDict((k, torch.tensor(v)) for k, v in zip(keys, weights, strict=True)), strict=True
+        OrderedDict((k, torch.tensor(v)) for k, v in zip(state, weights, strict=True)), strict=True
+    )
+
+
+def check_shapes(mine: dict[str, tuple[int, ...]], weights: list[np.ndarray]) -> None:
+    """Say which array of the run's model does not fit this model (instead of zip's
+    'argument 2 is longer than argument 1')."""
+    theirs = [tuple(np.shape(w)) for w in weights]
+    if list(mine.values()) == theirs:
+        return
+    problem = f"it has {len(theirs)} arrays, this ClientApp's model {len(mine)}"
+    for index, (name, shape) in enumerate(mine.items()):
+        if index < len(theirs) and theirs[index] != shape:
+            problem = f"array {index} ({name}) is {theirs[index]} there, {shape} here"
+            break
+    raise ValueError(
+        f"the run's model does not fit this ClientApp's model: {problem}; "
+        "run the ClientApp that belongs to the ServerApp"
     )
