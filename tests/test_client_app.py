@@ -270,6 +270,21 @@ def test_fit_with_arrays_that_are_not_a_list_of_numpy_arrays_is_refused(arrays: 
         run_fit((arrays, 1, {}))
 
 
+def test_a_list_inside_the_arrays_is_named_by_its_position() -> None:
+    with pytest.raises(ClientAppError, match=r"item 1 is a list \(convert it with numpy.asarray"):
+        run_fit(([np.zeros(3), [1.0, 2.0]], 1, {}))
+
+
+def test_numpy_scalars_among_the_arrays_are_sent_as_0d_arrays() -> None:
+    # `[p + 1 for p in parameters]` makes a numpy scalar of a 0-d array (BatchNorm's counter)
+    counter = np.array(3, np.int64) + 1
+
+    reply = run_fit(([np.zeros(3), counter], 1, {}))
+
+    assert isinstance(reply.parameters[1], np.ndarray)
+    assert reply.parameters[1].shape == () and reply.parameters[1] == 4
+
+
 def test_fit_metrics_with_a_list_value_are_refused_naming_the_metric() -> None:
     with pytest.raises(ClientAppError, match=r"fit returned bad metrics.*'losses'"):
         run_fit((WEIGHTS, 10, {"acc": 0.9, "losses": [0.3, 0.2]}))

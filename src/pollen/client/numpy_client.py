@@ -36,9 +36,21 @@ class NumPyClient:
 
 
 def _arrays(method: str, value: Any) -> NDArrays:
-    if not isinstance(value, list | tuple) or not all(isinstance(a, np.ndarray) for a in value):
+    """The arrays ``method`` returned; numpy scalars become 0-d arrays (arithmetic on a
+    0-d array, such as BatchNorm's ``num_batches_tracked``, gives a scalar)."""
+    if not isinstance(value, list | tuple):
         raise ClientAppError(f"{method} must return a list of numpy arrays, got {type(value)}")
-    return list(value)
+    arrays: NDArrays = []
+    for index, item in enumerate(value):
+        if isinstance(item, np.generic):
+            item = np.asarray(item)
+        if not isinstance(item, np.ndarray):
+            raise ClientAppError(
+                f"{method} must return a list of numpy arrays; item {index} is a "
+                f"{type(item).__name__} (convert it with numpy.asarray)"
+            )
+        arrays.append(item)
+    return arrays
 
 
 def _count(method: str, value: Any) -> int:
