@@ -238,7 +238,27 @@ def test_offline_without_the_archive_says_where_to_put_it(tmp_path: Path) -> Non
     default = tmp_path / "cache" / "pollen" / "cifar-10-python.tar.gz"
     assert f"CIFAR-10 is not at {default} and could not be downloaded" in message
     assert f"put it at {default}" in message and "data-path=PATH" in message
-    assert not default.exists() and not list(default.parent.glob("*.part"))
+    # issue 12: an empty ~/.cache/pollen stayed behind; the cache folder was made for it too
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("url", ["closed-port", "missing-file"])
+def test_a_failed_download_removes_only_the_folders_it_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    module = cifar10()
+    cache = tmp_path / "cache"
+    (cache / "other-app").mkdir(parents=True)  # ~/.cache exists, ~/.cache/pollen does not
+    if url == "missing-file":
+        monkeypatch.setenv("POLLEN_CIFAR10_URL", (tmp_path / "nothing.tar.gz").as_uri())
+    with pytest.raises(module.DataError, match="could not be downloaded"):
+        module.find_archive()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache", "other-app"]
+
+    (cache / "pollen").mkdir()  # a folder the user made is kept
+    with pytest.raises(module.DataError, match="could not be downloaded"):
+        module.find_archive()
+    assert (cache / "pollen").is_dir() and not list((cache / "pollen").iterdir())
 
 
 @contextlib.contextmanager
@@ -278,7 +298,7 @@ def test_download_keeps_the_file_only_when_its_checksum_matches(
             module.find_archive()
         message = one_line_error(excinfo)
         assert f"downloaded from {url} has md5 {md5}, not {module.MD5}" in message
-        assert not default.exists() and not list(default.parent.glob("*.part"))
+        assert not (tmp_path / "cache").exists()  # nor any *.part file
 
         monkeypatch.setenv("POLLEN_CIFAR10_MD5", md5)
         data = module.load()

@@ -104,13 +104,45 @@ def find_archive(data_path: str | Path | None = None) -> Path:
 
 
 def download(url: str, destination: Path, md5: str, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """Fetch ``url`` to ``destination``, keeping it only if its md5 is ``md5``."""
+    """Fetch ``url`` to ``destination``, keeping it only if its md5 is ``md5``.
+
+    A failed download leaves nothing behind, not even the folders it created
+    (``~/.cache/pollen``).
+    """
+    created = _missing_folders(destination.parent)
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(created)
         raise DataError(
             f"cannot create {destination.parent} for CIFAR-10 ({exc.strerror}); {_HINT}"
         ) from None
+    try:
+        return _fetch(url, destination, md5, timeout)
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) where they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another node's download is using it
+            return
+
+
+def _fetch(url: str, destination: Path, md5: str, timeout: float) -> Path:
     # A name of our own: two nodes on one machine may download at the same time.
     part = destination.with_name(f"{destination.name}.{os.getpid()}.part")
     digest = hashlib.md5(usedforsecurity=False)
