@@ -101,6 +101,16 @@ def test_a_stream_that_ends_early_is_refused() -> None:
         asyncio.run(download_blob(stream, short))
 
 
+def test_a_declared_size_is_never_allocated_before_the_sender_confirms_it() -> None:
+    # a node's result declaring 2**50 bytes for a small stored blob: allocating the
+    # declared size first ended the ServerApp with MemoryError
+    buffer, ref = model()
+    poisoned = BlobRef(ref.digest, 2**50)
+
+    with pytest.raises(BlobError, match=rf"declared as {2**50} bytes.*stores {len(buffer)}"):
+        asyncio.run(download_blob(server(buffer, ref, []), poisoned))
+
+
 def test_an_upload_reply_that_names_other_bytes_is_refused() -> None:
     digest = "a" * 64
     assert stored_ref(pb.BlobRef(digest=digest, size=3), BlobRef("", 3)) == BlobRef(digest, 3)

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pollen.errors import PollenError, RunError
+import grpc
+
+from pollen.errors import ConnectionFailed, PollenError, RunError
 from pollen.records.messages import BlobRef, Result, Task, TaskKind
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import Config, NDArrays
@@ -19,7 +21,7 @@ from pollen.server.driver import DriverClient
 from pollen.server.global_model import GlobalModel
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.server_app import ServerApp
-from pollen.server.strategy.strategy import Strategy
+from pollen.server.strategy.strategy import FitAggregator, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -161,16 +163,12 @@ class RoundLoop:
             if result.parameters is not None:
                 results.append(result.parameters)
             try:
-                if result.parameters is None:
-                    raise RunError("fit result carries no arrays")
-                arrays = await self.driver.download_arrays(result.parameters, transient=True)
-                aggregator.add(result.node_id, FitRes(arrays, result.num_examples, result.metrics))
-                record.fit_results += 1
-                record.fit_nodes.append(
-                    NodeFit(result.node_id, result.num_examples, dict(result.metrics))
-                )
-            except PollenError as exc:
-                failures.append(f"node {result.node_id}: result rejected: {exc}")
+                await self._take(result, aggregator, record)
+            except ConnectionFailed:
+                raise  # the SuperLink is gone, not this node's result
+            except (PollenError, grpc.aio.AioRpcError, MemoryError, ValueError) as exc:
+                # one node's result never ends the run, whatever is wrong with it
+                failures.append(f"node {result.node_id}: result rejected: {_reason(exc)}")
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
         if failures and not getattr(self.strategy, "accept_failures", True):
@@ -196,6 +194,15 @@ class RoundLoop:
         # checkpoint no longer names it.
         await self.driver.release_blobs(self.run_id, [r for r in results if r != ref])
         return GlobalModel(self.driver, self.run_id, new_parameters)
+
+    async def _take(self, result: Result, aggregator: FitAggregator, record: RoundRecord) -> None:
+        """Download one fit result and fold it in."""
+        if result.parameters is None:
+            raise RunError("fit result carries no arrays")
+        arrays = await self.driver.download_arrays(result.parameters, transient=True)
+        aggregator.add(result.node_id, FitRes(arrays, result.num_examples, result.metrics))
+        record.fit_results += 1
+        record.fit_nodes.append(NodeFit(result.node_id, result.num_examples, dict(result.metrics)))
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
         # No waiting here: the nodes that just trained are connected, and a round
@@ -261,6 +268,16 @@ class RoundLoop:
         write_checkpoint(self.directory, server_round, current, self.history)
         if previous is not None and previous.digest != current.digest:
             await self.driver.release_blobs(self.run_id, [previous])
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"the SuperLink answered {exc.code().name}: {exc.details()}"
+    if isinstance(exc, MemoryError):
+        return "the ServerApp could not allocate the memory to take it (MemoryError)"
+    if isinstance(exc, PollenError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _format_metrics(metrics: dict[str, object]) -> str:

@@ -137,7 +137,8 @@ class _Assembly:
 
     def __init__(self, ref: BlobRef, out: bytearray | None) -> None:
         self.ref = ref
-        self.out = out if out is not None and len(out) == ref.size else bytearray(ref.size)
+        self._reuse = out if out is not None and len(out) == ref.size else None
+        self._out: bytearray | None = None
         self.position = 0
         self._hashed = 0
         self._hasher = new_hasher()
@@ -148,7 +149,25 @@ class _Assembly:
             await self._pending
             self._pending = None
 
+    @property
+    def out(self) -> bytearray:
+        if self._out is None:  # nothing arrived: only an empty blob can be complete
+            self._out = self._reuse if self._reuse is not None else bytearray(0)
+        return self._out
+
+    def _allocate(self, chunk: Chunk) -> None:
+        """The buffer, once the sender has confirmed the size: a size declared by
+        someone else (a node's result) is never allocated on trust."""
+        if chunk.total_size != self.ref.size or (chunk.digest and chunk.digest != self.ref.digest):
+            raise BlobError(
+                f"blob {self.ref.digest[:12]} was declared as {self.ref.size} bytes, but the "
+                f"SuperLink stores {chunk.total_size} bytes under {chunk.digest[:12] or '?'}"
+            )
+        self._out = self._reuse if self._reuse is not None else bytearray(self.ref.size)
+
     async def feed(self, chunk: Chunk) -> None:
+        if self._out is None:
+            self._allocate(chunk)
         end = self.position + len(chunk.data)
         if chunk.offset != self.position or end > self.ref.size:
             raise BlobError(
