@@ -186,35 +186,6 @@ def test_an_empty_allow_list_admits_nobody(tmp_path: Path) -> None:
     assert parse_allowlist(path.read_text(), path) == {}
 
 
-def test_a_malformed_edit_keeps_the_previous_keys(tmp_path: Path, seed: Seed) -> None:
-    path = seed.allowlist_copy(tmp_path)
-    allowed = AllowList.load(path)
-    before = set(allowed.keys)
-    path.write_text("ecdsa-sha2-nistp384 broken\n")
-    assert allowed.reload_if_changed() is None  # seen changing
-    assert allowed.reload_if_changed() is None  # settled, but malformed: ignored
-    assert set(allowed.keys) == before
-    path.write_text(seed.client_key(1).with_suffix(".pub").read_text())
-    assert allowed.reload_if_changed() is None
-    changes = allowed.reload_if_changed()
-    assert changes is not None and changes[0] == set() and len(changes[1]) == 2
-    assert len(allowed.keys) == 1
-
-
-def test_a_change_is_applied_only_once_the_file_has_settled(tmp_path: Path, seed: Seed) -> None:
-    """A file caught half-written (here: empty) must not revoke every key."""
-    path = seed.allowlist_copy(tmp_path)
-    allowed = AllowList.load(path)
-    before = set(allowed.keys)
-    content = path.read_text()
-    path.write_text("")  # the editor truncated the file ...
-    assert allowed.reload_if_changed() is None
-    path.write_text(content + "\n")  # ... and finished writing it
-    assert allowed.reload_if_changed() is None
-    assert allowed.reload_if_changed() == (set(), set())
-    assert set(allowed.keys) == before
-
-
 # private keys
 
 

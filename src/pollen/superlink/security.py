@@ -13,10 +13,11 @@ from typing import Any
 import grpc
 
 from pollen.errors import ConfigurationError, StorageError
+from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
 from pollen.superlink.audit import Audit
-from pollen.superlink.auth_service import AuthService, AuthSettings
+from pollen.superlink.auth_service import AuthService, AuthSettings, Context
 from pollen.superlink.rate_limit import FailureLimiter
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.sessions import Session, SessionStore
@@ -58,6 +59,40 @@ class SecurityConfig:
             )
 
 
+JOINS_PAUSED = (
+    "the SuperLink's allow-list file is missing or unreadable, so it admits no new joins "
+    "until its operator restores the file; retry later"
+)
+
+
+class JoinGate(auth_pb2_grpc.AuthServicer):
+    """The Auth service, closed to new joins while the allow-list file is missing.
+
+    Joins are refused as UNAVAILABLE, not PERMISSION_DENIED: the key may well be
+    listed, and nodes and ServerApps retry with backoff until the file is back.
+    """
+
+    def __init__(self, service: AuthService, allowlist: AllowList) -> None:
+        self.service = service
+        self.allowlist = allowlist
+
+    async def _open(self, context: Context) -> None:
+        if self.allowlist.missing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, JOINS_PAUSED)
+
+    async def Challenge(
+        self, request: apb.ChallengeRequest, context: Context
+    ) -> apb.ChallengeReply:
+        await self._open(context)
+        return await self.service.Challenge(request, context)
+
+    async def OpenSession(
+        self, request: apb.OpenSessionRequest, context: Context
+    ) -> apb.OpenSessionReply:
+        await self._open(context)
+        return await self.service.OpenSession(request, context)
+
+
 @dataclass
 class ApiGuard:
     """Authentication of one API: its allow-list, sessions and gRPC pieces."""
@@ -71,22 +106,29 @@ class ApiGuard:
     def add_service(
         self, server: grpc.aio.Server, on_displaced: Callable[[Session], None] | None = None
     ) -> None:
+        service = JoinGate(AuthService(self.settings, on_displaced), self.settings.allowlist)
         auth_pb2_grpc.add_AuthServicer_to_server(  # type: ignore[no-untyped-call]
-            AuthService(self.settings, on_displaced), RequestVerifier(None).registrar(server)
+            service, RequestVerifier(None).registrar(server)
         )
 
     def reload(self, on_revoked: Callable[[Session | None, str], None]) -> None:
-        """Apply changes of the allow-list file: added keys may join, removed ones are cut off."""
+        """Apply changes of the allow-list file: added keys may join, removed ones are cut off.
+
+        A file with errors still cuts off the keys gone from it (see `AllowList`).
+        """
         changes = self.settings.allowlist.reload_if_changed()
         if changes is None:
             return
-        added, removed = changes
-        for fingerprint in sorted(removed):  # cut off first: the audit may fail, access must not
+        reason = "key removed from the allow-list"
+        if changes.errors:
+            reason += " (or its line there has an error)"
+        # cut off first: the audit may fail, access must not
+        for fingerprint in sorted(changes.removed):
             sessions = self.settings.sessions.revoke(fingerprint)
             on_revoked(sessions[-1] if sessions else None, fingerprint)
             peers = ", ".join(s.peer for s in sessions) or "-"
-            self._record("revoke", fingerprint, peers, "key removed from the allow-list")
-        for fingerprint in sorted(added):
+            self._record("revoke", fingerprint, peers, reason)
+        for fingerprint in sorted(changes.added):
             self._record("key-added", fingerprint, "allow-list")
 
     def _record(self, event: str, fingerprint: str, peer: str, reason: str = "") -> None:
@@ -106,7 +148,7 @@ def make_guard(
 ) -> ApiGuard:
     settings = AuthSettings(
         api=api,
-        allowlist=AllowList.load(allowlist_path),
+        allowlist=AllowList.load(allowlist_path, clock),
         sessions=SessionStore(clock, exclusive=api == "fleet"),
         limiter=FailureLimiter(config.max_failures, config.failure_window, clock),
         audit=audit,
