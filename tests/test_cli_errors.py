@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from pollen.cli.local_federation import pollen_command
 from pollen.cli.main import cli
 from tests.conftest import APPS_DIR, free_port
 
@@ -98,7 +100,59 @@ def test_port_in_use(tmp_path: Path) -> None:
             str(tmp_path / "s.db"),
         )
     assert code == 2
-    assert_one_line_error(output, f"--driver-api-address 127.0.0.1:{port}: cannot listen")
+    assert_one_line_error(
+        output, f"--driver-api-address 127.0.0.1:{port}: cannot listen there (address already in"
+    )
+    assert "SuperLink stopped" not in output  # it never started
+    assert list(tmp_path.iterdir()) == []  # a refused start leaves no database behind
+
+
+def test_port_in_use_is_one_line_without_grpc_log_lines(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            pollen_command(
+                "superlink",
+                "--insecure",
+                "--fleet-api-address",
+                f"127.0.0.1:{port}",
+                "--driver-api-address",
+                "127.0.0.1:0",
+                "--database",
+                str(tmp_path / "s.db"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"},
+        )
+    assert result.returncode == 2
+    # neither gRPC's "E1204 ... add_port.cc] Failed to add port" nor "SuperLink stopped"
+    assert result.stderr.splitlines() == [
+        f"error: --fleet-api-address 127.0.0.1:{port}: cannot listen there (address already in "
+        "use); stop what uses it or choose another --fleet-api-address"
+    ]
+
+
+def test_a_superlink_refused_at_start_leaves_no_database(tmp_path: Path) -> None:
+    (tmp_path / "keys.csv").write_text("")
+    code, output = run(
+        "superlink",
+        "--insecure",
+        "--auth-list-public-keys",
+        str(tmp_path / "keys.csv"),
+        "--fleet-api-address",
+        "127.0.0.1:0",
+        "--driver-api-address",
+        "127.0.0.1:0",
+        "--database",
+        str(tmp_path / "s.db"),
+    )
+    assert code == 2
+    assert_one_line_error(output, "client authentication needs TLS")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keys.csv"]
 
 
 @pytest.mark.parametrize(

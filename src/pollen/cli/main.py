@@ -31,7 +31,9 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pollen")
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Log debug messages too, and gRPC's own log lines."
+)
 def cli(verbose: bool) -> None:
     """Pollen: federated learning with long-running, authenticated nodes.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,16 @@ def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:
     return revoke
 
 
+def _displace(dispatcher: Dispatcher) -> Callable[[Session], None]:
+    """A newer session of the same key took over: the older one's stream ends, saying why."""
+
+    def displace(old: Session) -> None:
+        if old.node_id:
+            dispatcher.disconnect(old.node_id, old.ended)
+
+    return displace
+
+
 def _guards(config: SuperLinkConfig, audit: Audit) -> tuple[ApiGuard | None, ApiGuard | None]:
     security = config.security
     security.check(config.fleet_address, config.driver_address)
@@ -106,6 +117,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     """Run a SuperLink for the duration of the ``async with`` block."""
     fleet_credentials = _credentials(config, config.fleet_address)
     driver_credentials = _credentials(config, config.driver_address)
+    created = _Created(config)
     state = SqliteState(config.database)
     try:
         blobs = BlobStore(config.blob_dir)
@@ -114,10 +126,11 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         collector.sweep()  # leftovers of a previous life
         fleet_guard, driver_guard = _guards(config, Audit(state, config.clock))
     except BaseException:
-        state.close()
+        created.remove(state)
         raise
     fleet = new_server()
     driver = new_server()
+    started = False
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
             FleetService(
@@ -134,7 +147,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         )
         revoke = _cut_off(dispatcher)
         if fleet_guard is not None:
-            fleet_guard.add_service(fleet, lambda old: revoke(old, old.fingerprint))
+            fleet_guard.add_service(fleet, _displace(dispatcher))
         if driver_guard is not None:
             driver_guard.add_service(driver)
         fleet_port = bind(fleet, config.fleet_address, "--fleet-api-address", fleet_credentials)
@@ -143,6 +156,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         )
         await fleet.start()
         await driver.start()
+        started = True
         logger.info(
             "SuperLink listening: Fleet API %s:%d, Driver API %s:%d, state %s (%s)",
             config.fleet_address.host,
@@ -173,8 +187,29 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     finally:
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
         blobs.spares.drop()
-        state.close()
-        logger.info("SuperLink stopped")
+        if started:
+            state.close()
+            logger.info("SuperLink stopped")
+        else:  # refused to start (a port in use): its error says why
+            created.remove(state)
+
+
+class _Created:
+    """What a starting SuperLink creates (its database, its blob folder), to remove it
+    again if the start is refused: a refused start leaves no empty database behind."""
+
+    def __init__(self, config: SuperLinkConfig) -> None:
+        self.database = not config.database.exists()
+        self.blob_dir = config.blob_dir if not config.blob_dir.exists() else None
+
+    def remove(self, state: SqliteState) -> None:
+        """Close ``state``; delete what this start created."""
+        if self.database:
+            state.discard()
+        else:
+            state.close()
+        if self.blob_dir is not None:
+            shutil.rmtree(self.blob_dir, ignore_errors=True)
 
 
 def _describe_security(config: SuperLinkConfig) -> str:

@@ -585,3 +585,16 @@ class SqliteState:
     def close(self) -> None:
         self._db.close()
         self._lock.close()  # releases the lock
+
+    def discard(self) -> None:
+        """Close and delete the database (one that a SuperLink refused at start created).
+
+        The lock file goes last and is released only then: no other SuperLink
+        can take the files over meanwhile.
+        """
+        path = self._db.path
+        self._db.close()
+        for suffix in ("-wal", "-shm", ""):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        Path(self._lock.name).unlink(missing_ok=True)
+        self._lock.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import grpc
@@ -81,14 +82,24 @@ def bind(
             port = server.add_insecure_port(target)
         else:
             port = server.add_secure_port(target, credentials)
-    except RuntimeError as exc:
+    except RuntimeError:
         port = 0
-        cause = str(exc)
-    else:
-        cause = "address in use or not available"
     if port == 0:
         raise ConfigurationError(
-            f"{option} {target}: cannot listen there ({cause}); "
+            f"{option} {target}: cannot listen there ({_why_not_bindable(address)}); "
             f"stop what uses it or choose another {option}"
         )
     return port
+
+
+def _why_not_bindable(address: Address) -> str:
+    """Why gRPC could not listen at ``address`` (it tells only its own log): try it here."""
+    try:
+        family, kind, _, _, where = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(where)
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return "address in use or not available"
