@@ -95,8 +95,13 @@ def test_a_broken_edit_revokes_the_keys_gone_from_it_and_holds_new_ones_back_unt
     assert f"new keys waiting until the file is clean: {newcomer.fingerprint}" in warning
 
     key_lines(path, kept, newcomer)  # the mistake fixed
-    settle(allowed)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, ALLOWLIST_LOG):
+        settle(allowed)
     assert newcomer.fingerprint in allowed and kept.fingerprint in allowed
+    assert warnings_of(caplog, logging.WARNING) == [
+        f"allow-list {path} is clean again: all its keys apply"
+    ]
 
 
 def test_a_key_whose_own_line_is_broken_is_revoked(tmp_path: Path, seed: Seed) -> None:

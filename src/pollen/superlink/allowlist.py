@@ -154,6 +154,8 @@ class AllowList:
     """Keys listed in a file with errors, not admitted until it is clean."""
     missing: str = ""
     """Why the file cannot be read, while it cannot: new joins are refused meanwhile."""
+    errors: tuple[str, ...] = ()
+    """The errors of the file as last read."""
     _seen: Signature | None = None
     _pending: Signature | None = None
     _missing_logged: float | None = None
@@ -214,9 +216,10 @@ class AllowList:
     def _apply(self, parsed: ParsedList) -> Reload:
         removed = frozenset(self.keys) - frozenset(parsed.keys)
         errors = tuple(message for _, message in parsed.errors)
+        had_errors, self.errors = self.errors, errors
         if not errors:
             added = frozenset(parsed.keys) - frozenset(self.keys)
-            if self.waiting:
+            if had_errors:
                 logger.warning("allow-list %s is clean again: all its keys apply", self.path)
             self.keys, self.waiting = dict(parsed.keys), frozenset()
             return Reload(added, removed, frozenset(), errors)
