@@ -33,7 +33,7 @@ from pollen.superlink.server import SuperLink, open_superlink
 from pollen.superlink.sessions import SessionStore
 from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
-from pollen.supernode.node import JoinRefused, run_supernode
+from pollen.supernode.node import JoinRefused, KeyInUse, run_supernode
 from pollen.transport.addresses import Address
 from pollen.transport.convert import result_to_proto
 from pollen.transport.request_signing import ClientIdentity, ServerIdentityError
@@ -626,8 +626,13 @@ def test_driver_api_with_operator_keys_admits_only_listed_operators(
             address = Address("127.0.0.1", link.driver_port)
             async with driver_client(seed, link.driver_port, operator) as driver:
                 assert (await driver.create_run("by an operator", {}))[0] > 0
-            async with driver_client(seed, link.driver_port) as anonymous:
-                assert await status_of(anonymous.create_run("anonymous", {})) == UNAUTHENTICATED
+            with pytest.raises(ConfigurationError, match="requires an operator key"):
+                await DriverClient.connect(address, seed.credentials, 5)  # told at once
+            async with peer(seed, link.driver_port, node_key) as anonymous:  # no session
+                body = dpb.CreateRunRequest(app="anonymous").SerializeToString()
+                assert await status_of(anonymous.unary(DRIVER + "CreateRun", body)) == (
+                    UNAUTHENTICATED
+                )
 
             for outsider in (seed.stranger(1), node_key):  # a node's key is no operator key
                 with pytest.raises(ConnectionFailed, match="refused the operator key"):
@@ -657,7 +662,7 @@ def test_server_app_without_an_operator_key_is_refused(tmp_path: Path, seed: See
                 connect_timeout=5,
                 credentials=seed.credentials,
             )
-            with pytest.raises(ConnectionFailed, match="unauthenticated"):
+            with pytest.raises(ConfigurationError, match="requires an operator key; pass --auth"):
                 await run_server_app(numpy_apps.make_server_app(num_rounds=1), app_config)
 
     asyncio.run(scenario())
@@ -799,9 +804,42 @@ def test_a_newer_session_of_the_same_key_replaces_the_older(tmp_path: Path, seed
                 new_fleet = await registered(new)
                 assert new_fleet.node_id == old_fleet.node_id  # the key decides the node id
                 await wait_until(lambda: link.dispatcher.online_nodes() == [], 2)
-            assert await status_of(old_fleet.heartbeat()) == UNAUTHENTICATED
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await old_fleet.heartbeat()
+            assert refused.value.code() == UNAUTHENTICATED
+            # the older process is told why, so that it does not join again and displace back
+            assert refused.value.details().startswith(
+                "replaced by another process with the same key (SHA256:"
+            )
             assert await status_of(new_fleet.heartbeat()) == OK
             assert len(events(link, "displaced")) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_node_replaced_by_another_process_with_its_key_says_so_and_stops(
+    tmp_path: Path, seed: Seed
+) -> None:
+    """Two processes with one key: the older one ends with the reason, the newer one stays
+    (they used to displace each other about three times a second, forever)."""
+
+    async def scenario() -> None:
+        async with open_superlink(secure_config(tmp_path, seed)) as link:
+            older = start_secure_node(seed, link.fleet_port, seed.identity(1))
+            await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
+            newer = start_secure_node(seed, link.fleet_port, seed.identity(1))
+            try:
+                with pytest.raises(KeyInUse) as ended:
+                    await asyncio.wait_for(older.task, 30)
+                message = str(ended.value)
+                assert "replaced by another process with the same key (SHA256:" in message
+                assert "give each SuperNode its own key pair" in message
+                assert ended.value.exit_code == 2
+                await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
+                assert not newer.task.done()
+                assert len(events(link, "displaced")) == 1
+            finally:
+                await stop_nodes(older, newer)
 
     asyncio.run(scenario())
 

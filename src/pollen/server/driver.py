@@ -16,7 +16,7 @@ from pollen.proto.driver_pb2_grpc import DriverStub
 from pollen.records.arrays import ArrayBytes, decode_arrays
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.records.typing import NDArrays, UserConfig
-from pollen.server.reconnect import Reconnector
+from pollen.server.reconnect import Reconnector, reach_driver
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import (
     download_blob,
@@ -27,8 +27,9 @@ from pollen.transport.blob_stream import (
 )
 from pollen.transport.channels import open_channel
 from pollen.transport.chunk_codec import Chunk
+from pollen.transport.connection_faults import Endpoint
 from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
-from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth, open_session
+from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth
 
 _DRIVER = "/pollen.v1.Driver/"
 
@@ -68,26 +69,24 @@ class DriverClient:
         """Connect, waiting up to ``timeout`` seconds for the SuperLink to answer.
 
         With an ``identity`` (operator key), join the Driver API's session first.
-        Later calls ride out a SuperLink restart for up to ``timeout`` seconds.
+        An answer that shows a misconfiguration (TLS, CA, port, key) is a
+        `ConfigurationError` without waiting. Later calls ride out a SuperLink
+        restart for up to ``timeout`` seconds.
         """
         auth = RequestAuth() if identity is not None else None
         channel = open_channel(address, credentials, fixed_window=True)  # beside the SuperLink
+        endpoint = Endpoint(address, "Driver", credentials is not None, identity is not None)
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-            if identity is not None and auth is not None:
-                await open_session(channel, identity, "driver", auth.holder)
+            await asyncio.wait_for(reach_driver(channel, endpoint, identity, auth), timeout)
         except TimeoutError:
             await channel.close()
             raise ConnectionFailed(
                 f"SuperLink Driver API at {address} did not answer within {timeout:g} s; "
                 "start it with `pollen superlink` or check --superlink"
-                + (" and --root-certificates" if credentials else "")
             ) from None
-        except grpc.aio.AioRpcError as exc:
+        except BaseException:
             await channel.close()
-            raise ConnectionFailed(
-                f"SuperLink Driver API at {address} refused the operator key: {exc.details()}"
-            ) from None
+            raise
         return cls(channel, address, auth, identity, timeout)
 
     async def close(self) -> None:

@@ -10,7 +10,15 @@ from typing import TypeVar
 import grpc
 
 from pollen.errors import ConnectionFailed
+from pollen.proto import driver_pb2 as dpb
 from pollen.transport.backoff import Backoff
+from pollen.transport.connection_faults import (
+    Endpoint,
+    FaultWatch,
+    key_not_used,
+    serves,
+    wrong_api,
+)
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 from pollen.transport.statuses import storage_full
 
@@ -105,3 +113,78 @@ class Attempts:
             delay,
         )
         await asyncio.sleep(delay)
+
+
+DRIVER_PROBE = "/pollen.v1.Driver/GetNodes"
+"""A Driver API call that tells the Driver API from the Fleet API (which does not know it)."""
+
+_ANSWERED = frozenset({grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION})
+"""What the Driver API answers a probe for run 0: it knows the call and let it through."""
+
+
+async def reach_driver(
+    channel: grpc.aio.Channel,
+    endpoint: Endpoint,
+    identity: ClientIdentity | None = None,
+    auth: RequestAuth | None = None,
+) -> None:
+    """Return once the Driver API at ``endpoint`` answers (with ``identity``: has let it join).
+
+    While nobody answers, try again with backoff (the caller bounds the wait). An
+    answer that shows a misconfiguration (TLS against plaintext, another CA, the
+    Fleet API's port, a missing operator key) raises `ConfigurationError` at once,
+    or after a few attempts where a passing fault could give the same answer.
+    """
+    faults = FaultWatch(endpoint)
+    backoff = Backoff(initial=0.1, maximum=2.0)
+    while True:
+        try:
+            if identity is not None and auth is not None:
+                await _join_driver(channel, endpoint, identity, auth)
+            await _probe_driver(channel, auth)
+            return
+        except grpc.aio.AioRpcError as exc:
+            faults.check(exc)
+            if exc.code() not in AWAY:
+                raise ConnectionFailed(
+                    f"SuperLink Driver API at {endpoint.address}: "
+                    f"{exc.code().name.lower()} ({exc.details()})"
+                ) from None
+            delay = backoff.next_delay()
+            logger.debug("SuperLink Driver API not reached (%s); again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _join_driver(
+    channel: grpc.aio.Channel, endpoint: Endpoint, identity: ClientIdentity, auth: RequestAuth
+) -> None:
+    try:
+        await open_session(channel, identity, "driver", auth.holder)
+    except grpc.aio.AioRpcError as exc:
+        refused = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+        if exc.code() not in (*refused, grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        # Whoever refused or did not know the join may be the Fleet API, not the Driver API.
+        if not await serves(channel, DRIVER_PROBE):
+            raise wrong_api(endpoint) from None
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise key_not_used(endpoint) from None
+        raise ConnectionFailed(
+            f"SuperLink Driver API at {endpoint.address} refused the operator key: {exc.details()}"
+        ) from None
+
+
+async def _probe_driver(channel: grpc.aio.Channel, auth: RequestAuth | None) -> None:
+    """Ask the Driver API for the nodes of run 0: an answer shows it is there, and that
+    it is the Driver API (the Fleet API does not know the call)."""
+    request = dpb.GetNodesRequest(run_id=0)
+    probe = channel.unary_unary(
+        DRIVER_PROBE,
+        request_serializer=dpb.GetNodesRequest.SerializeToString,
+        response_deserializer=dpb.GetNodesReply.FromString,
+    )
+    try:
+        await probe(request, metadata=auth.request(DRIVER_PROBE, request) if auth else None)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() not in _ANSWERED:
+            raise

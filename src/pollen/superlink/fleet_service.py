@@ -20,6 +20,7 @@ from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
+from pollen.transport.statuses import DISPLACED
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 if not self._state.mark_delivered(task.task_id):
                     continue  # answered or failed while it waited in the queue
                 yield task_to_proto(task)
+            if subscription.close_reason.startswith(DISPLACED):
+                # say why: a node that just reconnected would displace the other in turn
+                await context.abort(grpc.StatusCode.ABORTED, subscription.close_reason)
         finally:
             self._dispatcher.unsubscribe(subscription, "its task stream closed")
 

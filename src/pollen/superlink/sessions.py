@@ -13,6 +13,7 @@ from pollen.transport.session_crypto import (
     parse_auth_header,
     request_mac,
 )
+from pollen.transport.statuses import DISPLACED
 
 CHALLENGE_SECONDS = 30.0
 
@@ -27,6 +28,8 @@ class Session:
     peer: str
     node_id: int = 0
     last_used: float = 0.0
+    ended: str = ""
+    """Why the session is over, once it is (what its client is told)."""
     nonces: set[str] = field(default_factory=set)
     nonce_expiry: deque[tuple[float, str]] = field(default_factory=deque)
 
@@ -52,6 +55,9 @@ IDLE_SECONDS = 3600.0
 MAX_CHALLENGES = 10_000
 """Outstanding challenges kept at most; the oldest go first under a flood."""
 
+MAX_DISPLACED = 10_000
+"""Displaced sessions remembered at most (to tell their clients why), the oldest go first."""
+
 
 class SessionStore:
     """Sessions of one API (Fleet or Driver).
@@ -69,6 +75,7 @@ class SessionStore:
         self.exclusive = exclusive
         self._challenges: dict[bytes, tuple[str, float]] = {}
         self._sessions: dict[bytes, Session] = {}
+        self._displaced: dict[bytes, str] = {}  # session id -> why, in the order displaced
 
     def issue_challenge(self, fingerprint: str) -> bytes:
         now = self.clock()
@@ -94,14 +101,27 @@ class SessionStore:
     def open(
         self, session_id: bytes, key: bytes, fingerprint: str, peer: str
     ) -> tuple[Session, Session | None]:
-        """A new session for ``fingerprint``; returns it and the session it displaced."""
-        displaced = self.revoke(fingerprint)[-1:] if self.exclusive else []
+        """A new session for ``fingerprint``; returns it and the session it displaced.
+
+        A displaced session's client is told why on its next request (and its task
+        stream): another process joined with the same key, so that two processes
+        sharing a key do not keep displacing each other unawares.
+        """
+        displaced = self.revoke(fingerprint) if self.exclusive else []
         self._forget_idle()
         session = Session(session_id, key, fingerprint, peer, last_used=self.clock())
+        for old in displaced:
+            old.ended = f"{DISPLACED} ({fingerprint}), which joined from {peer}"
+            self._remember_displaced(old)
         if displaced:
-            session.node_id = displaced[0].node_id
+            session.node_id = displaced[-1].node_id
         self._sessions[session.session_id] = session
-        return session, displaced[0] if displaced else None
+        return session, displaced[-1] if displaced else None
+
+    def _remember_displaced(self, session: Session) -> None:
+        while len(self._displaced) >= MAX_DISPLACED:
+            del self._displaced[next(iter(self._displaced))]
+        self._displaced[session.session_id] = session.ended
 
     def _forget_idle(self) -> None:
         # A session unused for an hour is over (a ServerApp that ended joins anew).
@@ -130,6 +150,8 @@ class SessionStore:
             raise RequestRejected("request is not authenticated; join first") from None
         session = self._sessions.get(session_id)
         if session is None:
+            if session_id in self._displaced:
+                raise RequestRejected(self._displaced[session_id])
             raise RequestRejected("unknown or expired session; join again")
         expected = request_mac(session.key, method, timestamp, nonce, body_digest)
         if not hmac.compare_digest(expected, mac):

@@ -11,16 +11,27 @@ from dataclasses import dataclass, field
 import grpc
 
 from pollen.client.client_app import ClientApp
-from pollen.errors import PollenError
+from pollen.errors import ConfigurationError, PollenError
 from pollen.records.typing import UserConfig
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.task_runner import TaskRunner
 from pollen.transport.addresses import Address
 from pollen.transport.backoff import Backoff
 from pollen.transport.channels import open_channel
+from pollen.transport.connection_faults import (
+    Endpoint,
+    FaultWatch,
+    key_not_used,
+    serves,
+    wrong_api,
+)
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
+from pollen.transport.statuses import displaced
 
 logger = logging.getLogger(__name__)
+
+FLEET_PROBE = "/pollen.v1.Fleet/Heartbeat"
+"""A Fleet API call that tells the Fleet API from the Driver API (which does not know it)."""
 
 
 @dataclass
@@ -39,6 +50,15 @@ class JoinRefused(PollenError):
     """The SuperLink refused this node's key: retrying would not help."""
 
 
+class KeyInUse(ConfigurationError):
+    """Another process joined with this node's key and replaced it."""
+
+
+def _endpoint(config: SuperNodeConfig) -> Endpoint:
+    tls, keyed = config.credentials is not None, config.identity is not None
+    return Endpoint(config.superlink, "Fleet", tls, keyed)
+
+
 async def _heartbeat(fleet: FleetClient) -> None:
     while True:
         await asyncio.sleep(fleet.heartbeat_interval)
@@ -52,12 +72,18 @@ async def _join(channel: grpc.aio.Channel, config: SuperNodeConfig, auth: Reques
     try:
         await open_session(channel, config.identity, "fleet", auth.holder)
     except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
-            raise JoinRefused(
-                f"the SuperLink at {config.superlink} refused this node: {exc.details()}; "
-                "ask its operator to add the node's public key to the allow-list"
-            ) from None
-        raise
+        refused = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+        if exc.code() not in (*refused, grpc.StatusCode.UNIMPLEMENTED):
+            raise
+        # Whoever refused or did not know the join may be the Driver API, not the Fleet API.
+        if not await serves(channel, FLEET_PROBE):
+            raise wrong_api(_endpoint(config)) from None
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise key_not_used(_endpoint(config)) from None
+        raise JoinRefused(
+            f"the SuperLink at {config.superlink} refused this node: {exc.details()}; "
+            "ask its operator to add the node's public key to the allow-list"
+        ) from None
 
 
 async def _serve(
@@ -84,6 +110,7 @@ async def run_supernode(
     stop = stop or asyncio.Event()
     runner = TaskRunner(app, config.node_config)
     backoff = Backoff(maximum=config.max_backoff)
+    faults = FaultWatch(_endpoint(config))
     node_id = 0
     while not stop.is_set():
         auth = RequestAuth()
@@ -108,6 +135,9 @@ async def run_supernode(
                 raise error
             if fleet.node_id:  # this attempt got through: start backing off afresh
                 backoff.reset()
+                faults.reset()
+            if isinstance(error, grpc.aio.AioRpcError):
+                _give_up_if_pointless(error, config, faults)
             delay = backoff.next_delay()
             logger.warning(
                 "SuperLink at %s: %s; reconnecting in %.1f s",
@@ -117,6 +147,19 @@ async def run_supernode(
             )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
+
+
+def _give_up_if_pointless(
+    error: grpc.aio.AioRpcError, config: SuperNodeConfig, faults: FaultWatch
+) -> None:
+    """Raise what reconnecting cannot mend: a misconfiguration, or a key used twice."""
+    if displaced(error):
+        raise KeyInUse(
+            f"the SuperLink at {config.superlink} ended this node's session: "
+            f"{error.details()}; give each SuperNode its own key pair (pollen keys generate N "
+            "writes N of them), or stop the other process"
+        )
+    faults.check(error)
 
 
 def _describe(error: BaseException | None) -> str:

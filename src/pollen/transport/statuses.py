@@ -6,6 +6,9 @@ import grpc
 
 from pollen.errors import STORAGE_FULL, ConnectionFailed
 
+DISPLACED = "replaced by another process with the same key"
+"""How the SuperLink's answer starts when a newer session of a node's key ended this one's."""
+
 
 def storage_full(exc: grpc.aio.AioRpcError) -> bool:
     """The SuperLink's disk is full: the same call succeeds once space is freed.
@@ -15,6 +18,14 @@ def storage_full(exc: grpc.aio.AioRpcError) -> bool:
     """
     details = exc.details() or ""
     return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(STORAGE_FULL)
+
+
+def displaced(exc: grpc.aio.AioRpcError) -> bool:
+    """Another process joined with this node's key and took its place (the Fleet API
+    admits one session per key): joining again would only displace that one in turn."""
+    details = exc.details() or ""
+    ended = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ABORTED)
+    return exc.code() in ended and details.startswith(DISPLACED)
 
 
 def call_failed(superlink: object, exc: grpc.aio.AioRpcError) -> ConnectionFailed:
