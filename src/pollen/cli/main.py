@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
@@ -11,6 +10,8 @@ import click
 from pollen import __version__
 from pollen.cli.demo_cmd import demo
 from pollen.cli.keys_cmd import keys
+from pollen.cli.log_lines import install as install_logging
+from pollen.cli.log_lines import one_line
 from pollen.cli.runs_cmd import runs
 from pollen.cli.serverapp_cmd import serverapp
 from pollen.cli.superlink_cmd import superlink
@@ -25,7 +26,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PollenError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(exc.exit_code)
 
 
@@ -39,14 +40,7 @@ def cli(verbose: bool) -> None:
 
     Start a SuperLink, one SuperNode per data owner, then a ServerApp.
     """
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    install_logging(verbose)
 
 
 cli.add_command(superlink)
