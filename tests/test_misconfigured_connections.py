@@ -25,7 +25,7 @@ from pollen.superlink.security import SecurityConfig
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
 from pollen.supernode.node import SuperNodeConfig, run_supernode
 from pollen.transport.addresses import Address
-from pollen.transport.connection_faults import GRACE_ATTEMPTS
+from pollen.transport.connection_faults import GRACE_ATTEMPTS, Endpoint, diagnose
 from pollen.transport.tls import channel_credentials
 from tests.apps import numpy_apps
 from tests.auth_helpers import Seed, secure_config
@@ -262,3 +262,31 @@ def test_the_server_app_command_names_tls_at_once(tmp_path: Path, seed: Seed) ->
     assert code == 2
     [line] = lines
     assert "expects TLS; pass --root-certificates" in line, line
+
+
+@pytest.mark.parametrize(
+    ("details", "fragment"),
+    [  # as gRPC 1.85 words them
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.2:9092: "
+            "Custom verification check failed with error: UNAUTHENTICATED: Hostname "
+            "Verification Check failed.",
+            "certificate does not name 127.0.0.2; connect by a name it covers",
+        ),
+        (
+            "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.2:9092: "
+            "Failed to connect to remote host: Connection refused",
+            None,
+        ),
+    ],
+)
+def test_what_a_connection_failure_says(details: str, fragment: str | None) -> None:
+    error = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details
+    )
+    fault = diagnose(error, Endpoint(Address("127.0.0.2", 9092), "Fleet", tls=True, keyed=True))
+    if fragment is None:
+        assert fault is None  # nobody listening: worth waiting for
+    else:
+        assert fault is not None and fault.certain
+        assert fragment in fault.message
