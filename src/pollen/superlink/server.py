@@ -20,6 +20,7 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
+from pollen.superlink.request_ids import ids_checked
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
 from pollen.superlink.sessions import Session
@@ -136,14 +137,20 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             FleetService(
                 dispatcher, blobs, config.heartbeat_interval, collector, fleet_guard is not None
             ),
-            fleet_guard.verified(fleet) if fleet_guard else RequestVerifier(None).registrar(fleet),
+            ids_checked(
+                fleet_guard.verified(fleet)
+                if fleet_guard
+                else RequestVerifier(None).registrar(fleet)
+            ),
         )
         driver_service = DriverService(dispatcher, blobs, collector)
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
-            driver_guard.verified(driver)
-            if driver_guard
-            else RequestVerifier(None).registrar(driver),
+            ids_checked(
+                driver_guard.verified(driver)
+                if driver_guard
+                else RequestVerifier(None).registrar(driver)
+            ),
         )
         revoke = _cut_off(dispatcher)
         if fleet_guard is not None:
