@@ -756,10 +756,16 @@ def test_an_authenticated_upload_is_hashed_once_not_once_more_per_chunk(
         async with (
             open_superlink(secure_config(tmp_path, seed)) as link,
             peer(seed, link.fleet_port, seed.identity(1)) as client,
+            driver_client(seed, link.driver_port) as driver,
         ):
             fleet = await registered(client)
-            hashed.clear()
-            ref = await fleet.upload_blob(data)
+            async with collecting(fleet) as inbox:  # a node uploads the result of its task
+                await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
+                run_id, _ = await driver.create_run("hashing", {})
+                await driver.push_tasks(run_id, [Task(run_id, fleet.node_id, "fit")])
+                await asyncio.wait_for(inbox.get(), 2)
+                hashed.clear()
+                ref = await fleet.upload_blob(data, run_id=run_id)
             assert ref.digest == content_digest(data)
             assert link.blobs.exists(ref.digest)
 

@@ -4,6 +4,7 @@ SuperLink stays up with consistent state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import tempfile
@@ -237,6 +238,27 @@ async def a_node_with_a_task(link: SuperLink, blob: bytes, ref: BlobRef) -> tupl
     return node_id, run_id
 
 
+@contextlib.asynccontextmanager
+async def an_uploader(link: SuperLink) -> AsyncIterator[tuple[int, int]]:
+    """A node on its task stream, holding an open task of a new run: the SuperLink takes
+    a Fleet upload only from a node for a run in which it holds one."""
+    node_id = await register(link)
+    async with grpc.aio.insecure_channel(address(link, "Fleet")) as channel:
+        subscribe = fpb.SubscribeRequest(node_id=node_id).SerializeToString()
+        stream = channel.unary_stream("/pollen.v1.Fleet/Subscribe")(subscribe)
+        await wait_until(lambda: node_id in link.dispatcher.online_nodes())
+        run_id = dpb.CreateRunReply.FromString(await unary(link, "Driver/CreateRun", b"")).run_id
+        push = dpb.PushTasksRequest(
+            run_id=run_id, tasks=[pb.Task(task_id="up", node_id=node_id, kind="fit")]
+        )
+        await unary(link, "Driver/PushTasks", push.SerializeToString())
+        await asyncio.wait_for(stream.read(), 5)  # delivered: the task is open
+        try:
+            yield node_id, run_id
+        finally:
+            stream.cancel()
+
+
 def test_an_oversized_request_gets_resource_exhausted_on_both_apis(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with open_superlink(superlink_config(tmp_path)) as link:
@@ -267,9 +289,12 @@ def test_an_oversized_chunk_mid_upload_is_refused_and_leaves_nothing_behind(
     tmp_path: Path, api: str
 ) -> None:
     async def scenario() -> None:
-        async with open_superlink(superlink_config(tmp_path)) as link:
+        async with (
+            open_superlink(superlink_config(tmp_path)) as link,
+            an_uploader(link) as (node_id, run_id),
+        ):
             data, ref = make_blob(3 * CHUNK_SIZE)
-            good = chunks(data, ref, node_id=await register(link))
+            good = chunks(data, ref, node_id, run_id)
 
             async def requests() -> AsyncIterator[bytes]:
                 yield good[0]
@@ -363,10 +388,12 @@ def test_an_upload_cut_mid_blob_leaves_no_partial_blob_and_can_be_redone(
     tmp_path: Path, api: str, cut: str
 ) -> None:
     async def scenario() -> None:
-        async with open_superlink(superlink_config(tmp_path)) as link:
-            node_id = await register(link)
+        async with (
+            open_superlink(superlink_config(tmp_path)) as link,
+            an_uploader(link) as (node_id, run_id),
+        ):
             data, ref = make_blob(3 * CHUNK_SIZE + 123)
-            parts = chunks(data, ref, node_id=node_id)
+            parts = chunks(data, ref, node_id, run_id)
             if cut in ("cancel", "close channel"):  # the first chunk, then nothing
                 channel = grpc.aio.insecure_channel(address(link, api))
 
@@ -385,7 +412,11 @@ def test_an_upload_cut_mid_blob_leaves_no_partial_blob_and_can_be_redone(
                     await call
             else:  # a whole small chunk, then half of the next one's bytes
                 first = pb.BlobChunk(
-                    digest=ref.digest, total_size=ref.size, data=data[:16384], node_id=node_id
+                    digest=ref.digest,
+                    total_size=ref.size,
+                    data=data[:16384],
+                    node_id=node_id,
+                    run_id=run_id,
                 ).SerializeToString()
                 second = grpc_frame(
                     pb.BlobChunk(offset=16384, data=data[16384:32768]).SerializeToString()
@@ -456,23 +487,25 @@ def test_an_upload_that_does_not_match_its_digest_or_size_is_refused(
     tmp_path: Path, api: str
 ) -> None:
     async def scenario() -> None:
-        async with open_superlink(superlink_config(tmp_path)) as link:
-            node_id = await register(link)
+        async with (
+            open_superlink(superlink_config(tmp_path)) as link,
+            an_uploader(link) as (node_id, run_id),
+        ):
             data, ref = make_blob(2 * CHUNK_SIZE + 5)
             flipped = bytes([data[0] ^ 1]) + data[1:]
-            whole = chunks(data, ref, node_id)
+            whole = chunks(data, ref, node_id, run_id)
             bad_uploads = {
-                "content does not match the digest": chunks(flipped, ref, node_id),
+                "content does not match the digest": chunks(flipped, ref, node_id, run_id),
                 "a byte fewer than declared": chunks(
-                    data, BlobRef(ref.digest, ref.size + 1), node_id
+                    data, BlobRef(ref.digest, ref.size + 1), node_id, run_id
                 ),
                 "a byte more than declared": chunks(
-                    data, BlobRef(ref.digest, ref.size - 1), node_id
+                    data, BlobRef(ref.digest, ref.size - 1), node_id, run_id
                 ),
                 "a chunk skipped": whole[:1] + whole[2:],
                 "a chunk twice": whole[:2] + whole[1:],
                 "no chunk at all": [],
-                "not a digest": chunks(data, BlobRef("../" + "0" * 61, ref.size), node_id),
+                "not a digest": chunks(data, BlobRef("../" + "0" * 61, ref.size), node_id, run_id),
             }
             for case, messages in bad_uploads.items():
                 with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -279,13 +279,18 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
 
     from pollen.proto import common_pb2 as pb
     from pollen.proto.fleet_pb2_grpc import FleetStub
+    from pollen.records.messages import Task
     from pollen.supernode.fleet_client import FleetClient
     from pollen.transport.channels import open_channel
 
-    async def slow_chunks(node_id: int) -> AsyncIterator[pb.BlobChunk]:
+    async def slow_chunks(node_id: int, run_id: int) -> AsyncIterator[pb.BlobChunk]:
         for index in range(15):  # 1.5 s, far beyond 3 heartbeat intervals
             yield pb.BlobChunk(
-                total_size=15 if index == 0 else 0, offset=index, data=b"x", node_id=node_id
+                total_size=15 if index == 0 else 0,
+                offset=index,
+                data=b"x",
+                node_id=node_id,
+                run_id=run_id,
             )
             await asyncio.sleep(0.1)
 
@@ -303,7 +308,12 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
             node_id = await fleet.register()
             stream = asyncio.create_task(drain(fleet.tasks()))
             await wait_until(lambda: link.dispatcher.online_nodes() == [node_id])
-            await FleetStub(channel).UploadBlob(slow_chunks(node_id))  # type: ignore[no-untyped-call]
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            run_id, _ = await driver.create_run("busy node", {})
+            await driver.push_tasks(run_id, [Task(run_id, node_id, "fit")])  # uploads its result
+            await driver.close()
+            upload = slow_chunks(node_id, run_id)
+            await FleetStub(channel).UploadBlob(upload)  # type: ignore[no-untyped-call]
             assert link.dispatcher.online_nodes() == [node_id]
             # silent once the upload is done: now it is offline, its task stream closed
             await wait_until(lambda: link.dispatcher.online_nodes() == [], timeout=3)

@@ -16,6 +16,7 @@ from pollen.superlink.server import (
     SuperLinkConfig,
     open_superlink,
 )
+from pollen.superlink.upload_bounds import NodeQuota, parse_size
 from pollen.transport.addresses import parse_address
 
 PATH = click.Path(path_type=Path)
@@ -84,6 +85,20 @@ PATH = click.Path(path_type=Path)
     show_default=True,
     help="Seconds a task may stay unanswered before it fails as expired.",
 )
+@click.option(
+    "--max-blob-size",
+    default="16GiB",
+    show_default=True,
+    help="Largest blob (a model, a result) either API accepts; larger uploads are refused "
+    "before a byte is written.",
+)
+@click.option(
+    "--node-quota",
+    default="4x",
+    show_default=True,
+    help="Bytes one node may keep stored per run: a multiple of the model it was sent "
+    "(4x) or a size (8GiB).",
+)
 def superlink(
     insecure: bool,
     fleet_api_address: str,
@@ -99,6 +114,8 @@ def superlink(
     auth_list_public_keys: Path | None,
     auth_superlink_private_key: Path | None,
     operator_keys: Path | None,
+    max_blob_size: str,
+    node_quota: str,
 ) -> None:
     """Run the SuperLink: Fleet API for SuperNodes, Driver API for ServerApps.
 
@@ -123,6 +140,8 @@ def superlink(
         heartbeat_interval=heartbeat_interval,
         task_ttl=task_ttl,
         security=security,
+        max_blob_size=parse_size(max_blob_size, "--max-blob-size"),
+        node_quota=NodeQuota.parse(node_quota),
     )
 
     async def serve(stop: asyncio.Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -13,8 +14,21 @@ from pollen.records.messages import BlobRef
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
+from pollen.superlink.upload_bounds import format_size
 from pollen.transport.blob_stream import CHUNK_SIZE, encode_chunks
 from pollen.transport.chunk_codec import Chunk
+
+
+async def refuse_oversized(
+    size: int, store: BlobStore, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    """Abort an upload declaring more than the store's maximum, before a byte is written."""
+    if size > store.max_blob_size:
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"an upload of {size} bytes ({format_size(size)}) is above this SuperLink's "
+            f"--max-blob-size of {format_size(store.max_blob_size)}; its operator can raise it",
+        )
 
 
 async def receive_upload(
@@ -24,7 +38,11 @@ async def receive_upload(
     clock: Clock,
     context: grpc.aio.ServicerContext[Chunk, pb.BlobRef],
 ) -> pb.BlobRef:
-    """Write an uploaded blob to disk, verify its digest, record it once."""
+    """Write an uploaded blob to disk, verify its digest, record it once.
+
+    A declared size above the store's maximum is refused before the file opens; a
+    stream that sends more bytes than it declared is cut at the chunk that overflows.
+    """
     writer = None
     run_id = 0
     # Hashing and writing a chunk run in a worker thread (both release the GIL)
@@ -34,6 +52,7 @@ async def receive_upload(
     try:
         async for chunk in chunks:
             if writer is None:
+                await refuse_oversized(chunk.total_size, store, context)
                 writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
                 run_id = chunk.run_id
             if pending is not None:

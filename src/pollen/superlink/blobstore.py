@@ -15,6 +15,7 @@ from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.superlink.spare_files import SpareFiles
 from pollen.superlink.storage_faults import as_storage_faults
+from pollen.superlink.upload_bounds import DEFAULT_MAX_BLOB_SIZE
 
 
 def _check_digest(digest: str) -> None:
@@ -92,10 +93,14 @@ class BlobWriter:
 
 
 class BlobStore:
-    """Blob files under ``root``, named by their content digest (BLAKE3)."""
+    """Blob files under ``root``, named by their content digest (BLAKE3).
 
-    def __init__(self, root: Path) -> None:
+    ``max_blob_size``: uploads declaring more are refused before a byte is written.
+    """
+
+    def __init__(self, root: Path, max_blob_size: int = DEFAULT_MAX_BLOB_SIZE) -> None:
         self.root = root
+        self.max_blob_size = max_blob_size
         try:
             root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob(".*.part"):  # uploads cut by a crash, spares

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -13,11 +14,13 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto import fleet_pb2_grpc
+from pollen.records.messages import BlobRef, Task
 from pollen.superlink.blob_gc import BlobCollector
-from pollen.superlink.blob_transfer import receive_upload, send_download
+from pollen.superlink.blob_transfer import receive_upload, refuse_oversized, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
+from pollen.superlink.upload_bounds import DEFAULT_NODE_QUOTA, NodeQuota, UploadQuota
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
 from pollen.transport.statuses import DISPLACED
@@ -31,6 +34,15 @@ def _new_node_id() -> int:
     return secrets.randbits(53) or 1
 
 
+@dataclass
+class _Upload:
+    """Whose upload this is, once its first chunk is checked, and the bytes reserved."""
+
+    node_id: int = 0
+    run_id: int = 0
+    reserved: int = 0
+
+
 class FleetService(fleet_pb2_grpc.FleetServicer):
     def __init__(
         self,
@@ -39,8 +51,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         heartbeat_interval: float,
         collector: BlobCollector,
         authenticated: bool = False,
+        node_quota: NodeQuota = DEFAULT_NODE_QUOTA,
     ) -> None:
         self._collector = collector
+        self._quota = UploadQuota(dispatcher.state, node_quota, blobs.max_blob_size)
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
@@ -118,11 +132,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"task {result.task_id[:12]} is not a task of node {request.node_id}",
             )
-        if result.parameters is not None and not self._blobs.exists(result.parameters.digest):
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"result blob {result.parameters.digest[:12]} was not uploaded; upload it first",
-            )
+        if result.parameters is not None:
+            result.parameters = await self._stored_blob(result.parameters, task, context)
         # The task, not the node, says which run, node and kind this answers.
         result.run_id, result.node_id, result.kind = task.run_id, task.node_id, task.kind
         self._dispatcher.add_result(result)
@@ -134,6 +145,35 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             else:  # a late answer: nobody will fetch it
                 self._collector.collect([result.parameters.digest])
         return fpb.PushResultReply()
+
+    async def _stored_blob(self, declared: BlobRef, task: Task, context: Context) -> BlobRef:
+        """A result's blob as the SuperLink stored it: one its node uploaded for the task's
+        run (or the task's own model, for a result equal to it), with the size written,
+        never the size the node declares."""
+        digest = declared.digest
+        size = self._state.blob_size(digest)
+        if size is None or not self._blobs.exists(digest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"result blob {digest[:12]} is not stored on this SuperLink; upload it first",
+            )
+        is_model = task.parameters is not None and task.parameters.digest == digest
+        if not is_model and not self._state.node_uploaded(task.node_id, task.run_id, digest):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"result blob {digest[:12]} was not uploaded by node {task.node_id} for run "
+                f"{task.run_id}; a result names only a blob its node uploaded for its run",
+            )
+        if declared.size != size:
+            logger.warning(
+                "node %d declared %d bytes for blob %s, stored with %d: recorded %d",
+                task.node_id,
+                declared.size,
+                digest[:12],
+                size,
+                size,
+            )
+        return BlobRef(digest, size)
 
     async def Heartbeat(
         self, request: fpb.HeartbeatRequest, context: Context
@@ -163,18 +203,25 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def UploadBlob(
         self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
-        return await receive_upload(
-            self._checked_upload(request_iterator, context),
-            self._blobs,
-            self._state,
-            self._dispatcher.clock,
-            context,
-        )
+        upload = _Upload()
+        try:
+            ref = await receive_upload(
+                self._checked_upload(request_iterator, context, upload),
+                self._blobs,
+                self._state,
+                self._dispatcher.clock,
+                context,
+            )
+            self._state.add_upload(ref.digest, upload.node_id, upload.run_id)
+            return ref
+        finally:
+            if upload.reserved:
+                self._quota.give_back(upload.node_id, upload.run_id, upload.reserved)
 
     async def _checked_upload(
-        self, chunks: AsyncIterable[Chunk], context: Context
+        self, chunks: AsyncIterable[Chunk], context: Context, upload: _Upload
     ) -> AsyncIterator[Chunk]:
-        """Only a registered node uploads, and only for a run it has tasks in.
+        """Only a registered node uploads, and only what it may store (`_may_store`).
 
         Each chunk counts as a heartbeat: a large upload can hold the node's
         heartbeats back behind it on their shared connection.
@@ -183,14 +230,27 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         async for chunk in chunks:
             if not node_id:
                 await self._known_node(chunk.node_id, context)
-                if chunk.run_id and not self._state.node_has_run(chunk.node_id, chunk.run_id):
-                    await context.abort(
-                        grpc.StatusCode.PERMISSION_DENIED,
-                        f"node {chunk.node_id} has no task in run {chunk.run_id}",
-                    )
+                await self._may_store(chunk, context, upload)
                 node_id = chunk.node_id
             self._dispatcher.heartbeat(node_id)
             yield chunk
+
+    async def _may_store(self, first: Chunk, context: Context, upload: _Upload) -> None:
+        """Before a byte is written: the upload names a run in which the node holds an
+        open task, declares at most --max-blob-size, and fits the node's quota there."""
+        node_id, run_id = first.node_id, first.run_id
+        if not run_id or not self._state.node_has_open_task(node_id, run_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {node_id} holds no open task in run {run_id}: a node uploads only "
+                "the result of a task it holds, naming the task's run",
+            )
+        await refuse_oversized(first.total_size, self._blobs, context)
+        refusal = self._quota.take(node_id, run_id, first.total_size)
+        if refusal is not None:
+            logger.warning("upload refused: %s", refusal)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        upload.node_id, upload.run_id, upload.reserved = node_id, run_id, first.total_size
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context

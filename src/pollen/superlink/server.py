@@ -26,6 +26,7 @@ from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watc
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.storage_faults import keep_going
+from pollen.superlink.upload_bounds import DEFAULT_MAX_BLOB_SIZE, DEFAULT_NODE_QUOTA, NodeQuota
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
 
@@ -49,6 +50,10 @@ class SuperLinkConfig:
     """Seconds a task may stay unanswered before it fails as expired."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     clock: Clock = field(default=time.time)
+    max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
+    """Bytes one blob may have, from either API; larger uploads are refused up front."""
+    node_quota: NodeQuota = DEFAULT_NODE_QUOTA
+    """Bytes one node may keep stored in one run (see `upload_bounds`)."""
 
     @property
     def blob_dir(self) -> Path:
@@ -121,7 +126,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     created = _Created(config)
     state = SqliteState(config.database)
     try:
-        blobs = BlobStore(config.blob_dir)
+        blobs = BlobStore(config.blob_dir, config.max_blob_size)
         dispatcher = Dispatcher(state, config.clock)
         collector = BlobCollector(state, blobs, config.clock)
         collector.sweep()  # leftovers of a previous life
@@ -135,7 +140,12 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
             FleetService(
-                dispatcher, blobs, config.heartbeat_interval, collector, fleet_guard is not None
+                dispatcher,
+                blobs,
+                config.heartbeat_interval,
+                collector,
+                fleet_guard is not None,
+                config.node_quota,
             ),
             ids_checked(
                 fleet_guard.verified(fleet)

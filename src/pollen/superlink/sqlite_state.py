@@ -82,6 +82,13 @@ CREATE TABLE IF NOT EXISTS blobs (
     size INTEGER NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS blob_uploads (
+    node_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (node_id, run_id, digest)
+);
+CREATE INDEX IF NOT EXISTS blob_uploads_by_digest ON blob_uploads(digest);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -306,6 +313,7 @@ class SqliteState:
                 self._db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM blob_holds WHERE run_id=?", (run_id,))
+                self._db.execute("DELETE FROM blob_uploads WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
         return ids
 
@@ -538,6 +546,55 @@ class SqliteState:
     def has_blob(self, digest: str) -> bool:
         return bool(self._rows("SELECT 1 FROM blobs WHERE digest=?", digest))
 
+    def blob_size(self, digest: str) -> int | None:
+        rows = self._rows("SELECT size FROM blobs WHERE digest=?", digest)
+        return int(rows[0][0]) if rows else None
+
+    def add_upload(self, digest: str, node_id: int, run_id: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO blob_uploads VALUES (?, ?, ?)", (node_id, run_id, digest)
+        )
+
+    def node_uploaded(self, node_id: int, run_id: int, digest: str) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 FROM blob_uploads WHERE node_id=? AND run_id=? AND digest=?",
+                node_id,
+                run_id,
+                digest,
+            )
+        )
+
+    def node_stored_bytes(self, node_id: int, run_id: int) -> int:
+        (row,) = self._rows(
+            "SELECT COALESCE(SUM(blobs.size), 0) FROM blob_uploads JOIN blob_holds "
+            "USING (digest, run_id) JOIN blobs USING (digest) "
+            "WHERE blob_uploads.node_id=? AND blob_uploads.run_id=?",
+            node_id,
+            run_id,
+        )
+        return int(row[0])
+
+    def node_has_open_task(self, node_id: int, run_id: int) -> bool:
+        return bool(
+            self._rows(
+                "SELECT 1 FROM tasks WHERE node_id=? AND status IN ('pending', 'delivered') "
+                "AND run_id=? LIMIT 1",
+                node_id,
+                run_id,
+            )
+        )
+
+    def model_size_for(self, node_id: int, run_id: int) -> int:
+        (row,) = self._rows(
+            "SELECT COALESCE(MAX(blobs.size), 0) FROM tasks JOIN blobs "
+            "ON blobs.digest = tasks.parameters_digest WHERE tasks.node_id=? "
+            "AND tasks.status IN ('pending', 'delivered') AND tasks.run_id=?",
+            node_id,
+            run_id,
+        )
+        return int(row[0])
+
     def hold_blobs(self, run_id: int, digests: Iterable[str]) -> None:
         self._db.executemany(
             "INSERT OR IGNORE INTO blob_holds VALUES (?, ?)", [(d, run_id) for d in digests]
@@ -581,6 +638,7 @@ class SqliteState:
 
     def remove_blob(self, digest: str) -> None:
         self._db.execute("DELETE FROM blobs WHERE digest=?", (digest,))
+        self._db.execute("DELETE FROM blob_uploads WHERE digest=?", (digest,))
 
     def close(self) -> None:
         self._db.close()
