@@ -17,6 +17,12 @@ from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
 from pollen.superlink.blob_gc import BlobCollector, sweep_periodically
 from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.connection_limits import (
+    HANDSHAKE_SECONDS,
+    IDLE_SECONDS,
+    connection_options,
+    raise_open_files_limit,
+)
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
@@ -50,6 +56,10 @@ class SuperLinkConfig:
     """Seconds a task may stay unanswered before it fails as expired."""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     clock: Clock = field(default=time.time)
+    handshake_timeout: float = HANDSHAKE_SECONDS
+    """Seconds a connection has to finish its TLS handshake and HTTP/2 preface."""
+    idle_connection_timeout: float = IDLE_SECONDS
+    """Seconds a connection may stay open with no call (its client reconnects when it calls)."""
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
     """Bytes one blob may have, from either API; larger uploads are refused up front."""
     node_quota: NodeQuota = DEFAULT_NODE_QUOTA
@@ -134,8 +144,10 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     except BaseException:
         created.remove(state)
         raise
-    fleet = new_server()
-    driver = new_server()
+    raise_open_files_limit()
+    limits = connection_options(config.handshake_timeout, config.idle_connection_timeout)
+    fleet = new_server(limits)
+    driver = new_server(limits)
     started = False
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]

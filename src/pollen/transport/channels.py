@@ -64,9 +64,9 @@ def open_channel(
     return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
-def new_server() -> grpc.aio.Server:
-    """An asynchronous gRPC server with Pollen's message limits."""
-    return grpc.aio.server(options=_SERVER_OPTIONS)
+def new_server(options: Sequence[tuple[str, int]] = ()) -> grpc.aio.Server:
+    """An asynchronous gRPC server with Pollen's message limits, and ``options``."""
+    return grpc.aio.server(options=[*_SERVER_OPTIONS, *options])
 
 
 def bind(
