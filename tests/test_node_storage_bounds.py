@@ -12,20 +12,25 @@ hostile nodes speak the wire protocol with their own listed keys.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from pollen.cli.main import cli
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
 from pollen.records.arrays import decode_arrays, encode_arrays
 from pollen.records.messages import BlobRef, Result, Task
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import SuperLink, open_superlink
+from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.upload_bounds import QUOTA_FLOOR
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.node import run_supernode
@@ -352,3 +357,38 @@ def test_an_honest_federation_trains_within_the_bounds(tmp_path: Path, seed: See
         np.testing.assert_array_equal(outcome.parameters[0], np.ones(512 * 1024, np.float32))
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--max-blob-size", "lots", "--max-blob-size 'lots' is not a size; write it as 16GiB"),
+        ("--max-blob-size", "0", "--max-blob-size '0' is not a size"),
+        ("--node-quota", "0.5x", "--node-quota '0.5x' is below one model"),
+        ("--node-quota", "8 GB of disk", "--node-quota '8 GB of disk' is not a size"),
+    ],
+)
+def test_a_bound_that_is_not_a_size_is_one_line_and_exit_2(
+    tmp_path: Path, option: str, value: str, says: str
+) -> None:
+    database = tmp_path / "superlink.db"
+    result = CliRunner().invoke(
+        cli, ["superlink", "--insecure", "--database", str(database), option, value]
+    )
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and says in result.output
+    assert len(result.output.splitlines()) == 1 and not database.exists()
+
+
+def test_a_database_of_an_older_pollen_records_uploads(tmp_path: Path) -> None:
+    """A database from before uploads were recorded (no blob_uploads table) opens and
+    records them."""
+    SqliteState(tmp_path / "s.db").close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "s.db")) as older:
+        older.execute("DROP TABLE blob_uploads")
+    state = SqliteState(tmp_path / "s.db")
+    try:
+        state.add_upload("ab" * 32, node_id=7, run_id=1)
+        assert state.node_uploaded(7, 1, "ab" * 32) and not state.node_uploaded(8, 1, "ab" * 32)
+    finally:
+        state.close()
