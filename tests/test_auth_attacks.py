@@ -30,7 +30,6 @@ from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.security import SecurityConfig
 from pollen.superlink.server import SuperLink, open_superlink
-from pollen.superlink.sessions import SessionStore
 from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.node import JoinRefused, KeyInUse, run_supernode
@@ -119,11 +118,11 @@ def test_unlisted_key_is_refused_at_challenge_audited_and_ends_the_node(
                 await asyncio.wait_for(run_supernode(numpy_apps.app, config), 5)
             assert link.dispatcher.online_nodes() == []
             rejects = events(link, "reject")
-        assert len(rejects) == 2
-        for event in rejects:
-            assert event.fingerprint == stranger.fingerprint
-            assert "127.0.0.1" in event.peer
-            assert "allow-list" in event.reason
+        [event] = rejects  # the same refusal twice within a minute: one row, counted
+        assert event.count == 2
+        assert event.fingerprint == stranger.fingerprint
+        assert "127.0.0.1" in event.peer
+        assert "allow-list" in event.reason
 
     asyncio.run(scenario())
 
@@ -668,39 +667,6 @@ def test_server_app_without_an_operator_key_is_refused(tmp_path: Path, seed: See
     asyncio.run(scenario())
 
 
-# 8. rate limiting
-
-
-def test_repeated_failed_joins_are_rate_limited_per_key_and_address(
-    tmp_path: Path, seed: Seed
-) -> None:
-    async def scenario() -> None:
-        victim, other, stranger = seed.identity(1), seed.identity(2), seed.stranger()
-        clock = Clock()
-        config = secure_config(tmp_path, seed, clock=clock)  # defaults: 5 failures in 60 s
-        exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
-        async with (
-            open_superlink(config) as link,
-            peer(seed, link.fleet_port, stranger) as attacker,
-        ):
-            for _ in range(5):
-                challenge = await attacker.challenge(victim)
-                forged = open_session_request(victim, challenge, stranger.private_key)
-                assert await status_of(attacker.auth.OpenSession(forged)) == PERMISSION_DENIED
-                assert await status_of(attacker.challenge()) == PERMISSION_DENIED
-            assert await status_of(attacker.challenge(victim)) == exhausted
-            assert await status_of(attacker.challenge()) == exhausted  # the unlisted key too
-            async with peer(seed, link.fleet_port, victim) as owner:
-                assert await status_of(owner.join()) == exhausted  # same address, same key
-            async with peer(seed, link.fleet_port, other) as neighbour:
-                assert await status_of(neighbour.join()) == OK  # same address, another key
-            clock.advance(61)
-            async with peer(seed, link.fleet_port, victim) as owner:
-                assert await status_of(owner.join()) == OK  # the window has passed
-
-    asyncio.run(scenario())
-
-
 # 9. requests without a session
 
 
@@ -975,19 +941,6 @@ def test_two_authenticated_nodes_and_an_operator_run_two_rounds(tmp_path: Path, 
         np.testing.assert_array_equal(outcome.parameters[0], np.full((2, 3), 2, np.float32))
 
     asyncio.run(scenario())
-
-
-def test_nonces_are_forgotten_once_they_can_no_longer_pass_the_window() -> None:
-    """Replay memory stays bounded: a busy session does not accumulate nonces forever."""
-    clock = [1000.0]
-    store = SessionStore(lambda: clock[0])
-    session, _ = store.open(b"s" * 16, b"k" * 32, "SHA256:x", "peer")
-    for index in range(5000):
-        assert session.use_nonce(f"n{index}", clock[0], 60.0)
-    assert not session.use_nonce("n1", clock[0], 60.0)  # replay refused while remembered
-    clock[0] += 61
-    assert session.use_nonce("fresh", clock[0], 60.0)
-    assert session.nonces == {"fresh"}
 
 
 def test_a_flood_of_invented_keys_is_cut_short_without_filling_the_audit_trail(

@@ -1,4 +1,10 @@
-"""The Auth service: challenge, proof of possession, session key. One instance per API."""
+"""The Auth service: challenge, proof of possession, session key. One instance per API.
+
+Public keys are public: a join that fails before it proves possession of its key
+counts against the address it came from, never against the key it named, so a
+forger cannot lock a listed node out. Over the limit, such failures are refused
+before any audit row is written, while a join that does prove its key still gets in.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from pollen.errors import ConfigurationError
 from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
-from pollen.superlink.audit import Audit, peer_host
-from pollen.superlink.rate_limit import FailureLimiter
+from pollen.superlink.audit import Audit, source_of
+from pollen.superlink.challenges import ChallengeRefused
+from pollen.superlink.rate_limit import FailureLimiter, proven, unproven
 from pollen.superlink.sessions import SessionStore
 from pollen.transport import keys
 from pollen.transport.session_crypto import (
@@ -24,6 +31,11 @@ from pollen.transport.session_crypto import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_KEY_CHARS = 4096
+"""A public key sent to join is refused unread beyond this length (keys are < 1000)."""
+
+THROTTLED = "too many failed joins from this address"
 
 
 @dataclass
@@ -43,74 +55,119 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         self.settings = settings
         self.on_displaced = on_displaced
 
-    async def _refuse(
+    async def _unproven_failure(
         self,
         context: Context,
         fingerprint: str,
         reason: str,
         code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED,
     ) -> NoReturn:
+        """Refuse a join that proved nothing: it counts against its source address.
+
+        Over the limit it is answered "retry later" and only counted in the audit
+        trail's one row for the address, before anything else is written.
+        """
         s = self.settings
-        peer = peer_host(context.peer())
-        s.limiter.record_failure((peer, fingerprint))
+        limit = unproven(source_of(context.peer()))
+        wait = s.limiter.retry_after(limit)
+        s.limiter.record_failure(limit)  # a flood keeps its address limited
+        if wait > 0:
+            s.audit.record(s.api, "throttled", "-", context.peer(), THROTTLED)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{THROTTLED} ({s.limiter.max_failures} within {s.limiter.window:g} s); "
+                f"retry in {wait:.0f} s",
+            )
+        await self._reject(context, fingerprint, reason, code)
+
+    async def _proven_failure(
+        self, context: Context, fingerprint: str, reason: str, code: grpc.StatusCode
+    ) -> NoReturn:
+        """Refuse a join that failed after proving its key: only its holder can cause that."""
+        self.settings.limiter.record_failure(proven(source_of(context.peer()), fingerprint))
+        await self._reject(context, fingerprint, reason, code)
+
+    async def _reject(
+        self, context: Context, fingerprint: str, reason: str, code: grpc.StatusCode
+    ) -> NoReturn:
+        s = self.settings
         s.audit.record(s.api, "reject", fingerprint, context.peer(), reason)
         await context.abort(code, f"{reason} (key {fingerprint})")
         raise AssertionError("context.abort returned")
 
-    async def _admissible(self, public_key: str, context: Context) -> keys.PublicKey:
-        """The client's key, if it is well formed, allowed and not rate-limited."""
+    async def _admissible(self, public_key: str, context: Context) -> tuple[keys.PublicKey, str]:
+        """The client's key and its fingerprint, if it is well formed, allowed and not
+        rate-limited."""
         s = self.settings
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if len(public_key) > MAX_KEY_CHARS:
+            await self._unproven_failure(
+                context,
+                "malformed",
+                f"the key sent is {len(public_key)} characters long; a public key has "
+                f"fewer than {MAX_KEY_CHARS}",
+                invalid,
+            )
         try:
             key = keys.parse_public_key(public_key, "the key sent")
         except ConfigurationError as exc:
-            await self._refuse(context, "malformed", str(exc), grpc.StatusCode.INVALID_ARGUMENT)
+            await self._unproven_failure(context, "malformed", str(exc), invalid)
         fingerprint = keys.fingerprint(key)
-        wait = s.limiter.retry_after((peer_host(context.peer()), fingerprint))
+        if fingerprint not in s.allowlist:
+            await self._unproven_failure(context, fingerprint, "key is not in the allow-list")
+        wait = s.limiter.retry_after(proven(source_of(context.peer()), fingerprint))
         if wait > 0:
+            reason = "too many failed joins of this key from this address after proving it"
+            s.audit.record(s.api, "throttled", fingerprint, context.peer(), reason)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed attempts for key {fingerprint}; retry in {wait:.0f} s",
+                f"{reason}; retry in {wait:.0f} s (key {fingerprint})",
             )
-        if fingerprint not in s.allowlist:
-            # Unlisted keys cost nothing to invent: count them per address, so that
-            # a flood of fresh keys cannot fill the audit trail.
-            unlisted = (peer_host(context.peer()), "unlisted keys")
-            if s.limiter.retry_after(unlisted) > 0:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    "too many attempts with unlisted keys from this address; retry later",
-                )
-            s.limiter.record_failure(unlisted)
-            await self._refuse(context, fingerprint, "key is not in the allow-list")
-        return key
+        return key, fingerprint
 
     async def Challenge(
         self, request: apb.ChallengeRequest, context: Context
     ) -> apb.ChallengeReply:
-        key = await self._admissible(request.public_key, context)
-        return apb.ChallengeReply(
-            challenge=self.settings.sessions.issue_challenge(keys.fingerprint(key))
-        )
+        s = self.settings
+        _, fingerprint = await self._admissible(request.public_key, context)
+        try:
+            challenge = s.sessions.challenges.issue(fingerprint, source_of(context.peer()))
+        except ChallengeRefused as exc:
+            s.audit.record(s.api, "throttled", fingerprint, context.peer(), str(exc))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{exc}; retry in {exc.retry_after:.0f} s (key {fingerprint})",
+            )
+        return apb.ChallengeReply(challenge=challenge)
 
     async def OpenSession(
         self, request: apb.OpenSessionRequest, context: Context
     ) -> apb.OpenSessionReply:
         s = self.settings
-        key = await self._admissible(request.public_key, context)
-        fingerprint = keys.fingerprint(key)
-        if not s.sessions.take_challenge(request.challenge, fingerprint):
-            await self._refuse(context, fingerprint, "challenge unknown, used or expired")
+        key, fingerprint = await self._admissible(request.public_key, context)
+        if not s.sessions.challenges.take(request.challenge, fingerprint):
+            await self._unproven_failure(context, fingerprint, "challenge unknown, used or expired")
         if len(request.client_ephemeral) != 32:
-            await self._refuse(context, fingerprint, "ephemeral key is not 32 bytes")
+            await self._unproven_failure(context, fingerprint, "ephemeral key is not 32 bytes")
         join = join_transcript(
             s.api, keys.public_bytes(key), request.challenge, request.client_ephemeral
         )
         if not keys.verify(key, request.signature, join):
-            await self._refuse(context, fingerprint, "signature does not prove the private key")
+            await self._unproven_failure(
+                context, fingerprint, "signature does not prove the private key"
+            )
         ephemeral, ephemeral_public = new_ephemeral()
         session_id = secrets.token_bytes(16)
         accept = server_transcript(join, ephemeral_public, session_id)
-        session_key = derive_session_key(ephemeral, request.client_ephemeral, accept)
+        try:
+            session_key = derive_session_key(ephemeral, request.client_ephemeral, accept)
+        except ValueError:  # a low-order point: no shared secret
+            await self._proven_failure(
+                context,
+                fingerprint,
+                "ephemeral key is not a usable X25519 public key",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
         session, displaced = s.sessions.open(session_id, session_key, fingerprint, context.peer())
         s.audit.record(s.api, "join", fingerprint, context.peer())
         if displaced is not None:

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from pollen.errors import StorageError
-from pollen.superlink.sessions import RequestRejected, Session, SessionStore
+from pollen.superlink.sessions import RequestRejected, RequestThrottled, Session, SessionStore
 from pollen.superlink.storage_faults import refuse
 from pollen.transport.chunk_codec import without_protobuf_copies
 from pollen.transport.session_crypto import EMPTY_BODY_DIGEST, META_AUTH
@@ -89,7 +89,12 @@ class RequestVerifier:
             session = self.sessions.verify(method, _auth_header(context), digest)
         except RequestRejected as exc:
             logger.warning("refused %s from %s: %s", method, context.peer(), exc)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            code = (
+                grpc.StatusCode.RESOURCE_EXHAUSTED
+                if isinstance(exc, RequestThrottled)
+                else grpc.StatusCode.UNAUTHENTICATED
+            )
+            await context.abort(code, str(exc))
         current_session.set(session)
 
     def wrap(self, method: str, handler: Any) -> Any:

@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import hmac
-import secrets
-from collections import deque
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pollen.superlink.challenges import Challenges
 from pollen.transport.session_crypto import (
+    NONCE_BYTES,
     WINDOW_SECONDS,
+    is_nonce,
     parse_auth_header,
     request_mac,
 )
 from pollen.transport.statuses import DISPLACED
 
-CHALLENGE_SECONDS = 30.0
+NONCES_PER_NODE_SESSION = 10_000
+"""Nonces one SuperNode's session may have in the replay memory: about 170 requests a
+second, sustained for the two windows (60 s) a nonce is kept. A SuperNode sends a
+heartbeat and a few requests per task."""
+
+NONCES_PER_SERVERAPP_SESSION = 60_000
+"""The same for a ServerApp's session: 1000 requests a second; a ServerApp sends about
+one per node and round."""
+
+NONCES_TOTAL = 300_000
+"""Nonces all sessions of one API may have in the replay memory together (about
+100 bytes each)."""
+
+SWEEP_SECONDS = 1.0
+"""How often the nonces of every session are purged (on whichever request comes)."""
 
 
 @dataclass(eq=False)
@@ -30,30 +46,29 @@ class Session:
     last_used: float = 0.0
     ended: str = ""
     """Why the session is over, once it is (what its client is told)."""
-    nonces: set[str] = field(default_factory=set)
-    nonce_expiry: deque[tuple[float, str]] = field(default_factory=deque)
+    nonces: dict[int, float] = field(default_factory=dict)
+    """Nonces used (as numbers: a third of the memory of their text) -> when they may be
+    forgotten, in the order used."""
 
-    def use_nonce(self, nonce: str, now: float, keep: float) -> bool:
-        """Remember ``nonce`` for ``keep`` seconds; False if it is already remembered."""
-        expiry = self.nonce_expiry
-        while expiry and expiry[0][0] <= now:
-            self.nonces.discard(expiry.popleft()[1])
-        if nonce in self.nonces:
-            return False
-        self.nonces.add(nonce)
-        expiry.append((now + keep, nonce))
-        return True
+    def forget_nonces(self, now: float) -> int:
+        """Forget the nonces that can no longer pass the time window; how many."""
+        nonces = self.nonces
+        expired = list(itertools.takewhile(lambda nonce: nonces[nonce] <= now, nonces))
+        for nonce in expired:
+            del nonces[nonce]
+        return len(expired)
 
 
 class RequestRejected(Exception):
     """A request failed authentication; the message says why (logged, not sent in full)."""
 
 
+class RequestThrottled(RequestRejected):
+    """A request was refused for a bound, not for its authentication: retry later."""
+
+
 IDLE_SECONDS = 3600.0
 """A session unused this long is dropped; its client joins again when it returns."""
-
-MAX_CHALLENGES = 10_000
-"""Outstanding challenges kept at most; the oldest go first under a flood."""
 
 MAX_DISPLACED = 10_000
 """Displaced sessions remembered at most (to tell their clients why), the oldest go first."""
@@ -73,30 +88,19 @@ class SessionStore:
         self.clock = clock
         self.window = window
         self.exclusive = exclusive
-        self._challenges: dict[bytes, tuple[str, float]] = {}
+        self.challenges = Challenges(clock)
         self._sessions: dict[bytes, Session] = {}
         self._displaced: dict[bytes, str] = {}  # session id -> why, in the order displaced
+        self._nonces = 0  # in all sessions together
+        self._swept_at = 0.0
 
-    def issue_challenge(self, fingerprint: str) -> bytes:
-        now = self.clock()
-        # Challenges are kept in the order issued: expired ones are at the front.
-        while self._challenges:
-            oldest = next(iter(self._challenges))
-            if now - self._challenges[oldest][1] < CHALLENGE_SECONDS and (
-                len(self._challenges) < MAX_CHALLENGES
-            ):
-                break
-            del self._challenges[oldest]
-        challenge = secrets.token_bytes(32)
-        self._challenges[challenge] = (fingerprint, now)
-        return challenge
+    @property
+    def nonces(self) -> int:
+        """Nonces in the replay memory, all sessions together."""
+        return self._nonces
 
-    def take_challenge(self, challenge: bytes, fingerprint: str) -> bool:
-        """True once per challenge, if it was issued to ``fingerprint`` and is fresh."""
-        issued = self._challenges.pop(challenge, None)
-        if issued is None:
-            return False
-        return issued[0] == fingerprint and self.clock() - issued[1] < CHALLENGE_SECONDS
+    def __len__(self) -> int:
+        return len(self._sessions)
 
     def open(
         self, session_id: bytes, key: bytes, fingerprint: str, peer: str
@@ -126,15 +130,20 @@ class SessionStore:
     def _forget_idle(self) -> None:
         # A session unused for an hour is over (a ServerApp that ended joins anew).
         cutoff = self.clock() - IDLE_SECONDS
-        for session_id in [k for k, v in self._sessions.items() if v.last_used < cutoff]:
-            del self._sessions[session_id]
+        for session in [s for s in self._sessions.values() if s.last_used < cutoff]:
+            self._end(session)
 
     def revoke(self, fingerprint: str) -> list[Session]:
         """End every session of ``fingerprint``; return them, oldest first."""
         ended = [s for s in self._sessions.values() if s.fingerprint == fingerprint]
         for session in ended:
-            del self._sessions[session.session_id]
+            self._end(session)
         return ended
+
+    def _end(self, session: Session) -> None:
+        del self._sessions[session.session_id]
+        self._nonces -= len(session.nonces)
+        session.nonces.clear()
 
     def is_current(self, session: Session) -> bool:
         return self._sessions.get(session.session_id) is session
@@ -148,6 +157,11 @@ class SessionStore:
             sent_at = int(timestamp) / 1000
         except ValueError:
             raise RequestRejected("request is not authenticated; join first") from None
+        if not is_nonce(nonce):
+            raise RequestRejected(
+                f"request nonce is not {2 * NONCE_BYTES} lowercase hex digits; sign requests "
+                "with a Pollen client of this version"
+            )
         session = self._sessions.get(session_id)
         if session is None:
             if session_id in self._displaced:
@@ -162,8 +176,38 @@ class SessionStore:
                 f"request timestamp is {now - sent_at:+.0f} s off the SuperLink's clock "
                 f"(allowed ±{self.window:g} s); sync the clock or stop replaying"
             )
-        # A nonce can pass the timestamp check for up to two windows after it arrives.
-        if not session.use_nonce(nonce, now, 2 * self.window):
-            raise RequestRejected("request nonce was already used (replayed request)")
+        self._use_nonce(session, int(nonce, 16), now)
         session.last_used = now
         return session
+
+    def _use_nonce(self, session: Session, nonce: int, now: float) -> None:
+        """Remember ``nonce`` for as long as its request could pass the time window.
+
+        Over a bound the request is refused, not an older nonce forgotten: forgetting
+        would let the request of that nonce be replayed.
+        """
+        self._nonces -= session.forget_nonces(now)
+        if now - self._swept_at >= SWEEP_SECONDS:
+            self._sweep(now)
+        if nonce in session.nonces:
+            raise RequestRejected("request nonce was already used (replayed request)")
+        most = NONCES_PER_NODE_SESSION if self.exclusive else NONCES_PER_SERVERAPP_SESSION
+        if len(session.nonces) >= most:
+            raise RequestThrottled(
+                f"this session sent {most} requests within {2 * self.window:g} s, the most "
+                "one session may; slow down and retry"
+            )
+        if self._nonces >= NONCES_TOTAL:
+            raise RequestThrottled(
+                f"the SuperLink holds {NONCES_TOTAL} recent requests of all sessions; retry "
+                "in a few seconds"
+            )
+        # A nonce can pass the timestamp check for up to two windows after it arrives.
+        session.nonces[nonce] = now + 2 * self.window
+        self._nonces += 1
+
+    def _sweep(self, now: float) -> None:
+        """Purge every session's nonces, not only those of sessions that send again."""
+        self._swept_at = now
+        for session in self._sessions.values():
+            self._nonces -= session.forget_nonces(now)

@@ -8,6 +8,7 @@ import os
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import astuple
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -70,7 +71,8 @@ CREATE TABLE IF NOT EXISTS audit (
     event TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     peer TEXT NOT NULL,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS blob_holds (
     digest TEXT NOT NULL,
@@ -112,6 +114,13 @@ def _storage_fault(exc: sqlite3.OperationalError, where: Path) -> StorageError |
     if code in _SQLITE_UNWRITABLE:
         return unwritable(where, str(exc))
     return None
+
+
+def _add_audit_count(db: sqlite3.Connection) -> None:
+    """Give an audit table of an older Pollen its ``count`` column (1 for its rows)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
+    if "count" not in columns:
+        db.execute("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
 
 
 class _Connection(sqlite3.Connection):
@@ -236,6 +245,7 @@ class SqliteState:
             )
         self._check_version(path)
         db.executescript(_SCHEMA)
+        _add_audit_count(db)
         # Made once with the database: run ids are unique only within one database.
         db.execute("INSERT OR IGNORE INTO meta VALUES ('superlink_id', ?)", (secrets.token_hex(8),))
         return db
@@ -521,15 +531,21 @@ class SqliteState:
         )
 
     # audit
-    def add_audit(self, event: AuditEvent) -> None:
-        self._db.execute(
-            "INSERT INTO audit (at, api, event, fingerprint, peer, reason) VALUES (?,?,?,?,?,?)",
-            (event.at, event.api, event.event, event.fingerprint, event.peer, event.reason),
+    def add_audit(self, event: AuditEvent) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO audit (at, api, event, fingerprint, peer, reason, count) "
+            "VALUES (?,?,?,?,?,?,?)",
+            astuple(event),
         )
+        return int(cursor.lastrowid or 0)
+
+    def set_audit_count(self, row_id: int, count: int) -> None:
+        self._db.execute("UPDATE audit SET count=? WHERE id=?", (count, row_id))
 
     def list_audit(self, limit: int = 1000) -> list[AuditEvent]:
         rows = self._rows(
-            "SELECT at, api, event, fingerprint, peer, reason FROM audit ORDER BY id DESC LIMIT ?",
+            "SELECT at, api, event, fingerprint, peer, reason, count FROM audit "
+            "ORDER BY id DESC LIMIT ?",
             limit,
         )
         return [AuditEvent(*row) for row in reversed(rows)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import secrets
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pollen.transport.session_crypto import (
     derive_session_key,
     join_transcript,
     new_ephemeral,
+    new_nonce,
     server_transcript,
 )
 
@@ -114,7 +114,7 @@ class RequestAuth:
         return (
             (
                 META_AUTH,
-                auth_header(session, method, body_digest, timestamp, secrets.token_hex(12)),
+                auth_header(session, method, body_digest, timestamp, new_nonce()),
             ),
         )
 

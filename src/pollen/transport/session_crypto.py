@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -28,6 +29,20 @@ AUTH_METHOD_PREFIX = "/pollen.v1.Auth/"
 META_AUTH = "pollen-auth"
 """One header per request: ``SESSION_ID.TIMESTAMP_MS.NONCE.MAC``, hex and decimal."""
 EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
+
+NONCE_BYTES = 12
+"""A request nonce is this many random bytes, sent as twice as many lowercase hex digits:
+a fixed size, so that the SuperLink's replay memory costs the same for every request."""
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(NONCE_BYTES)
+
+
+def is_nonce(text: str) -> bool:
+    """Whether ``text`` has the one form a nonce may have (see `NONCE_BYTES`)."""
+    return len(text) == 2 * NONCE_BYTES and _HEX_DIGITS.issuperset(text)
 
 
 @dataclass(frozen=True)
