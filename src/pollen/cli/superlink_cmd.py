@@ -53,6 +53,12 @@ PATH = click.Path(path_type=Path)
     help="Allow-list of ServerApp operator keys; required for a non-loopback Driver API.",
 )
 @click.option(
+    "--admin-keys",
+    type=PATH,
+    help="Operator keys (a file like --operator-keys, each listed there too) that may act "
+    "on every run; any other operator key acts only on the runs it created.",
+)
+@click.option(
     "--fleet-api-address",
     default=str(DEFAULT_FLEET_ADDRESS),
     show_default=True,
@@ -114,6 +120,7 @@ def superlink(
     auth_list_public_keys: Path | None,
     auth_superlink_private_key: Path | None,
     operator_keys: Path | None,
+    admin_keys: Path | None,
     max_blob_size: str,
     node_quota: str,
 ) -> None:
@@ -140,6 +147,7 @@ def superlink(
         heartbeat_interval=heartbeat_interval,
         task_ttl=task_ttl,
         security=security,
+        admin_keys=admin_keys,
         max_blob_size=parse_size(max_blob_size, "--max-blob-size"),
         node_quota=NodeQuota.parse(node_quota),
     )

@@ -19,6 +19,7 @@ from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
+from pollen.superlink.run_access import RunAccess
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
 
@@ -28,12 +29,19 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class DriverService(driver_pb2_grpc.DriverServicer):
-    def __init__(self, dispatcher: Dispatcher, blobs: BlobStore, collector: BlobCollector) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        blobs: BlobStore,
+        collector: BlobCollector,
+        access: RunAccess | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
         self._collector = collector
         self._streams: dict[str, set[asyncio.Queue[Result | None]]] = {}
+        self._access = access or RunAccess(self._state)
 
     def revoke(self, fingerprint: str) -> None:
         """An operator key was revoked: its open result streams end now."""
@@ -41,6 +49,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             queue.put_nowait(None)
 
     async def _running_run(self, run_id: int, context: Context) -> None:
+        await self._access.check_run(run_id, context)
         run = self._state.get_run(run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} does not exist")
@@ -56,7 +65,9 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             run_config = map_from_proto(request.run_config)
         except RecordError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        run_id = self._state.create_run(request.app, run_config, self._dispatcher.clock())
+        run_id = self._state.create_run(
+            request.app, run_config, self._dispatcher.clock(), RunAccess.caller()
+        )
         logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
         return dpb.CreateRunReply(run_id=run_id, superlink_id=self._state.superlink_id())
 
@@ -65,11 +76,12 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     ) -> dpb.PruneRunsReply:
         now = self._dispatcher.clock()
         before = now - max(request.older_than_seconds, 0.0)
+        owner = self._access.owner_filter()  # an operator prunes its own runs only
         if request.abandoned:
-            for run_id in self._state.idle_running_runs(before):
+            for run_id in self._state.idle_running_runs(before, owner):
                 self._dispatcher.end_run(run_id, f"run {run_id} abandoned")
                 self._state.abandon_run(run_id, "abandoned: no task or result for too long")
-        run_ids = self._state.prune_runs(before)
+        run_ids = self._state.prune_runs(before, owner)
         deleted = self._collector.sweep(grace=0.0) if run_ids else 0
         logger.info("pruned runs %s (%d blobs deleted)", run_ids, deleted)
         return dpb.PruneRunsReply(run_ids=run_ids, blobs_deleted=deleted)
@@ -78,6 +90,9 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self, request: dpb.ResumeRunRequest, context: Context
     ) -> dpb.ResumeRunReply:
         run_id, digest = request.run_id, request.checkpoint_digest
+        await self._access.check_run(run_id, context)
+        if digest:
+            await self._access.check_blob(digest, context)
         run = self._state.get_run(run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} does not exist")
@@ -123,6 +138,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                 task = task_from_proto(message)
             except RecordError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if task.parameters is not None:  # a task would make the blob this run's
+                await self._access.check_blob(task.parameters.digest, context)
             if task.parameters is not None and not self._blobs.exists(task.parameters.digest):
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
@@ -146,6 +163,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     async def StreamResults(
         self, request: dpb.StreamResultsRequest, context: Context
     ) -> AsyncIterator[pb.Result]:
+        await self._access.check_run(request.run_id, context)
         if self._state.get_run(request.run_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
         wanted = set(request.task_ids)
@@ -196,6 +214,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     async def ReleaseBlobs(
         self, request: dpb.ReleaseBlobsRequest, context: Context
     ) -> dpb.ReleaseBlobsReply:
+        await self._access.check_run(request.run_id, context)
         if self._state.get_run(request.run_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
         deleted = self._collector.release(request.run_id, list(request.digests))
@@ -205,11 +224,27 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
         return await receive_upload(
-            request_iterator, self._blobs, self._state, self._dispatcher.clock, context
+            self._owned_upload(request_iterator, context),
+            self._blobs,
+            self._state,
+            self._dispatcher.clock,
+            context,
         )
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[bytes]:
+        await self._access.check_blob(request.digest, context)
         async for chunk in send_download(request, self._blobs, context):
+            yield chunk
+
+    async def _owned_upload(
+        self, chunks: AsyncIterable[Chunk], context: Context
+    ) -> AsyncIterator[Chunk]:
+        """An upload for a run (which then holds the blob) only for a run of the caller."""
+        first = True
+        async for chunk in chunks:
+            if first and chunk.run_id:
+                await self._access.check_run(chunk.run_id, context)
+            first = False
             yield chunk

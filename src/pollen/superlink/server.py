@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from pollen.errors import ConfigurationError
 from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
 from pollen.superlink.blob_gc import BlobCollector, sweep_periodically
@@ -28,6 +29,7 @@ from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
 from pollen.superlink.request_ids import ids_checked
 from pollen.superlink.request_verification import RequestVerifier
+from pollen.superlink.run_access import AdminKeys, RunAccess, load_admin_keys
 from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
@@ -60,6 +62,8 @@ class SuperLinkConfig:
     """Seconds a connection has to finish its TLS handshake and HTTP/2 preface."""
     idle_connection_timeout: float = IDLE_SECONDS
     """Seconds a connection may stay open with no call (its client reconnects when it calls)."""
+    admin_keys: Path | None = None
+    """Operator keys that may act on every run (see `run_access`); others, on their own."""
     max_blob_size: int = DEFAULT_MAX_BLOB_SIZE
     """Bytes one blob may have, from either API; larger uploads are refused up front."""
     node_quota: NodeQuota = DEFAULT_NODE_QUOTA
@@ -123,6 +127,17 @@ def _guards(config: SuperLinkConfig, audit: Audit) -> tuple[ApiGuard | None, Api
     return fleet, driver
 
 
+def _admins(config: SuperLinkConfig, driver_guard: ApiGuard | None) -> AdminKeys | None:
+    if config.admin_keys is None:
+        return None
+    if driver_guard is None:
+        raise ConfigurationError(
+            "--admin-keys needs --operator-keys: without operator keys nobody is identified, "
+            "and every ServerApp acts on every run already"
+        )
+    return load_admin_keys(config.admin_keys, driver_guard.settings.allowlist)
+
+
 def _credentials(config: SuperLinkConfig, address: Address) -> grpc.ServerCredentials | None:
     tls = config.security.tls
     return tls.credentials([address.host]) if tls is not None else None
@@ -141,6 +156,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         collector = BlobCollector(state, blobs, config.clock)
         collector.sweep()  # leftovers of a previous life
         fleet_guard, driver_guard = _guards(config, Audit(state, config.clock))
+        access = RunAccess(state, _admins(config, driver_guard))
     except BaseException:
         created.remove(state)
         raise
@@ -165,7 +181,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 else RequestVerifier(None).registrar(fleet)
             ),
         )
-        driver_service = DriverService(dispatcher, blobs, collector)
+        driver_service = DriverService(dispatcher, blobs, collector, access=access)
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
             ids_checked(
@@ -206,6 +222,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             ),
             asyncio.create_task(watch_allowlists(watched)),
             asyncio.create_task(sweep_periodically(collector)),
+            asyncio.create_task(access.watch()),
         ]
         try:
             yield SuperLink(fleet_port, driver_port, dispatcher, blobs, fleet_guard, driver_guard)

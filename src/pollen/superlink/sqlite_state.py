@@ -245,6 +245,7 @@ class SqliteState:
             )
         self._check_version(path)
         db.executescript(_SCHEMA)
+        self._add_column("runs", "owner", "TEXT NOT NULL DEFAULT ''")
         _add_audit_count(db)
         # Made once with the database: run ids are unique only within one database.
         db.execute("INSERT OR IGNORE INTO meta VALUES ('superlink_id', ?)", (secrets.token_hex(8),))
@@ -295,12 +296,22 @@ class SqliteState:
         return [r[0] for r in self._rows("SELECT node_id FROM nodes WHERE status=?", status)]
 
     # runs
-    def create_run(self, app: str, run_config: UserConfig, now: float) -> int:
+    def _add_column(self, table: str, column: str, declaration: str) -> None:
+        """Add ``column`` to a database written before it existed."""
+        if column not in {r[1] for r in self._rows(f"PRAGMA table_info({table})")}:
+            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    def create_run(self, app: str, run_config: UserConfig, now: float, owner: str = "") -> int:
         cursor = self._db.execute(
-            "INSERT INTO runs (app, run_config, status, created_at) VALUES (?, ?, 'running', ?)",
-            (app, config_to_json(run_config), now),
+            "INSERT INTO runs (app, run_config, status, created_at, owner) "
+            "VALUES (?, ?, 'running', ?, ?)",
+            (app, config_to_json(run_config), now, owner),
         )
         return int(cursor.lastrowid or 0)
+
+    def run_owner(self, run_id: int) -> str | None:
+        rows = self._rows("SELECT owner FROM runs WHERE run_id=?", run_id)
+        return str(rows[0][0]) if rows else None
 
     def get_run(self, run_id: int) -> RunInfo | None:
         rows = self._rows("SELECT run_id, app, run_config, status FROM runs WHERE run_id=?", run_id)
@@ -309,13 +320,17 @@ class SqliteState:
         run_id_, app, run_config, status = rows[0]
         return RunInfo(run_id_, app, config_from_json(run_config), status)
 
-    def prune_runs(self, finished_before: float) -> list[int]:
-        """Delete runs that ended before ``finished_before``, with their tasks and results."""
+    def prune_runs(self, finished_before: float, owner: str | None = None) -> list[int]:
+        """Delete runs that ended before ``finished_before`` (of ``owner`` only, unless
+        None), with their tasks and results."""
         ids = [
             r[0]
             for r in self._rows(
-                "SELECT run_id FROM runs WHERE status != 'running' AND finished_at < ?",
+                "SELECT run_id FROM runs WHERE status != 'running' AND finished_at < ? "
+                "AND (? IS NULL OR owner = ?)",
                 finished_before,
+                owner,
+                owner,
             )
         ]
         with self._transaction():
@@ -339,9 +354,17 @@ class SqliteState:
         )[0]
         return float(latest or 0.0)
 
-    def idle_running_runs(self, idle_before: float) -> list[int]:
-        """Running runs with no task or result since ``idle_before``."""
-        running = [r[0] for r in self._rows("SELECT run_id FROM runs WHERE status='running'")]
+    def idle_running_runs(self, idle_before: float, owner: str | None = None) -> list[int]:
+        """Running runs (of ``owner`` only, unless None) with no task or result since
+        ``idle_before``."""
+        running = [
+            r[0]
+            for r in self._rows(
+                "SELECT run_id FROM runs WHERE status='running' AND (? IS NULL OR owner = ?)",
+                owner,
+                owner,
+            )
+        ]
         return [r for r in running if self._last_activity(r) < idle_before]
 
     def abandon_run(self, run_id: int, message: str) -> None:
@@ -628,6 +651,13 @@ class SqliteState:
             "DELETE FROM blob_holds WHERE digest=? AND run_id=?", [(d, run_id) for d in released]
         )
         return sorted(released)
+
+    def blob_owners(self, digest: str) -> set[str]:
+        """The owners of the runs that hold ``digest``."""
+        rows = self._rows(
+            "SELECT DISTINCT owner FROM blob_holds JOIN runs USING (run_id) WHERE digest=?", digest
+        )
+        return {str(r[0]) for r in rows}
 
     def blob_in_use(self, digest: str) -> bool:
         """Held by a run, or named by an open task of a running run."""
