@@ -79,6 +79,8 @@ def prune(
 
     Running runs are left alone unless --abandoned is given: then a running run with
     no new task or result for longer than --older-than is ended as failed and deleted.
+    With --auth-private-key, only the runs that key created are touched (every run for
+    a key in the SuperLink's --admin-keys).
     """
     age = parse_age(older_than)
     address = parse_address(superlink_address, "--superlink")
