@@ -51,5 +51,9 @@ class StorageFull(StorageError):
     """The SuperLink's disk is full: nothing is lost, writes resume once space is freed."""
 
 
+class TooManyOpenFiles(StorageError):
+    """The SuperLink has no file descriptor left: the request may succeed once others end."""
+
+
 STORAGE_FULL = "SuperLink storage full"
 """How a `StorageFull` message starts, also in the status clients get: they retry on it."""

@@ -16,6 +16,11 @@ from pollen.superlink.server import (
     SuperLinkConfig,
     open_superlink,
 )
+from pollen.superlink.stream_limits import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_TRANSFERS_PER_NODE,
+    DEFAULT_TRANSFERS_PER_OPERATOR,
+)
 from pollen.superlink.upload_bounds import NodeQuota, parse_size
 from pollen.transport.addresses import parse_address
 
@@ -105,6 +110,27 @@ PATH = click.Path(path_type=Path)
     help="Bytes one node may keep stored per run: a multiple of the model it was sent "
     "(4x) or a size (8GiB).",
 )
+@click.option(
+    "--max-transfers-per-node",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TRANSFERS_PER_NODE,
+    show_default=True,
+    help="Blob uploads and downloads one node may have open at once; more are refused.",
+)
+@click.option(
+    "--max-transfers-per-operator",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TRANSFERS_PER_OPERATOR,
+    show_default=True,
+    help="The same for one --operator-keys key on the Driver API.",
+)
+@click.option(
+    "--transfer-idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_IDLE_TIMEOUT,
+    show_default=True,
+    help="Seconds a blob upload or download may move no chunk (1 MiB) before it is cut.",
+)
 def superlink(
     insecure: bool,
     fleet_api_address: str,
@@ -123,6 +149,9 @@ def superlink(
     admin_keys: Path | None,
     max_blob_size: str,
     node_quota: str,
+    max_transfers_per_node: int,
+    max_transfers_per_operator: int,
+    transfer_idle_timeout: float,
 ) -> None:
     """Run the SuperLink: Fleet API for SuperNodes, Driver API for ServerApps.
 
@@ -150,6 +179,9 @@ def superlink(
         admin_keys=admin_keys,
         max_blob_size=parse_size(max_blob_size, "--max-blob-size"),
         node_quota=NodeQuota.parse(node_quota),
+        max_transfers_per_node=max_transfers_per_node,
+        max_transfers_per_operator=max_transfers_per_operator,
+        transfer_idle_timeout=transfer_idle_timeout,
     )
 
     async def serve(stop: asyncio.Event) -> None:

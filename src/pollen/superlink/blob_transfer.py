@@ -14,6 +14,8 @@ from pollen.records.messages import BlobRef
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
+from pollen.superlink.storage_faults import as_storage_faults
+from pollen.superlink.stream_limits import Transfer
 from pollen.superlink.upload_bounds import format_size
 from pollen.transport.blob_stream import CHUNK_SIZE, encode_chunks
 from pollen.transport.chunk_codec import Chunk
@@ -37,11 +39,13 @@ async def receive_upload(
     state: State,
     clock: Clock,
     context: grpc.aio.ServicerContext[Chunk, pb.BlobRef],
+    transfer: Transfer | None = None,
 ) -> pb.BlobRef:
     """Write an uploaded blob to disk, verify its digest, record it once.
 
     A declared size above the store's maximum is refused before the file opens; a
     stream that sends more bytes than it declared is cut at the chunk that overflows.
+    Each chunk is progress of ``transfer``; one cut (idle, revoked) stores nothing.
     """
     writer = None
     run_id = 0
@@ -51,6 +55,8 @@ async def receive_upload(
     pending: asyncio.Future[None] | None = None
     try:
         async for chunk in chunks:
+            if transfer is not None:
+                transfer.progressed()
             if writer is None:
                 await refuse_oversized(chunk.total_size, store, context)
                 writer = store.writer(BlobRef(chunk.digest, chunk.total_size))
@@ -60,6 +66,8 @@ async def receive_upload(
             pending = loop.run_in_executor(None, writer.write, chunk.offset, chunk.data)
         if pending is not None:
             await pending
+        if transfer is not None:
+            await transfer.end_if_cut()  # cut after its last chunk: not stored
         if writer is None:
             raise BlobError("upload carried no chunk")
         ref = writer.commit()
@@ -85,8 +93,14 @@ async def send_download(
     request: pb.DownloadBlobRequest,
     store: BlobStore,
     context: grpc.aio.ServicerContext[pb.DownloadBlobRequest, bytes],
+    transfer: Transfer | None = None,
 ) -> AsyncIterator[bytes]:
-    """Stream a stored blob from ``request.offset`` in encoded chunks read from disk."""
+    """Stream a stored blob from ``request.offset`` in encoded chunks read from disk.
+
+    One chunk is read when gRPC has taken the previous one, so a receiver that reads
+    nothing holds about one chunk here (read, encoded, in gRPC) besides what its
+    flow-control window lets through. A cut ``transfer`` closes the file at once.
+    """
     try:
         size = store.size(request.digest)
     except BlobError as exc:
@@ -94,5 +108,16 @@ async def send_download(
     if request.offset > size:
         await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} > size {size}")
     chunks = store.read_chunks(request.digest, request.offset, CHUNK_SIZE)
-    for message in encode_chunks(chunks, BlobRef(request.digest, size), request.offset):
-        yield message
+    if transfer is not None:
+        transfer.on_cut(chunks.close)
+    try:
+        with as_storage_faults(store.root):  # no descriptor left: a named fault
+            for message in encode_chunks(chunks, BlobRef(request.digest, size), request.offset):
+                yield message
+                if transfer is not None:
+                    transfer.progressed()
+                    await transfer.end_if_cut()
+        if transfer is not None:
+            await transfer.end_if_cut()  # its file was closed under it: not a whole blob
+    finally:
+        chunks.close()

@@ -6,7 +6,7 @@ import contextlib
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from pollen.errors import BlobError, ConfigurationError, StorageError, StorageFull
@@ -146,7 +146,9 @@ class BlobStore:
     def writer(self, ref: BlobRef) -> BlobWriter:
         return BlobWriter(self, ref)
 
-    def read_chunks(self, digest: str, offset: int, chunk_size: int) -> Iterator[bytes]:
+    def read_chunks(
+        self, digest: str, offset: int, chunk_size: int
+    ) -> Generator[bytes, None, None]:
         """The blob's bytes from ``offset`` in chunks, read from disk as they are sent."""
         try:
             handle = self.path(digest).open("rb")

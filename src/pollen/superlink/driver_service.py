@@ -20,6 +20,7 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.run_access import RunAccess
+from pollen.superlink.stream_limits import DEFAULT_TRANSFERS_PER_OPERATOR, BlobStreams, Party
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
 
@@ -34,8 +35,12 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         dispatcher: Dispatcher,
         blobs: BlobStore,
         collector: BlobCollector,
+        transfers: BlobStreams | None = None,
         access: RunAccess | None = None,
     ) -> None:
+        self._transfers = transfers or BlobStreams(
+            DEFAULT_TRANSFERS_PER_OPERATOR, "--max-transfers-per-operator"
+        )
         self._dispatcher = dispatcher
         self._state = dispatcher.state
         self._blobs = blobs
@@ -44,9 +49,21 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self._access = access or RunAccess(self._state)
 
     def revoke(self, fingerprint: str) -> None:
-        """An operator key was revoked: its open result streams end now."""
+        """An operator key was revoked: its open result streams and blob transfers end now."""
         for queue in self._streams.pop(fingerprint, set()):
             queue.put_nowait(None)
+        self._transfers.cut(
+            fingerprint, grpc.StatusCode.UNAUTHENTICATED, "the operator key was revoked"
+        )
+
+    @staticmethod
+    def _party() -> tuple[Party | None, object | None]:
+        """An operator key holds the stream; without operator keys nobody is counted (the
+        Driver API then listens on loopback only)."""
+        session = current_session.get()
+        if session is None:
+            return None, None
+        return Party(session.fingerprint, f"operator key {session.fingerprint}"), session
 
     async def _running_run(self, run_id: int, context: Context) -> None:
         await self._access.check_run(run_id, context)
@@ -223,20 +240,25 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     async def UploadBlob(
         self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
-        return await receive_upload(
-            self._owned_upload(request_iterator, context),
-            self._blobs,
-            self._state,
-            self._dispatcher.clock,
-            context,
-        )
+        party, session = self._party()
+        async with self._transfers.open("upload", context, party, session) as transfer:
+            return await receive_upload(
+                self._owned_upload(request_iterator, context),
+                self._blobs,
+                self._state,
+                self._dispatcher.clock,
+                context,
+                transfer,
+            )
 
     async def DownloadBlob(
         self, request: pb.DownloadBlobRequest, context: Context
     ) -> AsyncIterator[bytes]:
         await self._access.check_blob(request.digest, context)
-        async for chunk in send_download(request, self._blobs, context):
-            yield chunk
+        party, session = self._party()
+        async with self._transfers.open("download", context, party, session) as transfer:
+            async for chunk in send_download(request, self._blobs, context, transfer):
+                yield chunk
 
     async def _owned_upload(
         self, chunks: AsyncIterable[Chunk], context: Context

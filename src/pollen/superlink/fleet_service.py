@@ -20,6 +20,12 @@ from pollen.superlink.blob_transfer import receive_upload, refuse_oversized, sen
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
+from pollen.superlink.stream_limits import (
+    DEFAULT_TRANSFERS_PER_NODE,
+    BlobStreams,
+    Party,
+    Transfer,
+)
 from pollen.superlink.upload_bounds import DEFAULT_NODE_QUOTA, NodeQuota, UploadQuota
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
@@ -52,7 +58,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         collector: BlobCollector,
         authenticated: bool = False,
         node_quota: NodeQuota = DEFAULT_NODE_QUOTA,
+        streams: BlobStreams | None = None,
     ) -> None:
+        self._streams = streams or BlobStreams(
+            DEFAULT_TRANSFERS_PER_NODE, "--max-transfers-per-node"
+        )
         self._collector = collector
         self._quota = UploadQuota(dispatcher.state, node_quota, blobs.max_blob_size)
         self._dispatcher = dispatcher
@@ -200,23 +210,47 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             )
         return fpb.GetRunReply(run=run_to_proto(run))
 
+    def _party(self, node_id: int = 0) -> tuple[Party | None, object | None]:
+        """Whose blob stream this is: the session's key; without authentication, the node
+        the request names (``node_id`` 0: named by its first chunk)."""
+        session = current_session.get() if self._authenticated else None
+        if session is not None:
+            name = f"node {session.node_id}" if session.node_id else f"key {session.fingerprint}"
+            return Party(session.fingerprint, name), session
+        return (Party(f"node {node_id}", f"node {node_id}") if node_id else None), None
+
+    async def _counted(
+        self, chunks: AsyncIterable[Chunk], transfer: Transfer
+    ) -> AsyncIterator[Chunk]:
+        """Without authentication an upload's node is known from its first chunk."""
+        async for chunk in chunks:
+            if transfer.party is None:
+                party = Party(f"node {chunk.node_id}", f"node {chunk.node_id}")
+                await self._streams.claim(transfer, party)
+            yield chunk
+
     async def UploadBlob(
         self, request_iterator: AsyncIterable[Chunk], context: Context
     ) -> pb.BlobRef:
-        upload = _Upload()
-        try:
-            ref = await receive_upload(
-                self._checked_upload(request_iterator, context, upload),
-                self._blobs,
-                self._state,
-                self._dispatcher.clock,
-                context,
-            )
-            self._state.add_upload(ref.digest, upload.node_id, upload.run_id)
-            return ref
-        finally:
-            if upload.reserved:
-                self._quota.give_back(upload.node_id, upload.run_id, upload.reserved)
+        party, session = self._party()
+        async with self._streams.open("upload", context, party, session) as transfer:
+            upload = _Upload()
+            try:
+                ref = await receive_upload(
+                    self._checked_upload(
+                        self._counted(request_iterator, transfer), context, upload
+                    ),
+                    self._blobs,
+                    self._state,
+                    self._dispatcher.clock,
+                    context,
+                    transfer,
+                )
+                self._state.add_upload(ref.digest, upload.node_id, upload.run_id)
+                return ref
+            finally:
+                if upload.reserved:
+                    self._quota.give_back(upload.node_id, upload.run_id, upload.reserved)
 
     async def _checked_upload(
         self, chunks: AsyncIterable[Chunk], context: Context, upload: _Upload
@@ -261,6 +295,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"blob {request.digest[:12]} is not part of a task of node {request.node_id}",
             )
-        async for chunk in send_download(request, self._blobs, context):
-            yield chunk
-            self._dispatcher.heartbeat(request.node_id)  # it took the chunk: it is alive
+        party, session = self._party(request.node_id)
+        async with self._streams.open("download", context, party, session) as transfer:
+            async for chunk in send_download(request, self._blobs, context, transfer):
+                yield chunk
+                self._dispatcher.heartbeat(request.node_id)  # it took the chunk: it is alive

@@ -34,6 +34,13 @@ from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watc
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.storage_faults import keep_going
+from pollen.superlink.stream_limits import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_TRANSFERS_PER_NODE,
+    DEFAULT_TRANSFERS_PER_OPERATOR,
+    BlobStreams,
+    cut_idle_periodically,
+)
 from pollen.superlink.upload_bounds import DEFAULT_MAX_BLOB_SIZE, DEFAULT_NODE_QUOTA, NodeQuota
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
@@ -68,6 +75,12 @@ class SuperLinkConfig:
     """Bytes one blob may have, from either API; larger uploads are refused up front."""
     node_quota: NodeQuota = DEFAULT_NODE_QUOTA
     """Bytes one node may keep stored in one run (see `upload_bounds`)."""
+    max_transfers_per_node: int = DEFAULT_TRANSFERS_PER_NODE
+    """Blob uploads and downloads one node may have open at once (see `stream_limits`)."""
+    max_transfers_per_operator: int = DEFAULT_TRANSFERS_PER_OPERATOR
+    """The same for one operator key on the Driver API (with operator keys)."""
+    transfer_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    """Seconds a blob upload or download may move no chunk before it is cut."""
 
     @property
     def blob_dir(self) -> Path:
@@ -84,6 +97,8 @@ class SuperLink:
     blobs: BlobStore
     fleet_guard: ApiGuard | None = None
     driver_guard: ApiGuard | None = None
+    fleet_transfers: BlobStreams | None = None
+    driver_transfers: BlobStreams | None = None
 
 
 async def _watch_heartbeats(dispatcher: Dispatcher, interval: float, task_ttl: float) -> None:
@@ -95,10 +110,14 @@ async def _watch_heartbeats(dispatcher: Dispatcher, interval: float, task_ttl: f
     await keep_going("checking heartbeats and task TTLs", check)
 
 
-def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:
-    """What happens to a node whose key is revoked: its stream closes, its tasks fail."""
+def _cut_off(
+    dispatcher: Dispatcher, transfers: BlobStreams
+) -> Callable[[Session | None, str], None]:
+    """What happens to a node whose key is revoked: its task stream and blob transfers
+    close, its tasks fail."""
 
     def revoke(session: Session | None, fingerprint: str) -> None:
+        transfers.cut(fingerprint, grpc.StatusCode.UNAUTHENTICATED, f"key {fingerprint} revoked")
         node_id = session.node_id if session else dispatcher.state.node_for_key(fingerprint)
         if node_id:
             dispatcher.disconnect(node_id, f"key {fingerprint} revoked")
@@ -106,10 +125,11 @@ def _cut_off(dispatcher: Dispatcher) -> Callable[[Session | None, str], None]:
     return revoke
 
 
-def _displace(dispatcher: Dispatcher) -> Callable[[Session], None]:
-    """A newer session of the same key took over: the older one's stream ends, saying why."""
+def _displace(dispatcher: Dispatcher, transfers: BlobStreams) -> Callable[[Session], None]:
+    """A newer session of the same key took over: the older one's streams end, saying why."""
 
     def displace(old: Session) -> None:
+        transfers.cut(old.fingerprint, grpc.StatusCode.ABORTED, old.ended, session=old)
         if old.node_id:
             dispatcher.disconnect(old.node_id, old.ended)
 
@@ -165,6 +185,18 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     fleet = new_server(limits)
     driver = new_server(limits)
     started = False
+    fleet_transfers = BlobStreams(
+        config.max_transfers_per_node,
+        "--max-transfers-per-node",
+        config.transfer_idle_timeout,
+        config.clock,
+    )
+    driver_transfers = BlobStreams(
+        config.max_transfers_per_operator,
+        "--max-transfers-per-operator",
+        config.transfer_idle_timeout,
+        config.clock,
+    )
     try:
         fleet_pb2_grpc.add_FleetServicer_to_server(  # type: ignore[no-untyped-call]
             FleetService(
@@ -174,6 +206,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 collector,
                 fleet_guard is not None,
                 config.node_quota,
+                fleet_transfers,
             ),
             ids_checked(
                 fleet_guard.verified(fleet)
@@ -181,7 +214,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 else RequestVerifier(None).registrar(fleet)
             ),
         )
-        driver_service = DriverService(dispatcher, blobs, collector, access=access)
+        driver_service = DriverService(
+            dispatcher, blobs, collector, driver_transfers, access=access
+        )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
             ids_checked(
@@ -190,9 +225,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 else RequestVerifier(None).registrar(driver)
             ),
         )
-        revoke = _cut_off(dispatcher)
+        revoke = _cut_off(dispatcher, fleet_transfers)
         if fleet_guard is not None:
-            fleet_guard.add_service(fleet, _displace(dispatcher))
+            fleet_guard.add_service(fleet, _displace(dispatcher, fleet_transfers))
         if driver_guard is not None:
             driver_guard.add_service(driver)
         fleet_port = bind(fleet, config.fleet_address, "--fleet-api-address", fleet_credentials)
@@ -223,9 +258,23 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             asyncio.create_task(watch_allowlists(watched)),
             asyncio.create_task(sweep_periodically(collector)),
             asyncio.create_task(access.watch()),
+            asyncio.create_task(
+                cut_idle_periodically(
+                    (fleet_transfers, driver_transfers), min(1.0, config.transfer_idle_timeout / 4)
+                )
+            ),
         ]
         try:
-            yield SuperLink(fleet_port, driver_port, dispatcher, blobs, fleet_guard, driver_guard)
+            yield SuperLink(
+                fleet_port,
+                driver_port,
+                dispatcher,
+                blobs,
+                fleet_guard,
+                driver_guard,
+                fleet_transfers=fleet_transfers,
+                driver_transfers=driver_transfers,
+            )
         finally:
             for task in background:
                 task.cancel()

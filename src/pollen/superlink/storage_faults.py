@@ -4,7 +4,9 @@ A full disk or a read-only file system is the operator's to fix, not a bug: it
 becomes a `StorageFull` or `StorageError` whose one-line message says where and
 what to do. Requests that hit one fail with a status clients retry on; the
 state stays as it was before the write (SQLite rolls the transaction back,
-a blob never becomes visible half-written).
+a blob never becomes visible half-written). A process out of file descriptors
+(EMFILE, ENFILE) is named too, as `TooManyOpenFiles`: RESOURCE_EXHAUSTED with a
+message, never gRPC's UNKNOWN with a raw OSError.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from typing import Any, NoReturn
 
 import grpc
 
-from pollen.errors import STORAGE_FULL, StorageError, StorageFull
+from pollen.errors import STORAGE_FULL, StorageError, StorageFull, TooManyOpenFiles
 
 logger = logging.getLogger(__name__)
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _UNWRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_NO_DESCRIPTORS = {errno.EMFILE, errno.ENFILE}
 
 
 def disk_full(where: Path, detail: str) -> StorageFull:
@@ -40,6 +43,14 @@ def unwritable(where: Path, detail: str) -> StorageError:
     )
 
 
+def out_of_descriptors(where: Path, detail: str) -> TooManyOpenFiles:
+    return TooManyOpenFiles(
+        f"SuperLink out of file descriptors: cannot open a file in {where} ({detail}); "
+        "retry once other transfers end. Its operator can raise the limit (ulimit -n) "
+        "or lower --max-transfers-per-node"
+    )
+
+
 def from_os_error(exc: OSError, where: Path) -> StorageError | None:
     """The storage fault ``exc`` stands for, or None when it is something else."""
     detail = exc.strerror or str(exc)
@@ -47,6 +58,8 @@ def from_os_error(exc: OSError, where: Path) -> StorageError | None:
         return disk_full(where, detail)
     if exc.errno in _UNWRITABLE:
         return unwritable(where, detail)
+    if exc.errno in _NO_DESCRIPTORS:
+        return out_of_descriptors(where, detail)
     return None
 
 
@@ -63,8 +76,8 @@ def as_storage_faults(where: Path) -> Iterator[None]:
 
 
 def status_of(fault: StorageError) -> grpc.StatusCode:
-    """Full disk: RESOURCE_EXHAUSTED (retried until space is freed); else UNAVAILABLE."""
-    if isinstance(fault, StorageFull):
+    """Full disk or no descriptor left: RESOURCE_EXHAUSTED; else UNAVAILABLE."""
+    if isinstance(fault, StorageFull | TooManyOpenFiles):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     return grpc.StatusCode.UNAVAILABLE
 
