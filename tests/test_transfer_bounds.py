@@ -422,3 +422,23 @@ def test_an_operator_key_holds_its_own_limit_and_a_revoked_ones_uploads_are_cut(
             assert link.blobs.stored() == []
 
     asyncio.run(scenario())
+
+
+def test_a_session_displaced_by_another_process_with_its_key_loses_its_uploads(
+    tmp_path: Path, seed: Seed
+) -> None:
+    async def scenario() -> None:
+        async with attacker_with_a_task(tmp_path, seed, MiB) as attacker:
+            upload = attacker.stalled_upload(64 * 1024)
+            with cancelled(upload):
+                await wait_until(lambda: len(partial_files(attacker.link)) == 1, 5)
+                async with peer(seed, attacker.link.fleet_port, seed.identity(1)) as other:
+                    await other.join()  # another process with the same key
+                    code, message = await status(upload)
+            assert code == grpc.StatusCode.ABORTED
+            assert message.startswith(
+                f"replaced by another process with the same key ({attacker.fingerprint})"
+            )
+            assert partial_files(attacker.link) == []
+
+    asyncio.run(scenario())
