@@ -116,13 +116,6 @@ def _storage_fault(exc: sqlite3.OperationalError, where: Path) -> StorageError |
     return None
 
 
-def _add_audit_count(db: sqlite3.Connection) -> None:
-    """Give an audit table of an older Pollen its ``count`` column (1 for its rows)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(audit)")}
-    if "count" not in columns:
-        db.execute("ALTER TABLE audit ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
-
-
 class _Connection(sqlite3.Connection):
     """An SQLite connection whose refused writes say which file and why."""
 
@@ -246,7 +239,7 @@ class SqliteState:
         self._check_version(path)
         db.executescript(_SCHEMA)
         self._add_column("runs", "owner", "TEXT NOT NULL DEFAULT ''")
-        _add_audit_count(db)
+        self._add_column("audit", "count", "INTEGER NOT NULL DEFAULT 1")
         # Made once with the database: run ids are unique only within one database.
         db.execute("INSERT OR IGNORE INTO meta VALUES ('superlink_id', ?)", (secrets.token_hex(8),))
         return db
