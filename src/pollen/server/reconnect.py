@@ -29,6 +29,10 @@ T = TypeVar("T")
 AWAY = frozenset({grpc.StatusCode.UNAVAILABLE})
 """The SuperLink is not there (restarting, or the connection broke)."""
 
+JOIN_LATER = AWAY | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""A join that may pass later: the SuperLink is away, or bounds joins from this address
+or key for a while (a flood of others' joins behind the same gateway)."""
+
 
 class Reconnector:
     """Runs Driver API calls, retrying with backoff while the SuperLink is away.
@@ -72,7 +76,7 @@ class Reconnector:
                 await open_session(self._channel, self.identity, "driver", self._auth.holder)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in AWAY:
+                if exc.code() not in JOIN_LATER:
                     raise
                 await attempts.wait(exc)
 
@@ -145,7 +149,7 @@ async def reach_driver(
             return
         except grpc.aio.AioRpcError as exc:
             faults.check(exc)
-            if exc.code() not in AWAY:
+            if exc.code() not in JOIN_LATER:
                 raise ConnectionFailed(
                     f"SuperLink Driver API at {endpoint.address}: "
                     f"{exc.code().name.lower()} ({exc.details()})"
