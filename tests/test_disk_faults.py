@@ -250,6 +250,8 @@ def test_a_disk_gone_read_only_mid_upload_is_a_storage_fault_even_when_cleanup_f
     ("code", "details", "retried"),
     [
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "SuperLink storage full: cannot write /x", True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "SuperLink out of file descriptors: cannot", True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "node 3 has 4 blob transfers open, the most", False),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max", False),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed attempts; wait", False),
         (grpc.StatusCode.UNAVAILABLE, "SuperLink storage full: cannot write /x", False),

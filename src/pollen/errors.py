@@ -57,3 +57,6 @@ class TooManyOpenFiles(StorageError):
 
 STORAGE_FULL = "SuperLink storage full"
 """How a `StorageFull` message starts, also in the status clients get: they retry on it."""
+
+OUT_OF_DESCRIPTORS = "SuperLink out of file descriptors"
+"""How a `TooManyOpenFiles` message starts, also in the status clients get: they retry on it."""

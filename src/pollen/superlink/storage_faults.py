@@ -20,7 +20,13 @@ from typing import Any, NoReturn
 
 import grpc
 
-from pollen.errors import STORAGE_FULL, StorageError, StorageFull, TooManyOpenFiles
+from pollen.errors import (
+    OUT_OF_DESCRIPTORS,
+    STORAGE_FULL,
+    StorageError,
+    StorageFull,
+    TooManyOpenFiles,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ def unwritable(where: Path, detail: str) -> StorageError:
 
 def out_of_descriptors(where: Path, detail: str) -> TooManyOpenFiles:
     return TooManyOpenFiles(
-        f"SuperLink out of file descriptors: cannot open a file in {where} ({detail}); "
+        f"{OUT_OF_DESCRIPTORS}: cannot open a file in {where} ({detail}); "
         "retry once other transfers end. Its operator can raise the limit (ulimit -n) "
         "or lower --max-transfers-per-node"
     )

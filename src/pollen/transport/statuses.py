@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import grpc
 
-from pollen.errors import STORAGE_FULL, ConnectionFailed
+from pollen.errors import OUT_OF_DESCRIPTORS, STORAGE_FULL, ConnectionFailed
 
 DISPLACED = "replaced by another process with the same key"
 """How the SuperLink's answer starts when a newer session of a node's key ended this one's."""
 
 
 def storage_full(exc: grpc.aio.AioRpcError) -> bool:
-    """The SuperLink's disk is full: the same call succeeds once space is freed.
+    """The SuperLink's disk is full, or it is out of file descriptors: the same call
+    succeeds once space is freed or other transfers end.
 
-    Other RESOURCE_EXHAUSTED statuses (a message over the size limit, a rate
-    limit) would fail again the same way: they are not this.
+    Other RESOURCE_EXHAUSTED statuses (a message over the size limit, a quota)
+    would fail again the same way: they are not this.
     """
     details = exc.details() or ""
-    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and details.startswith(STORAGE_FULL)
+    passing = details.startswith(STORAGE_FULL) or details.startswith(OUT_OF_DESCRIPTORS)
+    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and passing
 
 
 def displaced(exc: grpc.aio.AioRpcError) -> bool:
