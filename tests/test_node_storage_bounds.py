@@ -24,6 +24,7 @@ import pytest
 from click.testing import CliRunner
 
 from pollen.cli.main import cli
+from pollen.errors import RunError
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
 from pollen.records.arrays import decode_arrays, encode_arrays
@@ -31,7 +32,7 @@ from pollen.records.messages import BlobRef, Result, Task
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.superlink.sqlite_state import SqliteState
-from pollen.superlink.upload_bounds import QUOTA_FLOOR
+from pollen.superlink.upload_bounds import QUOTA_FLOOR, NodeQuota
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.node import run_supernode
 from pollen.transport.addresses import Address
@@ -355,6 +356,35 @@ def test_an_honest_federation_trains_within_the_bounds(tmp_path: Path, seed: See
             (2, []),
         ]
         np.testing.assert_array_equal(outcome.parameters[0], np.ones(512 * 1024, np.float32))
+
+    asyncio.run(scenario())
+
+
+def test_a_result_over_the_quota_reaches_the_server_app_as_that_nodes_error(
+    tmp_path: Path, seed: Seed
+) -> None:
+    """The node reports the refusal as its result's error (it used to reconnect, and the
+    round saw only 'node went offline'); it stays connected for the next task."""
+    model = [np.zeros(512 * 1024, np.float32)]  # 2 MiB, over a 1 MiB quota
+
+    async def scenario() -> None:
+        config = secure_config(tmp_path, seed)
+        config.node_quota = NodeQuota(fixed=1024 * 1024)
+        async with open_superlink(config) as link:
+            node = start_node(seed, link.fleet_port, 1)
+            try:
+                await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1, 5)
+                online = link.dispatcher.online_nodes()
+                app = numpy_apps.make_server_app(
+                    num_rounds=1, min_available=1, min_fit=1, initial=model
+                )
+                with pytest.raises(RunError) as stopped:
+                    await run_server_app(app, app_config(seed, link, tmp_path))
+                assert "refused the result's upload: " in str(stopped.value)
+                assert "--node-quota" in str(stopped.value)
+                assert link.dispatcher.online_nodes() == online  # never went away
+            finally:
+                await stop_nodes(node)
 
     asyncio.run(scenario())
 

@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_REFUSED = frozenset(
+    {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
+"""What the SuperLink answers an upload it will not take: trying again would not help."""
+
 STORAGE_PATIENCE = 600.0
 """Seconds a node keeps offering a result to a SuperLink whose disk is full."""
 
@@ -113,15 +123,27 @@ class TaskRunner:
             result.loss = reply.loss
             result.metrics = reply.metrics
             if encoded is not None:
-                result.parameters = await _until_stored(
-                    lambda: fleet.upload_blob(encoded, run_id=task.run_id), STORAGE_PATIENCE
-                )
+                await self._upload(fleet, task, encoded, result)
         if result.error:
             logger.warning("task %s failed: %s", task.task_id[:8], result.error)
         await _until_stored(lambda: fleet.push_result(result), STORAGE_PATIENCE)
         logger.info(
             "run %d: %s task done in %.3f s", task.run_id, task.kind, time.perf_counter() - started
         )
+
+    async def _upload(
+        self, fleet: FleetClient, task: Task, encoded: ArrayBytes, result: Result
+    ) -> None:
+        """Upload the result's arrays; a refusal (over a quota, not allowed) becomes the
+        result's error, so the ServerApp learns why instead of seeing the node go away."""
+        try:
+            result.parameters = await _until_stored(
+                lambda: fleet.upload_blob(encoded, run_id=task.run_id), STORAGE_PATIENCE
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() not in _REFUSED:
+                raise
+            result.error = f"the SuperLink refused the result's upload: {exc.details()}"
 
     def _execute(
         self, task: Task, blob: bytearray | None, context: Context
