@@ -39,3 +39,7 @@ def install(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
     )
     logging.getLogger("asyncio").setLevel(logging.WARNING)
+    # gRPC's Python layer logs a traceback (ExecuteBatchError) for every download a
+    # client cancels while flow control holds it: noise anyone could cause, seen with -v.
+    if not verbose:
+        logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
