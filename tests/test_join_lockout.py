@@ -22,6 +22,7 @@ import pytest
 
 from pollen.proto import auth_pb2 as apb
 from pollen.superlink.server import SuperLink, open_superlink
+from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
 from pollen.transport import keys
@@ -153,6 +154,28 @@ def test_a_flood_of_malformed_keys_is_cut_short_before_the_audit_trail(
         assert [(e.event, e.count) for e in rows] == [("reject", 5), ("throttled", 1), ("join", 1)]
         assert [e.count for e in throttled] == [len(garbage) - 5]  # written by the flush
         assert followed == 1  # one address
+
+    asyncio.run(scenario())
+
+
+def test_refusals_counted_but_not_yet_written_are_written_when_the_superlink_stops(
+    tmp_path: Path, seed: Seed
+) -> None:
+    async def scenario() -> None:
+        config = secure_config(tmp_path, seed)
+        async with (
+            open_superlink(config) as link,
+            peer(seed, link.fleet_port, seed.identity(1)) as client,
+        ):
+            for n in range(40):
+                request = apb.ChallengeRequest(public_key=f"ecdsa-sha2-nistp384 AAAA{n}")
+                await status_of(client.auth.Challenge(request))
+        state = SqliteState(config.database)
+        try:
+            counts = {e.event: e.count for e in state.list_audit()}
+        finally:
+            state.close()
+        assert counts == {"reject": 5, "throttled": 35}
 
     asyncio.run(scenario())
 

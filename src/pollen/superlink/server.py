@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from pollen.errors import ConfigurationError
+from pollen.errors import ConfigurationError, StorageError
 from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
 from pollen.superlink.blob_gc import BlobCollector, sweep_periodically
@@ -175,7 +175,8 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         dispatcher = Dispatcher(state, config.clock)
         collector = BlobCollector(state, blobs, config.clock)
         collector.sweep()  # leftovers of a previous life
-        fleet_guard, driver_guard = _guards(config, Audit(state, config.clock))
+        audit = Audit(state, config.clock)
+        fleet_guard, driver_guard = _guards(config, audit)
         access = RunAccess(state, _admins(config, driver_guard))
     except BaseException:
         created.remove(state)
@@ -283,6 +284,8 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
         blobs.spares.drop()
         if started:
+            with contextlib.suppress(StorageError):  # a full disk: those counts are lost
+                audit.flush()  # the counts of refusals not written yet
             state.close()
             logger.info("SuperLink stopped")
         else:  # refused to start (a port in use): its error says why
