@@ -88,6 +88,25 @@ def test_re_adding_a_node_brings_it_back_online_keeping_registration_time(state:
     assert state.get_node(7) == NodeRecord(7, "online", 10.0, 20.0)
 
 
+def test_node_status_follows_every_change_and_survives_a_reopen(open_state: Opener) -> None:
+    state = open_state()
+    assert state.node_status(7) is None
+    state.add_node(7, now=1.0)
+    assert state.node_status(7) == "online"
+    state.set_node_status(7, "offline", now=2.0)
+    assert state.node_status(7) == "offline"
+    state.set_node_status(7, "left", now=3.0)
+    state.close()
+    again = open_state()
+    try:
+        assert again.node_status(7) == "left"  # read from the store, then remembered
+        again.add_node(7, now=4.0)
+        assert again.node_status(7) == "online"
+        assert again.node_status(8) is None
+    finally:
+        again.close()
+
+
 def test_list_nodes_filters_by_status(state: State) -> None:
     for node_id in (1, 2, 3, 4):
         state.add_node(node_id, now=1.0)

@@ -84,8 +84,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"node {session.node_id} cannot act for node {node_id}",
                 )
-        node = self._state.get_node(node_id)
-        if node is None or node.status == "left":
+        status = self._state.node_status(node_id)
+        if status is None or status == "left":
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"node {node_id} is not registered; register again"
             )

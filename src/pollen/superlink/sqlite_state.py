@@ -188,6 +188,7 @@ class SqliteState:
     """SQLite-backed `State`. Use from one thread (the SuperLink's event loop)."""
 
     def __init__(self, path: Path) -> None:
+        self._statuses: dict[int, NodeStatus] = {}
         if not path.parent.is_dir():
             raise ConfigurationError(
                 f"--database {path}: directory {path.parent} does not exist; create it first"
@@ -268,6 +269,17 @@ class SqliteState:
             "DO UPDATE SET status='online', last_seen=excluded.last_seen",
             (node_id, now, now, key_fingerprint),
         )
+        self._statuses[node_id] = "online"
+
+    def node_status(self, node_id: int) -> NodeStatus | None:
+        """The node's status (None: never registered), from memory once read: every
+        Fleet request asks, and only this object writes it."""
+        if node_id not in self._statuses:
+            rows = self._rows("SELECT status FROM nodes WHERE node_id=?", node_id)
+            if not rows:
+                return None
+            self._statuses[node_id] = rows[0][0]
+        return self._statuses[node_id]
 
     def node_for_key(self, key_fingerprint: str) -> int | None:
         rows = self._rows("SELECT node_id FROM nodes WHERE key_fingerprint=?", key_fingerprint)
@@ -284,6 +296,8 @@ class SqliteState:
         self._db.execute(
             "UPDATE nodes SET status=?, last_seen=? WHERE node_id=?", (status, now, node_id)
         )
+        if node_id in self._statuses:
+            self._statuses[node_id] = status
 
     def list_nodes(self, status: NodeStatus) -> list[int]:
         return [r[0] for r in self._rows("SELECT node_id FROM nodes WHERE status=?", status)]
