@@ -51,6 +51,10 @@ class StorageFull(StorageError):
     """The SuperLink's disk is full: nothing is lost, writes resume once space is freed."""
 
 
+class SuperLinkFailed(PollenError):
+    """A SuperLink's background loop kept failing: it stops rather than run without it."""
+
+
 class TooManyOpenFiles(StorageError):
     """The SuperLink has no file descriptor left: the request may succeed once others end."""
 

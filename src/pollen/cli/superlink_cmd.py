@@ -185,7 +185,13 @@ def superlink(
     )
 
     async def serve(stop: asyncio.Event) -> None:
-        async with open_superlink(config):
-            await stop.wait()
+        async with open_superlink(config) as link:
+            failed = asyncio.ensure_future(link.until_failed())
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({failed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+        if failed.done() and not failed.cancelled():
+            raise failed.result()
+        failed.cancel()
 
     run_until_signalled(serve)

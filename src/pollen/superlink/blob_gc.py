@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Clock
 from pollen.superlink.state import State
-from pollen.superlink.storage_faults import keep_going
+from pollen.superlink.supervisor import Step
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,11 @@ class BlobCollector:
         return deleted
 
 
-async def sweep_periodically(collector: BlobCollector) -> None:
+def sweep_step(collector: BlobCollector) -> Step:
+    """One sweep of unused blobs, after its interval (run by the SuperLink's supervisor)."""
+
     async def sweep() -> None:
         await asyncio.sleep(SWEEP_SECONDS)
         collector.sweep()
 
-    await keep_going("sweeping unused blobs", sweep)
+    return sweep

@@ -24,7 +24,7 @@ from pollen.errors import ConfigurationError
 from pollen.superlink.allowlist import MISSING_LOG_SECONDS, AllowList
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.state import State
-from pollen.superlink.storage_faults import keep_going
+from pollen.superlink.supervisor import Step
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +116,14 @@ class RunAccess:
                 f"blob {digest[:12]} belongs to runs of another operator key",
             )
 
-    async def watch(self) -> None:
-        """Apply edits of the administrators' file while the SuperLink runs."""
+    def reload_step(self) -> Step | None:
+        """One check of the administrators' file for edits (None: there is none)."""
         admins = self._admins
         if admins is None:
-            return
+            return None
 
         async def reload() -> None:
             await asyncio.sleep(RELOAD_SECONDS)
             admins.reload_if_changed()
 
-        await keep_going("reloading the administrator keys", reload)
+        return reload

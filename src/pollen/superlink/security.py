@@ -21,7 +21,7 @@ from pollen.superlink.auth_service import AuthService, AuthSettings, Context
 from pollen.superlink.rate_limit import FailureLimiter
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.sessions import Session, SessionStore
-from pollen.superlink.storage_faults import keep_going
+from pollen.superlink.supervisor import Step
 from pollen.transport import keys
 from pollen.transport.addresses import Address
 from pollen.transport.tls import ServerTls
@@ -158,13 +158,14 @@ def make_guard(
     return ApiGuard(settings)
 
 
-async def watch_allowlists(
+def allowlist_step(
     guards: list[tuple[ApiGuard, Callable[[Session | None, str], None]]],
-) -> None:
+) -> Step:
+    """One check of the allow-lists for edits (run by the SuperLink's supervisor)."""
 
     async def reload() -> None:
         await asyncio.sleep(RELOAD_SECONDS)
         for guard, on_revoked in guards:
             guard.reload(on_revoked)
 
-    await keep_going("reloading the allow-lists", reload)
+    return reload

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import grpc
 
-from pollen.errors import ConfigurationError, StorageError
+from pollen.errors import ConfigurationError, StorageError, SuperLinkFailed
 from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
-from pollen.superlink.blob_gc import BlobCollector, sweep_periodically
+from pollen.superlink.blob_gc import BlobCollector, sweep_step
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.connection_limits import (
     HANDSHAKE_SECONDS,
@@ -30,17 +30,17 @@ from pollen.superlink.fleet_service import FleetService
 from pollen.superlink.request_ids import ids_checked
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.run_access import AdminKeys, RunAccess, load_admin_keys
-from pollen.superlink.security import ApiGuard, SecurityConfig, make_guard, watch_allowlists
+from pollen.superlink.security import ApiGuard, SecurityConfig, allowlist_step, make_guard
 from pollen.superlink.sessions import Session
 from pollen.superlink.sqlite_state import SqliteState
-from pollen.superlink.storage_faults import keep_going
 from pollen.superlink.stream_limits import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_TRANSFERS_PER_NODE,
     DEFAULT_TRANSFERS_PER_OPERATOR,
     BlobStreams,
-    cut_idle_periodically,
+    idle_cut_step,
 )
+from pollen.superlink.supervisor import Step, Supervisor
 from pollen.superlink.upload_bounds import DEFAULT_MAX_BLOB_SIZE, DEFAULT_NODE_QUOTA, NodeQuota
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
@@ -99,15 +99,23 @@ class SuperLink:
     driver_guard: ApiGuard | None = None
     fleet_transfers: BlobStreams | None = None
     driver_transfers: BlobStreams | None = None
+    failure: asyncio.Future[SuperLinkFailed] | None = None
+    """Resolves if a background loop gave up: the SuperLink must then stop (see
+    `supervisor`); whoever runs it awaits this beside its own stop signal."""
+
+    async def until_failed(self) -> SuperLinkFailed:
+        """The failure that stops this SuperLink (waits until there is one)."""
+        assert self.failure is not None, "a SuperLink opened by open_superlink has one"
+        return await asyncio.shield(self.failure)
 
 
-async def _watch_heartbeats(dispatcher: Dispatcher, interval: float, task_ttl: float) -> None:
+def _heartbeat_step(dispatcher: Dispatcher, interval: float, task_ttl: float) -> Step:
     async def check() -> None:
         await asyncio.sleep(interval)
         dispatcher.close_stale(3 * interval)
         dispatcher.expire_tasks(task_ttl)
 
-    await keep_going("checking heartbeats and task TTLs", check)
+    return check
 
 
 def _cut_off(
@@ -252,19 +260,21 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             watched.append(
                 (driver_guard, lambda _, fingerprint: driver_service.revoke(fingerprint))
             )
-        background = [
-            asyncio.create_task(
-                _watch_heartbeats(dispatcher, config.heartbeat_interval, config.task_ttl)
+        supervisor = Supervisor()
+        steps = {
+            "the heartbeat and task TTL check": _heartbeat_step(
+                dispatcher, config.heartbeat_interval, config.task_ttl
             ),
-            asyncio.create_task(watch_allowlists(watched)),
-            asyncio.create_task(sweep_periodically(collector)),
-            asyncio.create_task(access.watch()),
-            asyncio.create_task(
-                cut_idle_periodically(
-                    (fleet_transfers, driver_transfers), min(1.0, config.transfer_idle_timeout / 4)
-                )
+            "the allow-list watcher": allowlist_step(watched),
+            "the blob sweeper": sweep_step(collector),
+            "the administrator keys watcher": access.reload_step(),
+            "the idle transfer cut-off": idle_cut_step(
+                (fleet_transfers, driver_transfers), min(1.0, config.transfer_idle_timeout / 4)
             ),
-        ]
+        }
+        for name, step in steps.items():
+            if step is not None:
+                supervisor.start(name, step)
         try:
             yield SuperLink(
                 fleet_port,
@@ -275,10 +285,10 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 driver_guard,
                 fleet_transfers=fleet_transfers,
                 driver_transfers=driver_transfers,
+                failure=supervisor.failure,
             )
         finally:
-            for task in background:
-                task.cancel()
+            await supervisor.close()
             dispatcher.close_all()
     finally:
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))

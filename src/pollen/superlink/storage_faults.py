@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -94,12 +94,3 @@ async def refuse(
     """End a request that hit ``fault``: one log line here, the same line to the client."""
     logger.error("%s: %s", method, fault)
     await context.abort(status_of(fault), str(fault))
-
-
-async def keep_going(name: str, step: Callable[[], Awaitable[None]]) -> None:
-    """Run a background loop's ``step`` forever; a storage fault is logged, not fatal."""
-    while True:
-        try:
-            await step()
-        except StorageError as exc:
-            logger.error("%s: %s", name, exc)

@@ -38,6 +38,7 @@ from typing import Any
 import grpc
 
 from pollen.superlink.dispatch import Clock
+from pollen.superlink.supervisor import Step
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +243,13 @@ class BlobStreams:
         )
 
 
-async def cut_idle_periodically(streams: Sequence[BlobStreams], interval: float) -> None:
-    """Cut idle streams of every API, every ``interval`` seconds."""
-    while True:
+def idle_cut_step(streams: Sequence[BlobStreams], interval: float) -> Step:
+    """Cut idle streams of every API after ``interval`` seconds (run by the SuperLink's
+    supervisor, over and over)."""
+
+    async def cut() -> None:
         await asyncio.sleep(interval)
         for registry in streams:
             registry.expire_idle()
+
+    return cut
