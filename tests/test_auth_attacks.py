@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from pollen.errors import ConfigurationError, ConnectionFailed, StorageFull
+from pollen.errors import (
+    ConfigurationError,
+    ConnectionFailed,
+    JoinRefused,
+    KeyInUse,
+    ServerIdentityError,
+    StorageFull,
+)
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import fleet_pb2 as fpb
@@ -32,10 +39,10 @@ from pollen.superlink.security import SecurityConfig
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
-from pollen.supernode.node import JoinRefused, KeyInUse, run_supernode
+from pollen.supernode.node import run_supernode
 from pollen.transport.addresses import Address
 from pollen.transport.convert import result_to_proto
-from pollen.transport.request_signing import ClientIdentity, ServerIdentityError
+from pollen.transport.request_signing import ClientIdentity
 from pollen.transport.session_crypto import SessionKeys
 from tests.apps import numpy_apps
 from tests.auth_helpers import (

@@ -43,6 +43,36 @@ class ClientAppError(PollenError):
     """The ClientApp returned something Pollen cannot send back."""
 
 
+class JoinRefused(PollenError):
+    """The SuperLink refused this node's key: retrying would not help."""
+
+
+class KeyInUse(ConfigurationError):
+    """Another process joined with this node's key and replaced it."""
+
+
+class ServerIdentityError(PollenError):
+    """The SuperLink did not prove the identity the client pinned."""
+
+
+class RequestRejected(PollenError):
+    """The SuperLink refused a request's authentication; the message says why (logged,
+    not sent in full)."""
+
+
+class RequestThrottled(RequestRejected):
+    """The SuperLink refused a request for a bound, not for its authentication: retry later."""
+
+
+class ChallengeRefused(PollenError):
+    """The SuperLink gives no join challenge now: too many are outstanding for this
+    address or this key."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StorageError(PollenError):
     """The SuperLink cannot write its state or its blobs (read-only, I/O error)."""
 

@@ -14,12 +14,11 @@ from typing import Any, NoReturn
 
 import grpc
 
-from pollen.errors import ConfigurationError
+from pollen.errors import ChallengeRefused, ConfigurationError
 from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
 from pollen.superlink.audit import Audit, source_of
-from pollen.superlink.challenges import ChallengeRefused
 from pollen.superlink.rate_limit import FailureLimiter, proven, unproven
 from pollen.superlink.sessions import SessionStore
 from pollen.transport import keys

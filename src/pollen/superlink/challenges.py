@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from pollen.errors import ChallengeRefused
+
 K = TypeVar("K")
 
 CHALLENGE_SECONDS = 30.0
@@ -27,14 +29,6 @@ site behind one gateway joining at once."""
 
 TOTAL = 10_000
 """Outstanding challenges at most, all addresses together."""
-
-
-class ChallengeRefused(Exception):
-    """No challenge now: too many are outstanding for this address or this key."""
-
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

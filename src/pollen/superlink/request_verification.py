@@ -13,8 +13,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from pollen.errors import StorageError
-from pollen.superlink.sessions import RequestRejected, RequestThrottled, Session, SessionStore
+from pollen.errors import RequestRejected, RequestThrottled, StorageError
+from pollen.superlink.sessions import Session, SessionStore
 from pollen.superlink.storage_faults import refuse
 from pollen.transport.chunk_codec import without_protobuf_copies
 from pollen.transport.session_crypto import EMPTY_BODY_DIGEST, META_AUTH

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pollen.errors import RequestRejected, RequestThrottled
 from pollen.superlink.challenges import Challenges
 from pollen.transport.session_crypto import (
     NONCE_BYTES,
@@ -57,14 +58,6 @@ class Session:
         for nonce in expired:
             del nonces[nonce]
         return len(expired)
-
-
-class RequestRejected(Exception):
-    """A request failed authentication; the message says why (logged, not sent in full)."""
-
-
-class RequestThrottled(RequestRejected):
-    """A request was refused for a bound, not for its authentication: retry later."""
 
 
 IDLE_SECONDS = 3600.0

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from pollen.client.client_app import ClientApp
-from pollen.errors import ConfigurationError, PollenError
+from pollen.errors import JoinRefused, KeyInUse, PollenError
 from pollen.records.typing import UserConfig
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.task_runner import TaskRunner
@@ -44,14 +44,6 @@ class SuperNodeConfig:
     identity: ClientIdentity | None = None
     """The node's key pair; required by a SuperLink with client authentication."""
     max_backoff: float = 10.0
-
-
-class JoinRefused(PollenError):
-    """The SuperLink refused this node's key: retrying would not help."""
-
-
-class KeyInUse(ConfigurationError):
-    """Another process joined with this node's key and replaced it."""
 
 
 def _endpoint(config: SuperNodeConfig) -> Endpoint:

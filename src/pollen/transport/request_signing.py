@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from pollen.errors import PollenError
+from pollen.errors import ServerIdentityError
 from pollen.proto import auth_pb2 as apb
 from pollen.proto.auth_pb2_grpc import AuthStub
 from pollen.transport import keys
@@ -27,10 +27,6 @@ from pollen.transport.session_crypto import (
     new_nonce,
     server_transcript,
 )
-
-
-class ServerIdentityError(PollenError):
-    """The SuperLink did not prove the identity the client pinned."""
 
 
 @dataclass
