@@ -79,3 +79,17 @@ def test_storing_a_blob_again_restarts_its_grace_period(tmp_path: Path) -> None:
     store_blob(store, state, b"model", clock())  # uploaded again, about to be used
     assert collector.sweep(grace=600) == 0
     assert store.stored() == [digest]
+
+
+def test_releasing_a_blob_a_run_never_held_deletes_nothing(tmp_path: Path) -> None:
+    state = SqliteState(tmp_path / "s.db")
+    store = BlobStore(tmp_path / "blobs")
+    content = b"another run's upload"
+    digest = content_digest(content)
+    writer = store.writer(BlobRef(digest, len(content)))
+    writer.write(0, content)
+    writer.commit()
+    state.add_blob(digest, len(content), 0.0)
+    run_a = state.create_run("a", {}, 0.0)
+    assert BlobCollector(state, store, lambda: 0.0).release(run_a, [digest]) == 0
+    assert store.stored() == [digest]

@@ -144,3 +144,35 @@ def test_a_push_the_disk_cuts_short_reaches_connected_nodes_and_its_retry_finish
     dispatcher.push_tasks([], again=[offline, online])  # the ServerApp's retry
     [failed] = dispatcher.state.get_results([offline.task_id])
     assert "node 7 is not connected" in failed.error
+
+
+def test_a_replaced_stream_sends_nothing_more_and_the_task_goes_out_once(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    old = dispatcher.subscribe(7)
+    dispatcher.push_tasks([Task(run_id, 7, "fit")])
+    new = dispatcher.subscribe(7)
+    assert drain(old.queue) == [None] and old.closed
+    assert len([t for t in drain(new.queue) if t is not None]) == 1
+
+
+def test_a_task_delivered_on_a_stream_that_broke_unnoticed_is_sent_again(tmp_path: Path) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    first = dispatcher.subscribe(7)
+    task = Task(run_id, 7, "fit")
+    dispatcher.push_tasks([task])
+    assert dispatcher.state.mark_delivered(task.task_id)
+    drain(first.queue)
+    again = dispatcher.subscribe(7)  # the node reconnected before the old stream was noticed
+    assert [t.task_id for t in drain(again.queue) if t is not None] == [task.task_id]
+
+
+def test_finishing_a_run_fails_its_open_tasks_and_nodes_no_longer_get_them(
+    tmp_path: Path,
+) -> None:
+    dispatcher, _, run_id = make(tmp_path)
+    task = Task(run_id, 7, "fit")
+    dispatcher.state.add_tasks([task])
+    dispatcher.state.finish_run(run_id, "failed", "", 0.0)
+    dispatcher.end_run(run_id, "run ended")
+    assert dispatcher.state.get_results([task.task_id])[0].error == "run ended"
+    assert drain(dispatcher.subscribe(7).queue) == []
