@@ -108,7 +108,8 @@ def test_every_supported_key_type_is_accepted_in_openssh_and_pem_form(
 
 
 def test_an_allow_list_may_hold_pem_public_keys(tmp_path: Path) -> None:
-    # README: the allow-list reads "ECDSA P-256/P-384/P-521 and Ed25519 keys in OpenSSH or PEM form"
+    # docs/security.md: the allow-list reads "ECDSA P-256/P-384/P-521 and Ed25519 keys in
+    # OpenSSH or PEM form"
     pem_key, ssh_key = new_key("p384"), new_key("ed25519")
     path = tmp_path / "allowed.txt"
     path.write_text(f"{pem_public(pem_key)}{openssh_line(ssh_key)}\n")
@@ -256,7 +257,7 @@ def test_an_encrypted_pem_key_needs_the_passphrase_variable(
 def test_an_encrypted_key_from_ssh_keygen_loads_with_the_passphrase_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # README: "Encrypted private keys read their passphrase from $POLLEN_KEY_PASSPHRASE";
+    # docs/security.md: "Encrypted private keys read their passphrase from $POLLEN_KEY_PASSPHRASE";
     # ssh-keygen writes them in OpenSSH format (bcrypt KDF).
     ssh_keygen = shutil.which("ssh-keygen")
     if ssh_keygen is None:
