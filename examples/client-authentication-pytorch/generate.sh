@@ -102,7 +102,7 @@ for ((i = 1; i <= clients; i++)); do
 done
 chmod 644 keys/*.pub
 
-# The allow-list, as the seed writes it: all client public keys on one line, comma-separated.
+# The allow-list, as Flower's example writes it: all client public keys on one line, comma-separated.
 for ((i = 1; i <= clients; i++)); do
     ((i > 1)) && printf ","
     tr -d '\n' <"keys/client_credentials_$i.pub"

@@ -115,7 +115,7 @@ def _show_intruder_refused(federation: LocalFederation, directory: Path) -> None
 )
 @click.option("--insecure", is_flag=True, help="Plaintext, without TLS or client authentication.")
 def demo(directory: Path, nodes: int, workdir: Path, insecure: bool) -> None:
-    """The seed's workflow on this machine, in one command.
+    """The workflow of Flower's client-authentication example, on this machine, in one command.
 
     Generates development keys, starts a SuperLink with TLS and client
     authentication, NODES authorised SuperNodes, shows a node with an unlisted key

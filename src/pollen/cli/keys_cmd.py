@@ -1,4 +1,5 @@
-"""``pollen keys generate``: development certificates and key pairs in the seed's layout."""
+"""``pollen keys generate``: development certificates and key pairs in the layout of
+Flower's client-authentication example."""
 
 from __future__ import annotations
 

@@ -92,8 +92,8 @@ def wait_for_log(child: Child, pattern: re.Pattern[str], timeout: float) -> re.M
 class LocalFederation:
     """A SuperLink (on OS-chosen ports) and the SuperNodes started against it.
 
-    With ``clients`` > 0 the federation is secure, as in the seed: credentials for
-    that many nodes are generated under ``workdir/credentials``, TLS and client
+    With ``clients`` > 0 the federation is secure, as in Flower's client-authentication example:
+    credentials for that many nodes are generated under ``workdir/credentials``, TLS and client
     authentication are on, and node N uses ``keys/client_credentials_N``.
     """
 

@@ -68,7 +68,7 @@ def server_security(
     auth_key: Path | None,
     operator_keys: Path | None,
 ) -> SecurityConfig:
-    """The SuperLink's security from its options (seed spellings and long forms alike)."""
+    """The SuperLink's security from its options (the example's spellings and long forms alike)."""
     files = certificates or ssl_files
     if any(files) and not all(files):
         raise ConfigurationError(

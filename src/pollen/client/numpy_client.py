@@ -1,4 +1,5 @@
-"""`NumPyClient`: the seed's way of writing a client, with checked return values."""
+"""`NumPyClient`: the way Flower's client-authentication example writes a client, with
+checked return values."""
 
 from __future__ import annotations
 

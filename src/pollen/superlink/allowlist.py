@@ -1,7 +1,8 @@
 """The allow-list: the public keys that may join, read from a file and reloaded when it changes.
 
-Two layouts are accepted, mixed freely: the seed's ``client_public_keys.csv``
-(keys on one line, comma-separated) and one key per line, with ``#`` comments.
+Two layouts are accepted, mixed freely: the ``client_public_keys.csv`` of
+Flower's client-authentication example (keys on one line, comma-separated) and one key per line,
+with ``#`` comments.
 
 A reload fails closed: a key gone from the file loses access even when the file
 has errors elsewhere, and a key new in it waits until the file is clean. A file
@@ -67,7 +68,7 @@ def read_allowlist(text: str, path: Path) -> ParsedList:
         for index, item in enumerate(entries, start=1):
             if item:
                 where = f"{path} line {number}"
-                if len(entries) > 1:  # the seed's layout: say which key of the line
+                if len(entries) > 1:  # the example's layout: say which key of the line
                     where += f" entry {index} of {len(entries)} ({_excerpt(item)!r})"
                 if "\ufffd" in item:
                     parsed.errors.append((number, f"{where}: not UTF-8 text; save it as UTF-8"))

@@ -1,4 +1,5 @@
-"""Development credentials in the seed's layout: a CA, a server certificate, key pairs, a CSV.
+"""Development credentials in the layout of Flower's client-authentication example: a CA,
+a server certificate, key pairs, a CSV.
 
 ``certificates/``: ca.crt, ca.key, server.pem, server.key.
 ``keys/``: server_credentials(.pub), client_credentials_N(.pub), client_public_keys.csv.
@@ -122,7 +123,7 @@ def key_files(clients: int) -> dict[str, tuple[bytes, bool]]:
         files[f"keys/client_credentials_{index}"] = (private, True)
         files[f"keys/client_credentials_{index}.pub"] = (public, False)
         publics.append(public.strip())
-    # The seed's layout: every client key on one line, comma-separated.
+    # The example's layout: every client key on one line, comma-separated.
     files["keys/client_public_keys.csv"] = (b",".join(publics) + b"\n", False)
     return files
 

@@ -107,7 +107,7 @@ class ServerTls:
 
 
 def channel_credentials(root_certificates: Path) -> grpc.ChannelCredentials:
-    """Client credentials that trust only ``root_certificates`` (the seed's ca.crt)."""
+    """Client credentials that trust only ``root_certificates`` (the example's ca.crt)."""
     data, ca = load_certificate(root_certificates)
     _check_validity(ca, root_certificates)
     return grpc.ssl_channel_credentials(root_certificates=data)
