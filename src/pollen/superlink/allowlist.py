@@ -160,6 +160,11 @@ class AllowList:
     _seen: Signature | None = None
     _pending: Signature | None = None
     _missing_logged: float | None = None
+    MISSING_MEANS = (
+        "every new join is refused until it is back (sessions already open go on, "
+        "keys stay as they were)"
+    )
+    """What a missing file means for this list, in its error."""
 
     @classmethod
     def load(cls, path: Path, clock: Callable[[], float] = time.monotonic) -> AllowList:
@@ -208,11 +213,7 @@ class AllowList:
         if self._missing_logged is not None and now - self._missing_logged < MISSING_LOG_SECONDS:
             return
         self._missing_logged = now
-        logger.error(
-            "%s; every new join is refused until it is back (sessions already open go on, "
-            "keys stay as they were); restore the file or write it anew",
-            self.missing,
-        )
+        logger.error("%s; %s; restore the file or write it anew", self.missing, self.MISSING_MEANS)
 
     def _apply(self, parsed: ParsedList) -> Reload:
         removed = frozenset(self.keys) - frozenset(parsed.keys)

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from pollen.errors import ConfigurationError
-from pollen.superlink.allowlist import MISSING_LOG_SECONDS, AllowList
+from pollen.superlink.allowlist import AllowList
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.state import State
 from pollen.superlink.supervisor import Step
@@ -39,19 +39,9 @@ class AdminKeys(AllowList):
     watched the same way. While it is missing or unreadable no key is an
     administrator; a file with errors keeps only the administrators still in it."""
 
-    _admins_missing_logged: float | None = None
-
-    def _log_missing(self) -> None:
-        now = self.clock()
-        last = self._admins_missing_logged
-        if last is not None and now - last < MISSING_LOG_SECONDS:
-            return
-        self._admins_missing_logged = now
-        logger.error(
-            "%s; no operator key is an administrator until it is back (each acts on its "
-            "own runs only); restore the file or write it anew",
-            self.missing,
-        )
+    MISSING_MEANS = (
+        "no operator key is an administrator until it is back (each acts on its own runs only)"
+    )
 
 
 def load_admin_keys(path: Path, operator_keys: AllowList) -> AdminKeys:
