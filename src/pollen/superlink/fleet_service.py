@@ -176,11 +176,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             )
         if declared.size != size:
             logger.warning(
-                "node %d declared %d bytes for blob %s, stored with %d: recorded %d",
+                "node %d declared %d bytes for blob %s; recorded the %d stored",
                 task.node_id,
                 declared.size,
                 digest[:12],
-                size,
                 size,
             )
         return BlobRef(digest, size)
@@ -226,7 +225,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         async for chunk in chunks:
             if transfer.party is None:
                 party = Party(f"node {chunk.node_id}", f"node {chunk.node_id}")
-                await self._streams.claim(transfer, party)
+                await self._streams.admit(transfer, party)
             yield chunk
 
     async def UploadBlob(

@@ -147,10 +147,6 @@ class BlobStreams:
         """How many streams the party ``key`` holds open."""
         return len(self._held.get(key, ()))
 
-    @property
-    def open_count(self) -> int:
-        return len(self._open)
-
     @contextlib.asynccontextmanager
     async def open(
         self,
@@ -193,11 +189,6 @@ class BlobStreams:
             await transfer.context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
         self._held.setdefault(party.key, set()).add(transfer)
         transfer.party = party
-
-    async def claim(self, transfer: Transfer, party: Party) -> None:
-        """Count a stream whose party is known only from its first message."""
-        if transfer.party is None:
-            await self.admit(transfer, party)
 
     def _close(self, transfer: Transfer) -> None:
         self._open.discard(transfer)
