@@ -10,11 +10,13 @@ renamed: a crash leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pollen.errors import ConfigurationError, RunError
 from pollen.records.messages import BlobRef
@@ -31,19 +33,43 @@ class Checkpoint:
     directory: Path
 
 
+def write_file(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` through ``write`` under a temporary name, then rename it: a crash
+    or a full disk never leaves a half-written file (and never an older one damaged)."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb") as handle:
+            write(handle)
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise RunError(f"cannot write {path} ({exc.strerror}); {output_dir_fix(exc)}") from None
+    return path
+
+
+def output_dir_fix(exc: OSError) -> str:
+    """What to do about an output folder that refused a write."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space there or choose another --output-dir"
+    return "choose a folder you can write to with --output-dir"
+
+
 def write_metrics(directory: Path, document: dict[str, Any]) -> None:
     """Replace ``metrics.json`` atomically."""
-    temporary = directory / (METRICS + ".part")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(document, indent=2) + "\n")
-        os.replace(temporary, directory / METRICS)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise RunError(
-            f"cannot write {directory / METRICS} ({exc.strerror}); "
-            "free some space there or choose another --output-dir"
-        ) from None
+    text = (json.dumps(document, indent=2) + "\n").encode()
+    write_file(directory / METRICS, lambda handle: handle.write(text))
+
+
+def write_finished(directory: Path, history: History, final_model: str) -> None:
+    """``metrics.json`` of a run that finished: it names its final model, no checkpoint."""
+    document = {
+        **history.to_json(),
+        "completed_rounds": len(history.rounds),
+        "finished": True,
+        "final_model": final_model,
+    }
+    write_metrics(directory, document)
 
 
 def write_checkpoint(

@@ -9,18 +9,16 @@ never written over: that run's outputs go to ``RUN_ID-SUPERLINK_ID/`` instead.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pollen.errors import ConfigurationError, RunError
+from pollen.errors import ConfigurationError
 from pollen.records.typing import NDArrays
-from pollen.server.checkpoint import METRICS
+from pollen.server.checkpoint import METRICS, output_dir_fix, write_file
 
 FINAL_MODEL = "final_model.npz"
 LAST_MODEL = "last_model.npz"
@@ -35,14 +33,8 @@ def check_output_root(root: Path) -> None:
     except OSError as exc:
         raise ConfigurationError(
             f"--output-dir {root}: cannot write there ({exc.strerror or exc}); "
-            + _fix(exc, "--output-dir")
+            + output_dir_fix(exc)
         ) from None
-
-
-def _fix(exc: OSError, option: str) -> str:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"free some space there or choose another {option}"
-    return f"choose a folder you can write to with {option}"
 
 
 def _owner(directory: Path) -> tuple[int, str] | None:
@@ -80,17 +72,6 @@ def array_names(names: Sequence[str] | None, count: int) -> list[str]:
 
 def write_model(directory: Path, name: str, arrays: NDArrays, names: Sequence[str] | None) -> Path:
     """Write ``arrays`` as ``directory/name`` (``.npz``, named arrays), atomically."""
-    path = directory / name
-    partial = directory / (name + ".part")
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with partial.open("wb") as handle:
-            named = dict(zip(array_names(names, len(arrays)), arrays, strict=True))
-            np.savez(handle, **named)  # type: ignore[arg-type]  # numpy's stub misses **kwds
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise RunError(
-            f"cannot write {path} ({exc.strerror}); " + _fix(exc, "--output-dir")
-        ) from None
-    return path
+    named = dict(zip(array_names(names, len(arrays)), arrays, strict=True))
+    # numpy's stub misses **kwds
+    return write_file(directory / name, lambda handle: np.savez(handle, **named))  # type: ignore[arg-type]

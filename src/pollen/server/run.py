@@ -19,7 +19,12 @@ import grpc
 
 from pollen.errors import ConfigurationError, ConnectionFailed, PollenError, RunError
 from pollen.records.typing import UserConfig
-from pollen.server.checkpoint import Checkpoint, read_checkpoints, write_checkpoint, write_metrics
+from pollen.server.checkpoint import (
+    Checkpoint,
+    read_checkpoints,
+    write_checkpoint,
+    write_finished,
+)
 from pollen.server.driver import DriverClient
 from pollen.server.history import History, now_iso
 from pollen.server.outputs import (
@@ -161,15 +166,7 @@ async def _drive(
         raise await _stopped(loop, config, error) from None
     history.finished_at = now_iso()
     write_model(directory, FINAL_MODEL, outcome.parameters, history.array_names)
-    write_metrics(
-        directory,
-        {
-            **history.to_json(),
-            "completed_rounds": len(history.rounds),
-            "finished": True,
-            "final_model": FINAL_MODEL,
-        },
-    )
+    write_finished(directory, history, FINAL_MODEL)
     await driver.finish_run(run_id, "finished")
     logger.info("run %d finished; outputs in %s", run_id, directory)
     return outcome, directory
