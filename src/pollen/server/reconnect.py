@@ -12,13 +12,7 @@ import grpc
 from pollen.errors import ConnectionFailed
 from pollen.proto import driver_pb2 as dpb
 from pollen.transport.backoff import Backoff
-from pollen.transport.connection_faults import (
-    Endpoint,
-    FaultWatch,
-    key_not_used,
-    serves,
-    wrong_api,
-)
+from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 from pollen.transport.statuses import storage_full
 
@@ -165,16 +159,10 @@ async def _join_driver(
     try:
         await open_session(channel, identity, "driver", auth.holder)
     except grpc.aio.AioRpcError as exc:
-        refused = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
-        if exc.code() not in (*refused, grpc.StatusCode.UNIMPLEMENTED):
-            raise
-        # Whoever refused or did not know the join may be the Fleet API, not the Driver API.
-        if not await serves(channel, DRIVER_PROBE):
-            raise wrong_api(endpoint) from None
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise key_not_used(endpoint) from None
+        refusal = await refused_join(channel, endpoint, exc, DRIVER_PROBE)
         raise ConnectionFailed(
-            f"SuperLink Driver API at {endpoint.address} refused the operator key: {exc.details()}"
+            f"SuperLink Driver API at {endpoint.address} refused the operator key: "
+            f"{refusal.details()}"
         ) from None
 
 

@@ -18,13 +18,7 @@ from pollen.supernode.task_runner import TaskRunner
 from pollen.transport.addresses import Address
 from pollen.transport.backoff import Backoff
 from pollen.transport.channels import open_channel
-from pollen.transport.connection_faults import (
-    Endpoint,
-    FaultWatch,
-    key_not_used,
-    serves,
-    wrong_api,
-)
+from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 from pollen.transport.statuses import displaced
 
@@ -64,16 +58,9 @@ async def _join(channel: grpc.aio.Channel, config: SuperNodeConfig, auth: Reques
     try:
         await open_session(channel, config.identity, "fleet", auth.holder)
     except grpc.aio.AioRpcError as exc:
-        refused = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
-        if exc.code() not in (*refused, grpc.StatusCode.UNIMPLEMENTED):
-            raise
-        # Whoever refused or did not know the join may be the Driver API, not the Fleet API.
-        if not await serves(channel, FLEET_PROBE):
-            raise wrong_api(_endpoint(config)) from None
-        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-            raise key_not_used(_endpoint(config)) from None
+        refusal = await refused_join(channel, _endpoint(config), exc, FLEET_PROBE)
         raise JoinRefused(
-            f"the SuperLink at {config.superlink} refused this node: {exc.details()}; "
+            f"the SuperLink at {config.superlink} refused this node: {refusal.details()}; "
             "ask its operator to add the node's public key to the allow-list"
         ) from None
 

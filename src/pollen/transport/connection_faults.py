@@ -167,6 +167,27 @@ class FaultWatch:
             raise ConfigurationError(fault.message)
 
 
+_REFUSED = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT})
+
+
+async def refused_join(
+    channel: grpc.aio.Channel, endpoint: Endpoint, exc: grpc.aio.AioRpcError, probe: str
+) -> grpc.aio.AioRpcError:
+    """``exc``, a join's failure, if it is a refusal of the key: the caller says so.
+
+    Whoever refused or did not know the join may be the other API (``probe`` is a
+    call only the intended API knows): `wrong_api`. A SuperLink that knows no joins
+    does not use keys: `key_not_used`. Any other failure is raised as it is.
+    """
+    if exc.code() not in (*_REFUSED, grpc.StatusCode.UNIMPLEMENTED):
+        raise exc
+    if not await serves(channel, probe):
+        raise wrong_api(endpoint) from None
+    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+        raise key_not_used(endpoint) from None
+    return exc
+
+
 async def serves(channel: grpc.aio.Channel, method: str, timeout: float = 10.0) -> bool:
     """Whether the server behind ``channel`` knows ``method`` (``/package.Service/Name``).
 
