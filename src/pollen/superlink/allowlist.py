@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 _PEM_BLOCK = re.compile(r"-----BEGIN PUBLIC KEY-----.*?-----END PUBLIC KEY-----", re.DOTALL)
 
+RELOAD_SECONDS = 0.5
+"""How often allow-list files (keys, operators, administrators) are checked for changes."""
+
 MISSING_LOG_SECONDS = 60.0
 """While the file stays missing, its error is logged again this often."""
 

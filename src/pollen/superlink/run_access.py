@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from pollen.errors import ConfigurationError
-from pollen.superlink.allowlist import AllowList
+from pollen.superlink.allowlist import RELOAD_SECONDS, AllowList
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.state import State
 from pollen.superlink.supervisor import Step
@@ -29,9 +29,6 @@ from pollen.superlink.supervisor import Step
 logger = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-RELOAD_SECONDS = 0.5
-"""How often the administrators' file is checked for changes (as the allow-lists are)."""
 
 
 class AdminKeys(AllowList):

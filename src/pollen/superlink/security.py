@@ -15,7 +15,7 @@ import grpc
 from pollen.errors import ConfigurationError, StorageError
 from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
-from pollen.superlink.allowlist import AllowList
+from pollen.superlink.allowlist import RELOAD_SECONDS, AllowList
 from pollen.superlink.audit import Audit
 from pollen.superlink.auth_service import AuthService, AuthSettings, Context
 from pollen.superlink.rate_limit import FailureLimiter
@@ -27,9 +27,6 @@ from pollen.transport.addresses import Address
 from pollen.transport.tls import ServerTls
 
 logger = logging.getLogger(__name__)
-
-RELOAD_SECONDS = 0.5
-"""How often allow-list files are checked for changes."""
 
 
 @dataclass
