@@ -36,6 +36,11 @@ MAX_KEY_CHARS = 4096
 
 THROTTLED = "too many failed joins from this address"
 
+JOINS_PAUSED = (
+    "the SuperLink's allow-list file is missing or unreadable, so it admits no new joins "
+    "until its operator restores the file; retry later"
+)
+
 
 @dataclass
 class AuthSettings:
@@ -96,8 +101,15 @@ class AuthService(auth_pb2_grpc.AuthServicer):
 
     async def _admissible(self, public_key: str, context: Context) -> tuple[keys.PublicKey, str]:
         """The client's key and its fingerprint, if it is well formed, allowed and not
-        rate-limited."""
+        rate-limited.
+
+        While the allow-list file is missing no join is admitted, and none is counted
+        or audited: UNAVAILABLE, not PERMISSION_DENIED, since the key may well be
+        listed; nodes and ServerApps retry with backoff until the file is back.
+        """
         s = self.settings
+        if s.allowlist.missing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, JOINS_PAUSED)
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         if len(public_key) > MAX_KEY_CHARS:
             await self._unproven_failure(

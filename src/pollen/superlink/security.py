@@ -13,11 +13,10 @@ from typing import Any
 import grpc
 
 from pollen.errors import ConfigurationError, StorageError
-from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import RELOAD_SECONDS, AllowList
 from pollen.superlink.audit import Audit
-from pollen.superlink.auth_service import AuthService, AuthSettings, Context
+from pollen.superlink.auth_service import AuthService, AuthSettings
 from pollen.superlink.rate_limit import FailureLimiter
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.sessions import Session, SessionStore
@@ -56,40 +55,6 @@ class SecurityConfig:
             )
 
 
-JOINS_PAUSED = (
-    "the SuperLink's allow-list file is missing or unreadable, so it admits no new joins "
-    "until its operator restores the file; retry later"
-)
-
-
-class JoinGate(auth_pb2_grpc.AuthServicer):
-    """The Auth service, closed to new joins while the allow-list file is missing.
-
-    Joins are refused as UNAVAILABLE, not PERMISSION_DENIED: the key may well be
-    listed, and nodes and ServerApps retry with backoff until the file is back.
-    """
-
-    def __init__(self, service: AuthService, allowlist: AllowList) -> None:
-        self.service = service
-        self.allowlist = allowlist
-
-    async def _open(self, context: Context) -> None:
-        if self.allowlist.missing:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, JOINS_PAUSED)
-
-    async def Challenge(
-        self, request: apb.ChallengeRequest, context: Context
-    ) -> apb.ChallengeReply:
-        await self._open(context)
-        return await self.service.Challenge(request, context)
-
-    async def OpenSession(
-        self, request: apb.OpenSessionRequest, context: Context
-    ) -> apb.OpenSessionReply:
-        await self._open(context)
-        return await self.service.OpenSession(request, context)
-
-
 @dataclass
 class ApiGuard:
     """Authentication of one API: its allow-list, sessions and gRPC pieces."""
@@ -103,7 +68,7 @@ class ApiGuard:
     def add_service(
         self, server: grpc.aio.Server, on_displaced: Callable[[Session], None] | None = None
     ) -> None:
-        service = JoinGate(AuthService(self.settings, on_displaced), self.settings.allowlist)
+        service = AuthService(self.settings, on_displaced)
         auth_pb2_grpc.add_AuthServicer_to_server(  # type: ignore[no-untyped-call]
             service, RequestVerifier(None).registrar(server)
         )
