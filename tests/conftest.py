@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pollen.cli.local_federation import LocalFederation, spawn
+from pollen.cli.local_federation import Child, LocalFederation, spawn, wait_for_log
 from pollen.client.client_app import ClientApp
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
 from pollen.supernode.node import SuperNodeConfig, run_supernode
@@ -35,6 +36,36 @@ def run_serverapp_to_the_end(fed: LocalFederation, app: str, timeout: float = 30
     finally:
         server.stop()
     return time.monotonic() - started
+
+
+def stop_four_rounds_after_round_two(
+    fed: LocalFederation, marker: Path, delay: float, stop: Callable[[Child], None]
+) -> tuple[list[str], str]:
+    """Two slow nodes and a four-round ServerApp (every round adds 1 to every weight);
+    once round 2 is done, ``stop`` it. Its command line and run id."""
+    command = fed.serverapp_command("numpy_apps:four_rounds", APPS_DIR)
+    for _ in range(2):
+        fed.start_supernode(
+            "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay={delay}"
+        )
+    first = spawn("serverapp", command, fed.log_dir)
+    try:
+        run_id = wait_for_log(first, re.compile(r"run (\d+) started"), 60)[1]
+        wait_for_log(first, re.compile(r"round 2/4"), 60)
+        stop(first)
+    finally:
+        first.stop()
+    return command, run_id
+
+
+def resume_to_the_end(fed: LocalFederation, command: list[str], run_id: str) -> Child:
+    """``command --resume run_id``, run until it exits 0."""
+    resumed = spawn("serverapp-resumed", [*command, "--resume", run_id], fed.log_dir)
+    try:
+        assert resumed.process.wait(timeout=60) == 0, resumed.log()
+    finally:
+        resumed.stop()
+    return resumed
 
 
 def rounds_recorded(runs: Path) -> list[dict[str, Any]]:

@@ -9,8 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
-from tests.conftest import APPS_DIR, rounds_recorded
+from pollen.cli.local_federation import Child, LocalFederation, spawn, wait_for_log
+from tests.conftest import (
+    APPS_DIR,
+    resume_to_the_end,
+    rounds_recorded,
+    stop_four_rounds_after_round_two,
+)
 
 
 def test_a_superlink_killed_mid_run_comes_back_and_the_run_finishes(tmp_path: Path) -> None:
@@ -86,26 +91,14 @@ def test_a_server_app_killed_mid_run_resumes_from_its_last_completed_round(
 ) -> None:
     fed = LocalFederation(tmp_path / "fed", clients=2)
     fed.start_superlink()
-    marker = tmp_path / "training"
-    command = fed.serverapp_command("numpy_apps:four_rounds", APPS_DIR)
+
+    def crash(first: Child) -> None:
+        first.process.kill()  # a crash: no goodbye to the SuperLink
+        first.process.wait()
+
     try:
-        for _ in range(2):
-            fed.start_supernode(
-                "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=0.2"
-            )
-        first = spawn("serverapp", command, fed.log_dir)
-        try:
-            run_id = wait_for_log(first, re.compile(r"run (\d+) started"), 60)[1]
-            wait_for_log(first, re.compile(r"round 2/4"), 60)
-            first.process.kill()  # a crash: no goodbye to the SuperLink
-            first.process.wait()
-        finally:
-            first.stop()
-        resumed = spawn("serverapp-resumed", [*command, "--resume", run_id], fed.log_dir)
-        try:
-            assert resumed.process.wait(timeout=60) == 0, resumed.log()
-        finally:
-            resumed.stop()
+        command, run_id = stop_four_rounds_after_round_two(fed, tmp_path / "training", 0.2, crash)
+        resumed = resume_to_the_end(fed, command, run_id)
         assert re.search(rf"run {run_id} resumes after round [23]", resumed.log())
     finally:
         fed.stop()

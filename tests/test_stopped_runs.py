@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 from pathlib import Path
 
@@ -14,14 +13,21 @@ import grpc
 import numpy as np
 import pytest
 
-from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
+from pollen.cli.local_federation import Child, LocalFederation
 from pollen.errors import ConfigurationError, RunError
 from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import open_superlink
 from pollen.transport.addresses import Address
 from tests.apps import numpy_apps
-from tests.conftest import APPS_DIR, federation, start_node, superlink_config, wait_until
+from tests.conftest import (
+    federation,
+    resume_to_the_end,
+    start_node,
+    stop_four_rounds_after_round_two,
+    superlink_config,
+    wait_until,
+)
 
 
 def _config(tmp_path: Path, driver_port: int, **extra: object) -> ServerAppConfig:
@@ -40,32 +46,24 @@ def test_a_server_app_stopped_by_a_signal_saves_its_model_and_its_run_resumes(
 ) -> None:
     fed = LocalFederation(tmp_path / "fed", clients=0)
     fed.start_superlink()
-    marker = tmp_path / "training"
-    command = fed.serverapp_command("numpy_apps:four_rounds", APPS_DIR)
+    stopped: list[Child] = []
+
+    def interrupt(first: Child) -> None:
+        first.process.send_signal(signum)
+        assert first.process.wait(timeout=60) == 1, first.log()
+        stopped.append(first)
+
     try:
-        for _ in range(2):
-            fed.start_supernode(
-                "numpy_apps:app", APPS_DIR, f"behaviour=slow,marker={marker},delay=0.3"
-            )
-        first = spawn("serverapp", command, fed.log_dir)
-        try:
-            run_id = wait_for_log(first, re.compile(r"run (\d+) started"), 60)[1]
-            wait_for_log(first, re.compile(r"round 2/4"), 60)
-            first.process.send_signal(signum)
-            assert first.process.wait(timeout=60) == 1, first.log()
-        finally:
-            first.stop()
-        said = first.log().strip().splitlines()[-1]
+        command, run_id = stop_four_rounds_after_round_two(
+            fed, tmp_path / "training", 0.3, interrupt
+        )
+        said = stopped[0].log().strip().splitlines()[-1]
         assert said.startswith(f"error: run {run_id} stopped after round 2 of 4: interrupted")
         assert said.endswith(f"--resume {run_id}"), said
         output = fed.workdir / "runs" / run_id
         with np.load(output / "last_model.npz") as model:
             np.testing.assert_array_equal(model["layer_0"], np.full((2, 3), 2, np.float32))
-        resumed = spawn("serverapp-resumed", [*command, "--resume", run_id], fed.log_dir)
-        try:
-            assert resumed.process.wait(timeout=60) == 0, resumed.log()
-        finally:
-            resumed.stop()
+        resume_to_the_end(fed, command, run_id)
     finally:
         fed.stop()
     document = json.loads((output / "metrics.json").read_text())
