@@ -28,7 +28,7 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.storage_faults import from_os_error, status_of
-from pollen.transport.statuses import storage_full
+from pollen.transport.retry_policy import storage_full
 from tests.conftest import APPS_DIR, rounds_recorded
 from tests.test_cli_errors import assert_one_line_error, run_superlink
 

@@ -11,29 +11,22 @@ import grpc
 
 from pollen.errors import ConnectionFailed
 from pollen.proto import driver_pb2 as dpb
-from pollen.transport.backoff import Backoff
 from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
-from pollen.transport.statuses import storage_full
+from pollen.transport.retry_policy import DRIVER_PACE, classify, retry_later
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-AWAY = frozenset({grpc.StatusCode.UNAVAILABLE})
-"""The SuperLink is not there (restarting, or the connection broke)."""
-
-JOIN_LATER = AWAY | {grpc.StatusCode.RESOURCE_EXHAUSTED}
-"""A join that may pass later: the SuperLink is away, or bounds joins from this address
-or key for a while (a flood of others' joins behind the same gateway)."""
-
 
 class Reconnector:
-    """Runs Driver API calls, retrying with backoff while the SuperLink is away.
+    """Runs Driver API calls, retrying with backoff while the SuperLink is away or short.
 
     A restarted SuperLink has forgotten sessions: a call refused as
     unauthenticated after a break joins again with the operator key and is
-    retried. Gives up after ``timeout`` seconds without the SuperLink.
+    retried. Gives up after ``timeout`` seconds without the SuperLink
+    (`ConnectionFailed`); a refusal is raised at once (`retry_policy`).
     """
 
     def __init__(
@@ -70,7 +63,7 @@ class Reconnector:
                 await open_session(self._channel, self.identity, "driver", self._auth.holder)
                 return
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in JOIN_LATER:
+                if not retry_later(exc, joining=True):
                     raise
                 await attempts.wait(exc)
 
@@ -81,18 +74,18 @@ class Attempts:
     def __init__(self, reconnector: Reconnector) -> None:
         self._reconnector = reconnector
         self._deadline = asyncio.get_running_loop().time() + reconnector.timeout
-        self._backoff = Backoff(initial=0.1, maximum=2.0)
+        self._backoff = DRIVER_PACE.backoff()
         self._rejoined = False
 
     async def failed(self, exc: grpc.aio.AioRpcError) -> None:
         """Get ready for another attempt after ``exc``; re-raise what a retry cannot fix."""
-        if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not self._rejoined:
-            if self._reconnector.identity is None:
-                raise exc
+        verdict = classify(exc)
+        reconnector = self._reconnector
+        if verdict == "rejoin" and not self._rejoined and reconnector.identity is not None:
             self._rejoined = True  # a restarted SuperLink forgot our session
-            await self._reconnector.rejoin(self)
+            await reconnector.rejoin(self)
             return
-        if exc.code() not in AWAY and not storage_full(exc):  # a full disk: retry too
+        if verdict not in ("away", "passing"):
             raise exc
         await self.wait(exc)
 
@@ -134,7 +127,7 @@ async def reach_driver(
     or after a few attempts where a passing fault could give the same answer.
     """
     faults = FaultWatch(endpoint)
-    backoff = Backoff(initial=0.1, maximum=2.0)
+    backoff = DRIVER_PACE.backoff()
     while True:
         try:
             if identity is not None and auth is not None:
@@ -143,7 +136,7 @@ async def reach_driver(
             return
         except grpc.aio.AioRpcError as exc:
             faults.check(exc)
-            if exc.code() not in JOIN_LATER:
+            if not retry_later(exc, joining=True):
                 raise ConnectionFailed(
                     f"SuperLink Driver API at {endpoint.address}: "
                     f"{exc.code().name.lower()} ({exc.details()})"

@@ -20,7 +20,7 @@ from pollen.transport.backoff import Backoff
 from pollen.transport.channels import open_channel
 from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
-from pollen.transport.statuses import displaced
+from pollen.transport.retry_policy import NODE_PACE, displaced
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ class SuperNodeConfig:
     credentials: grpc.ChannelCredentials | None = None
     identity: ClientIdentity | None = None
     """The node's key pair; required by a SuperLink with client authentication."""
-    max_backoff: float = 10.0
+    max_backoff: float = NODE_PACE.maximum
+    """The longest wait between reconnections, in seconds."""
 
 
 def _endpoint(config: SuperNodeConfig) -> Endpoint:
@@ -88,7 +89,7 @@ async def run_supernode(
     """Serve tasks until ``stop`` is set (or forever); leave the federation on the way out."""
     stop = stop or asyncio.Event()
     runner = TaskRunner(app, config.node_config)
-    backoff = Backoff(maximum=config.max_backoff)
+    backoff = Backoff(NODE_PACE.initial, config.max_backoff)
     faults = FaultWatch(_endpoint(config))
     node_id = 0
     while not stop.is_set():
@@ -131,7 +132,11 @@ async def run_supernode(
 def _give_up_if_pointless(
     error: grpc.aio.AioRpcError, config: SuperNodeConfig, faults: FaultWatch
 ) -> None:
-    """Raise what reconnecting cannot mend: a misconfiguration, or a key used twice."""
+    """Raise what reconnecting cannot mend: a misconfiguration, or a key used twice.
+
+    Any other failure ends only this session (`retry_policy`): the next one registers
+    again, and the SuperLink has already failed the tasks the break cut.
+    """
     if displaced(error):
         raise KeyInUse(
             f"the SuperLink at {config.superlink} ended this node's session: "

@@ -14,6 +14,7 @@ from pollen.records.arrays import ArrayBytes, Buffer
 from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.transport.chunk_codec import Chunk, as_is, decode_chunk, encode_chunk
+from pollen.transport.retry_policy import DOWNLOAD_RESUMES, classify
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +118,6 @@ def stored_ref(reply: pb.BlobRef, sent: BlobRef) -> BlobRef:
 OpenStream = Callable[[int], AsyncIterable[Chunk]]
 """Opens a download of a blob from a byte offset."""
 
-RETRYABLE = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
-)
-ATTEMPTS = 3
-
-
 HASH_BATCH = 8 * CHUNK_SIZE
 """Bytes hashed per hand-off to a worker thread: one hand-off per chunk cost more
 in thread switches than the overlap won on two cores."""
@@ -201,13 +196,17 @@ class _Assembly:
 
 
 async def download_blob(
-    open_stream: OpenStream, ref: BlobRef, out: bytearray | None = None, attempts: int = ATTEMPTS
+    open_stream: OpenStream,
+    ref: BlobRef,
+    out: bytearray | None = None,
+    attempts: int = DOWNLOAD_RESUMES,
 ) -> bytearray:
     """Download ``ref`` into one buffer (``out`` is reused when its size fits).
 
-    A stream cut mid-way is resumed from the last byte received, up to
-    ``attempts`` times; the digest is checked over the whole blob at the end, so
-    a resumed download is verified like any other.
+    A stream cut mid-way or by a SuperLink that went away is resumed from the last
+    byte received, up to ``attempts`` times (`retry_policy`); the digest is checked
+    over the whole blob at the end, so a resumed download is verified like any other.
+    Gives up with the stream's `grpc.aio.AioRpcError`: its client decides what next.
     """
     assembly = _Assembly(ref, out)
     for attempt in range(1, attempts + 1):
@@ -217,7 +216,7 @@ async def download_blob(
             break
         except grpc.aio.AioRpcError as exc:
             await assembly.settle()
-            if exc.code() not in RETRYABLE or attempt == attempts:
+            if classify(exc) not in ("away", "cut") or attempt == attempts:
                 raise
             logger.warning(
                 "download of blob %s cut at byte %d of %d (%s); resuming",

@@ -1,33 +1,19 @@
-"""What a status from the SuperLink tells a client about trying again."""
+"""Former home of what a SuperLink status tells a client: now `retry_policy`.
+
+Only the names that files being rewritten elsewhere still import are left here;
+remove this module once ``superlink/sessions.py``, ``superlink/fleet_service.py``
+and ``supernode/task_runner.py`` import them from `pollen.transport.retry_policy`,
+and the Driver client raises its refusals as Pollen errors (`call_failed`).
+"""
 
 from __future__ import annotations
 
 import grpc
 
-from pollen.errors import OUT_OF_DESCRIPTORS, STORAGE_FULL, ConnectionFailed
+from pollen.errors import ConnectionFailed
+from pollen.transport.retry_policy import DISPLACED, storage_full
 
-DISPLACED = "replaced by another process with the same key"
-"""How the SuperLink's answer starts when a newer session of a node's key ended this one's."""
-
-
-def storage_full(exc: grpc.aio.AioRpcError) -> bool:
-    """The SuperLink's disk is full, or it is out of file descriptors: the same call
-    succeeds once space is freed or other transfers end.
-
-    Other RESOURCE_EXHAUSTED statuses (a message over the size limit, a quota)
-    would fail again the same way: they are not this.
-    """
-    details = exc.details() or ""
-    passing = details.startswith(STORAGE_FULL) or details.startswith(OUT_OF_DESCRIPTORS)
-    return exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and passing
-
-
-def displaced(exc: grpc.aio.AioRpcError) -> bool:
-    """Another process joined with this node's key and took its place (the Fleet API
-    admits one session per key): joining again would only displace that one in turn."""
-    details = exc.details() or ""
-    ended = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ABORTED)
-    return exc.code() in ended and details.startswith(DISPLACED)
+__all__ = ["DISPLACED", "call_failed", "storage_full"]
 
 
 def call_failed(superlink: object, exc: grpc.aio.AioRpcError) -> ConnectionFailed:
