@@ -22,6 +22,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from pollen.errors import CallRefused
 from pollen.proto import auth_pb2 as apb
 from pollen.proto.auth_pb2_grpc import AuthStub
 from pollen.server.driver import DriverClient
@@ -184,11 +185,14 @@ def secure_config(
 
 
 async def status_of(call: Awaitable[Any]) -> grpc.StatusCode:
-    """The status a call ends with (``OK`` when it succeeds)."""
+    """The status a call ends with (``OK`` when it succeeds); a DriverClient call's
+    refusal (`CallRefused`) by its status's name."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
         return exc.code()
+    except CallRefused as exc:
+        return grpc.StatusCode[exc.status.upper()]
     return grpc.StatusCode.OK
 
 

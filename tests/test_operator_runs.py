@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
-from pollen.errors import ConfigurationError
+from pollen.errors import CallRefused, ConfigurationError
 from pollen.records.messages import Task
 from pollen.server.driver import DriverClient
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
@@ -61,10 +61,11 @@ def status(link: SuperLink, run_id: int) -> str:
 
 
 async def outcome(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    """The status a DriverClient call ends with: its refusal's, or ``OWN`` (OK)."""
     try:
         await call
-    except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details() or ""
+    except CallRefused as exc:  # never gRPC's own error: DriverClient raises Pollen errors
+        return grpc.StatusCode[exc.status.upper()], exc.details
     return OWN, ""
 
 

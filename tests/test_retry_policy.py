@@ -1,16 +1,23 @@
-"""One retry policy for every client: each status lands in one verdict."""
+"""One retry policy for every client: each status lands in one verdict, and the Driver
+client turns what it does not retry into a Pollen error, never gRPC's own."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from pollen.errors import CallRefused, PollenError
+from pollen.server.driver import DriverClient
 from pollen.server.reconnect import Reconnector
+from pollen.superlink.server import open_superlink
+from pollen.transport.addresses import Address
 from pollen.transport.retry_policy import DISPLACED, classify, retry_later
+from tests.conftest import superlink_config
 
 Code = grpc.StatusCode
 
@@ -92,3 +99,39 @@ def test_the_driver_client_retries_away_and_passing_statuses() -> None:
     full = status(Code.RESOURCE_EXHAUSTED, "SuperLink storage full: cannot write /x")
     attempt = failing(status(Code.UNAVAILABLE, "restarting"), full)
     assert asyncio.run(reconnector().call(attempt)) == "done"
+
+
+@pytest.mark.parametrize(
+    "code", [Code.NOT_FOUND, Code.INTERNAL, Code.UNAUTHENTICATED, Code.RESOURCE_EXHAUSTED]
+)
+def test_the_driver_client_raises_what_it_does_not_retry_as_a_pollen_error(
+    code: grpc.StatusCode,
+) -> None:
+    """Unauthenticated without an operator key to join again with: refused too."""
+    with pytest.raises(CallRefused) as refused:
+        asyncio.run(reconnector().call(failing(status(code, "the reason"))))
+    name = code.name.lower()
+    assert refused.value.status == name and refused.value.details == "the reason"
+    assert str(refused.value) == f"SuperLink at 127.0.0.1:9091: {name} (the reason)"
+
+
+def test_a_refused_driver_call_against_a_superlink_is_a_pollen_error(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path)) as link:
+            address = Address("127.0.0.1", link.driver_port)
+            driver = await DriverClient.connect(address)
+            try:
+                with pytest.raises(CallRefused) as resume:
+                    await driver.resume_run(999)
+                with pytest.raises(CallRefused) as results:
+                    async for _ in driver.results(999, ["t1"]):
+                        pass
+            finally:
+                await driver.close()
+        for refused in (resume.value, results.value):
+            assert isinstance(refused, PollenError)
+            assert not isinstance(refused, grpc.aio.AioRpcError)
+            assert refused.status == "not_found"
+            assert str(refused) == f"SuperLink at {address}: not_found (run 999 does not exist)"
+
+    asyncio.run(scenario())

@@ -9,12 +9,11 @@ import json
 import signal
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
 from pollen.cli.local_federation import Child, LocalFederation
-from pollen.errors import ConfigurationError, RunError
+from pollen.errors import CallRefused, ConfigurationError, RunError
 from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import open_superlink
@@ -111,10 +110,10 @@ def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path: Path) -> None:
                     ("", "another", "of another SuperLink database"),
                 )
                 for digest, identity, reason in refusals:
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    with pytest.raises(CallRefused) as refused:
                         await driver.resume_run(run_id, digest, identity)
-                    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-                    assert reason in str(refused.value.details())
+                    assert refused.value.status == "failed_precondition"
+                    assert reason in refused.value.details
                     assert link.dispatcher.state.get_run(run_id).status == "failed"
             finally:
                 await driver.close()

@@ -35,6 +35,20 @@ class ConnectionFailed(PollenError):
     """The SuperLink could not be reached within the allowed time."""
 
 
+class CallRefused(PollenError):
+    """The SuperLink answered a call with a refusal that calling again would not change.
+
+    ``status`` is the gRPC status in lower case (``"not_found"``,
+    ``"failed_precondition"``, ``"permission_denied"``...), ``details`` the
+    SuperLink's reason, which names the fix.
+    """
+
+    def __init__(self, superlink: object, status: str, details: str) -> None:
+        super().__init__(f"SuperLink at {superlink}: {status} ({details})")
+        self.status = status
+        self.details = details
+
+
 class RunError(PollenError):
     """A federated run could not continue (no results, too few nodes, ...)."""
 

@@ -13,7 +13,7 @@ from pollen.errors import ConnectionFailed
 from pollen.proto import driver_pb2 as dpb
 from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
-from pollen.transport.retry_policy import DRIVER_PACE, classify, retry_later
+from pollen.transport.retry_policy import DRIVER_PACE, classify, refusal, retry_later
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class Reconnector:
     A restarted SuperLink has forgotten sessions: a call refused as
     unauthenticated after a break joins again with the operator key and is
     retried. Gives up after ``timeout`` seconds without the SuperLink
-    (`ConnectionFailed`); a refusal is raised at once (`retry_policy`).
+    (`ConnectionFailed`); a refusal is a `CallRefused` at once (`retry_policy`).
     """
 
     def __init__(
@@ -48,7 +48,10 @@ class Reconnector:
         return Attempts(self)
 
     async def call(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``await attempt()``, again after each break, until it succeeds or time runs out."""
+        """``await attempt()``, again after each break, until it succeeds or time runs out.
+
+        Raises Pollen errors only: `CallRefused`, `ConnectionFailed`, or the attempt's own.
+        """
         attempts = self.attempts()
         while True:
             try:
@@ -64,7 +67,7 @@ class Reconnector:
                 return
             except grpc.aio.AioRpcError as exc:
                 if not retry_later(exc, joining=True):
-                    raise
+                    raise refusal(self.address, exc) from exc
                 await attempts.wait(exc)
 
 
@@ -78,7 +81,8 @@ class Attempts:
         self._rejoined = False
 
     async def failed(self, exc: grpc.aio.AioRpcError) -> None:
-        """Get ready for another attempt after ``exc``; re-raise what a retry cannot fix."""
+        """Get ready for another attempt after ``exc``; what a retry cannot fix is raised
+        as `CallRefused`."""
         verdict = classify(exc)
         reconnector = self._reconnector
         if verdict == "rejoin" and not self._rejoined and reconnector.identity is not None:
@@ -86,7 +90,7 @@ class Attempts:
             await reconnector.rejoin(self)
             return
         if verdict not in ("away", "passing"):
-            raise exc
+            raise refusal(reconnector.address, exc) from exc
         await self.wait(exc)
 
     async def wait(self, exc: grpc.aio.AioRpcError) -> None:

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import grpc
 
-from pollen.errors import ConfigurationError, ConnectionFailed, PollenError, RunError
+from pollen.errors import CallRefused, ConfigurationError, ConnectionFailed, PollenError, RunError
 from pollen.records.typing import UserConfig
 from pollen.server.checkpoint import (
     Checkpoint,
@@ -39,7 +39,7 @@ from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
 from pollen.transport.request_signing import ClientIdentity
-from pollen.transport.statuses import call_failed
+from pollen.transport.retry_policy import refusal
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,6 @@ async def run_server_app(
     )
     try:
         return await _drive(app, config, driver, checkpoints, stop)
-    except grpc.aio.AioRpcError as exc:
-        raise call_failed(config.superlink, exc) from exc
     finally:
         await driver.close()
 
@@ -123,10 +121,10 @@ async def _resume(driver: DriverClient, run_id: int, checkpoints: list[Checkpoin
                 run_id, checkpoint.model.digest, checkpoint.history.superlink_id
             )
             return checkpoint
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+        except CallRefused as exc:
+            if exc.status not in ("failed_precondition", "not_found"):
                 raise
-            refusals.append(exc.details() or str(exc.code()))
+            refusals.append(exc.details or exc.status)
     raise ConfigurationError(f"--resume {run_id}: {'; '.join(refusals)}")
 
 
@@ -158,7 +156,9 @@ async def _drive(
     try:
         outcome = await _unless_stopped(loop.run(), stop, "")
     except (PollenError, grpc.aio.AioRpcError) as exc:
-        error = call_failed(config.superlink, exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
+        # DriverClient raises Pollen errors only; the round loop may still let one of
+        # gRPC's through (a call of its own): it reads the same to the user
+        error = refusal(config.superlink, exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
         raise await _stopped(loop, config, error) from None
     except Exception as exc:  # the app's own code (a strategy, evaluate_fn) raised
         logger.debug("the ServerApp raised", exc_info=True)
@@ -179,7 +179,7 @@ async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -
     saved = await _save_last_model(loop, reason, reachable)
     if reachable:
         kept = [] if loop.checkpointed is None else [await loop.checkpointed.ref()]
-        with contextlib.suppress(grpc.aio.AioRpcError, PollenError, TimeoutError):
+        with contextlib.suppress(PollenError, TimeoutError):
             async with asyncio.timeout(_STOP_GRACE):
                 await loop.driver.finish_run(loop.run_id, "failed", reason[:500], kept)
     head = f"run {loop.run_id} stopped"
@@ -206,7 +206,7 @@ async def _save_last_model(loop: RoundLoop, reason: str, reachable: bool) -> str
         path = write_model(directory, LAST_MODEL, arrays, loop.history.array_names)
         extra["last_model"] = LAST_MODEL
         saved = f"the model of round {round_} is in {path}"
-    except (grpc.aio.AioRpcError, PollenError, TimeoutError) as exc:
+    except (PollenError, TimeoutError) as exc:
         logger.warning("last model not written (%s)", exc or "the SuperLink did not send it")
         saved = f"the model of round {round_} stays on the SuperLink"
     loop.history.finished_at = now_iso()

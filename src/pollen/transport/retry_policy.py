@@ -33,7 +33,7 @@ from typing import Literal, TypeVar
 
 import grpc
 
-from pollen.errors import OUT_OF_DESCRIPTORS, STORAGE_FULL
+from pollen.errors import OUT_OF_DESCRIPTORS, STORAGE_FULL, CallRefused
 from pollen.transport.backoff import Backoff
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,11 @@ def classify(exc: grpc.aio.AioRpcError, joining: bool = False) -> Verdict:
 def retry_later(exc: grpc.aio.AioRpcError, joining: bool = False) -> bool:
     """Whether the same call may succeed after a wait: the SuperLink is away, or short."""
     return classify(exc, joining) in ("away", "passing")
+
+
+def refusal(superlink: object, exc: grpc.aio.AioRpcError) -> CallRefused:
+    """``exc`` as the `CallRefused` the SuperLink at ``superlink`` gave: one line for the CLI."""
+    return CallRefused(superlink, exc.code().name.lower(), exc.details() or "")
 
 
 async def until_stored(
