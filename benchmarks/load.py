@@ -50,7 +50,8 @@ from process_stats import cpu_seconds, rss_mib
 from pollen import FedAvg, ServerApp, ServerConfig
 from pollen.cli.local_federation import LocalFederation
 from pollen.errors import RunError
-from pollen.records.messages import BlobRef, Result, Task
+from pollen.records import fit_evaluate
+from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message, Records
 from pollen.server.driver import DriverClient
 from pollen.supernode.fleet_client import FleetClient
 from pollen.transport import keys
@@ -118,15 +119,21 @@ async def _heartbeats(fleet: FleetClient, counters: _Counters, rng: random.Rando
         await asyncio.sleep(fleet.heartbeat_interval)
 
 
-async def _answer(fleet: FleetClient, task: Task) -> None:
-    """Fit: hand the received model back unchanged; anything else: a small reply."""
-    result = Result(task.task_id, task.run_id, task.node_id, task.kind, num_examples=1)
-    if task.kind == "fit" and task.parameters is not None:
-        blob = await fleet.download_blob(task.parameters)
-        result.parameters = await fleet.upload_blob(blob, task.parameters.digest, task.run_id)
-    elif task.kind != "evaluate":
-        result.error = f"the load benchmark's nodes do not answer {task.kind} tasks"
-    await fleet.push_result(result)
+async def _answer(fleet: FleetClient, message: Message) -> None:
+    """Train: hand the received model back unchanged; evaluate: a small reply."""
+    counted = {fit_evaluate.METRICS: {fit_evaluate.NUM_EXAMPLES: 1}}
+    reply = message.reply(Records(metrics=counted))
+    model = fit_evaluate.model_of(message.content)
+    if message.message_type == TRAIN and model is not None:
+        blob = await fleet.download_blob(model)
+        stored = await fleet.upload_blob(blob, model.digest, message.run_id)
+        reply.content.arrays[fit_evaluate.ARRAYS] = stored
+    elif message.message_type == EVALUATE:
+        reply.content.metrics[fit_evaluate.EVALUATION] = {fit_evaluate.LOSS: 0.0}
+    else:
+        reply.error = f"the load benchmark's nodes do not answer {message.message_type}"
+        reply.content = Records()
+    await fleet.push_reply(reply)
 
 
 async def _node(
@@ -154,11 +161,11 @@ async def _node(
     counters.joined += 1
     heartbeat = asyncio.create_task(_heartbeats(fleet, counters, rng))
     try:
-        async for task in fleet.tasks():
+        async for message in fleet.instructions():
             counters.tasks += 1
             received = time.time()
-            await _answer(fleet, task)
-            if task.kind == "fit":
+            await _answer(fleet, message)
+            if message.message_type == TRAIN:
                 counters.timings.append((received, time.time()))
     except grpc.aio.AioRpcError as exc:
         if len(counters.errors) < 5:
@@ -265,10 +272,10 @@ def timed_downloads() -> Iterator[list[float]]:
     original = DriverClient.download_arrays
     seconds: list[float] = []
 
-    async def timed(self: DriverClient, ref: BlobRef, transient: bool = False) -> Any:
+    async def timed(self: DriverClient, ref: BlobRef) -> Any:
         started = time.perf_counter()
         try:
-            return await original(self, ref, transient)
+            return await original(self, ref)
         finally:
             seconds.append(time.perf_counter() - started)
 

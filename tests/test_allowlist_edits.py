@@ -206,7 +206,7 @@ async def subscribed(link: SuperLink, client: Peer) -> tuple[FleetClient, asynci
 
     async def read() -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
-            async for _ in fleet.tasks():
+            async for _ in fleet.instructions():
                 pass
 
     stream = asyncio.create_task(read())

@@ -32,8 +32,9 @@ from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
+from pollen.records import fit_evaluate
 from pollen.records.content_address import content_digest
-from pollen.records.messages import Result, Task
+from pollen.records.messages import BlobRef, Message, Records
 from pollen.server.driver import DriverClient
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.security import SecurityConfig
@@ -42,7 +43,7 @@ from pollen.superlink.state import AuditEvent
 from pollen.supernode.fleet_client import FleetClient
 from pollen.supernode.node import run_supernode
 from pollen.transport.addresses import Address
-from pollen.transport.convert import result_to_proto
+from pollen.transport.convert import message_to_proto
 from pollen.transport.request_signing import ClientIdentity
 from pollen.transport.session_crypto import SessionKeys
 from tests.apps import numpy_apps
@@ -93,13 +94,13 @@ def events(link: SuperLink, kind: str) -> list[AuditEvent]:
 
 
 @contextlib.asynccontextmanager
-async def collecting(fleet: FleetClient) -> AsyncIterator[asyncio.Queue[Task]]:
-    """The node's task stream, read in the background into a queue."""
-    queue: asyncio.Queue[Task] = asyncio.Queue()
+async def collecting(fleet: FleetClient) -> AsyncIterator[asyncio.Queue[Message]]:
+    """The node's instruction stream, read in the background into a queue."""
+    queue: asyncio.Queue[Message] = asyncio.Queue()
 
     async def read() -> None:
-        async for task in fleet.tasks():
-            queue.put_nowait(task)
+        async for instruction in fleet.instructions():
+            queue.put_nowait(instruction)
 
     reader = asyncio.create_task(read())
     try:
@@ -373,14 +374,14 @@ def test_a_node_cannot_act_for_another_node(tmp_path: Path, seed: Seed) -> None:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [victim], 2)
                 run_id, _ = await driver.create_run("attack", {})
                 ref = await driver.upload_arrays([np.arange(3.0)])
-                task = Task(run_id, victim, "fit", ref)
-                await driver.push_tasks(run_id, [task])
-                assert (await asyncio.wait_for(inbox.get(), 2)).task_id == task.task_id
+                first = Message(run_id, victim, "train", fit_evaluate.instruction(ref, {}))
+                await driver.send(run_id, [first])
+                assert (await asyncio.wait_for(inbox.get(), 2)).message_id == first.message_id
 
                 stub = FleetStub(a.channel)  # type: ignore[no-untyped-call]
-                stolen = result_to_proto(Result(task.task_id, run_id, victim, "fit"))
+                stolen = message_to_proto(first.reply())
 
-                async def first_task(node_id: int) -> None:
+                async def first_instruction(node_id: int) -> None:
                     await stub.Subscribe(fpb.SubscribeRequest(node_id=node_id)).read()
 
                 async def first_chunk(node_id: int) -> None:
@@ -390,12 +391,12 @@ def test_a_node_cannot_act_for_another_node(tmp_path: Path, seed: Seed) -> None:
                     await call.read()
 
                 attacks = {
-                    "subscribe as b": first_task(victim),
-                    "push b's result as a": stub.PushResult(
-                        fpb.PushResultRequest(node_id=me, result=stolen)
+                    "subscribe as b": first_instruction(victim),
+                    "push b's reply as a": stub.PushReply(
+                        fpb.PushReplyRequest(node_id=me, reply=stolen)
                     ),
-                    "push b's result as b": stub.PushResult(
-                        fpb.PushResultRequest(node_id=victim, result=stolen)
+                    "push b's reply as b": stub.PushReply(
+                        fpb.PushReplyRequest(node_id=victim, reply=stolen)
                     ),
                     "download b's blob as a": first_chunk(me),
                     "download b's blob as b": first_chunk(victim),
@@ -410,24 +411,24 @@ def test_a_node_cannot_act_for_another_node(tmp_path: Path, seed: Seed) -> None:
                 refused = {PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND}
                 assert {n: c for n, c in outcomes.items() if c not in refused} == {}
 
-                # b did not notice: same stream, its own calls work, its result counts
+                # b did not notice: same stream, its own calls work, its reply counts
                 assert link.dispatcher.online_nodes() == [victim]
                 assert (await fleet_b.get_run(run_id)).run_id == run_id
                 assert len(await fleet_b.download_blob(ref)) == ref.size
-                await fleet_b.push_result(
-                    Result(task.task_id, run_id, victim, "fit", num_examples=1)
+                await fleet_b.push_reply(
+                    first.reply(Records(metrics={"metrics": {"num-examples": 1}}))
                 )
-                results = [r async for r in driver.results(run_id, [task.task_id])]
-                assert results[0].ok and results[0].node_id == victim
-                second = Task(run_id, victim, "evaluate", ref)
-                await driver.push_tasks(run_id, [second])
-                assert (await asyncio.wait_for(inbox.get(), 2)).task_id == second.task_id
+                replies = [r async for r in driver.replies(run_id, [first.message_id])]
+                assert replies[0].ok and replies[0].node_id == victim
+                second = Message(run_id, victim, "evaluate", fit_evaluate.instruction(ref, {}))
+                await driver.send(run_id, [second])
+                assert (await asyncio.wait_for(inbox.get(), 2)).message_id == second.message_id
 
     asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("digest", ["../../superlink.db", "f" * 63])
-def test_a_result_naming_a_malformed_blob_is_refused_as_invalid(
+def test_a_reply_naming_a_malformed_blob_is_refused_as_invalid(
     tmp_path: Path, seed: Seed, digest: str
 ) -> None:
     async def scenario() -> None:
@@ -440,13 +441,15 @@ def test_a_result_naming_a_malformed_blob_is_refused_as_invalid(
             async with collecting(fleet) as inbox:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
                 run_id, _ = await driver.create_run("hostile node", {})
-                task = Task(run_id, fleet.node_id, "fit")
-                await driver.push_tasks(run_id, [task])
+                content: Records[BlobRef] = fit_evaluate.instruction(None, {})
+                instruction = Message(run_id, fleet.node_id, "train", content)
+                await driver.send(run_id, [instruction])
                 await asyncio.wait_for(inbox.get(), 2)
-                result = result_to_proto(Result(task.task_id, run_id, fleet.node_id, "fit"))
-                result.parameters.digest, result.parameters.size = digest, 1
-                request = fpb.PushResultRequest(node_id=fleet.node_id, result=result)
-                push = FleetStub(client.channel).PushResult(request)  # type: ignore[no-untyped-call]
+                reply = message_to_proto(instruction.reply())
+                reply.content.arrays["arrays"].digest = digest
+                reply.content.arrays["arrays"].size = 1
+                request = fpb.PushReplyRequest(node_id=fleet.node_id, reply=reply)
+                push = FleetStub(client.channel).PushReply(request)  # type: ignore[no-untyped-call]
                 assert await status_of(push) == grpc.StatusCode.INVALID_ARGUMENT
 
     asyncio.run(scenario())
@@ -561,7 +564,7 @@ def test_an_operator_key_removed_from_the_list_loses_its_session(
     asyncio.run(scenario())
 
 
-def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: Seed) -> None:
+def test_a_revoked_operator_loses_its_open_reply_stream(tmp_path: Path, seed: Seed) -> None:
     async def scenario() -> None:
         operator, successor = seed.stranger(3), seed.stranger(2)
         operators = allowlist_file(tmp_path / "operators.csv", operator)
@@ -575,17 +578,18 @@ def test_a_revoked_operator_loses_its_open_result_stream(tmp_path: Path, seed: S
             async with collecting(fleet) as inbox:
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
                 run_id, _ = await driver.create_run("watching", {})
-                task = Task(run_id, fleet.node_id, "evaluate")  # delivered, never answered
-                await driver.push_tasks(run_id, [task])
+                content: Records[BlobRef] = fit_evaluate.instruction(None, {})
+                instruction = Message(run_id, fleet.node_id, "evaluate", content)
+                await driver.send(run_id, [instruction])  # delivered, never answered
                 await asyncio.wait_for(inbox.get(), 2)
 
                 async def watch() -> None:
-                    async for _ in driver.results(run_id, [task.task_id]):
+                    async for _ in driver.replies(run_id, [instruction.message_id]):
                         pass
 
                 stream = asyncio.create_task(watch())
                 await asyncio.sleep(0.2)
-                assert not stream.done()  # waiting for the result
+                assert not stream.done()  # waiting for the reply
                 allowlist_file(operators, successor)
                 with pytest.raises(CallRefused) as cut:
                     await asyncio.wait_for(stream, 3)
@@ -733,10 +737,11 @@ def test_an_authenticated_upload_is_hashed_once_not_once_more_per_chunk(
             driver_client(seed, link.driver_port) as driver,
         ):
             fleet = await registered(client)
-            async with collecting(fleet) as inbox:  # a node uploads the result of its task
+            async with collecting(fleet) as inbox:  # a node uploads the reply to its instruction
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 2)
                 run_id, _ = await driver.create_run("hashing", {})
-                await driver.push_tasks(run_id, [Task(run_id, fleet.node_id, "fit")])
+                instruction: Records[BlobRef] = fit_evaluate.instruction(None, {})
+                await driver.send(run_id, [Message(run_id, fleet.node_id, "train", instruction)])
                 await asyncio.wait_for(inbox.get(), 2)
                 hashed.clear()
                 ref = await fleet.upload_blob(data, run_id=run_id)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pollen.records import fit_evaluate
 from pollen.records.content_address import content_digest
-from pollen.records.messages import BlobRef, Task
+from pollen.records.messages import TRAIN, BlobRef, Message
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.sqlite_state import SqliteState
@@ -47,12 +48,12 @@ def test_a_released_blob_is_deleted_but_one_another_run_holds_is_kept(tmp_path: 
     assert store.stored() == [] and not state.has_blob(shared)
 
 
-def test_a_blob_named_by_an_open_task_of_a_running_run_is_kept(tmp_path: Path) -> None:
+def test_a_blob_named_by_an_open_instruction_of_a_running_run_is_kept(tmp_path: Path) -> None:
     state, store, collector, clock = setup(tmp_path)
     run = state.create_run("a", {}, clock())
     state.add_node(7, clock())
     digest = store_blob(store, state, b"model", clock())
-    state.add_tasks([Task(run, 7, "fit", BlobRef(digest, 5))])
+    state.add_messages([Message(run, 7, TRAIN, fit_evaluate.instruction(BlobRef(digest, 5), {}))])
     assert collector.collect([digest]) == 0
     state.finish_run(run, "finished", "", clock())
     assert collector.collect([digest]) == 1

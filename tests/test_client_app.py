@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
 from pollen.client import Client, ClientApp, EvaluateRes, FitRes, NumPyClient
-from pollen.errors import ClientAppError
+from pollen.errors import ClientAppError, RecordError
+from pollen.records import fit_evaluate
 from pollen.records.context import Context
+from pollen.records.messages import Records
 
 WEIGHTS = [np.array([1.0, 2.0], np.float32), np.array([[3]], np.int64)]
 
@@ -45,6 +48,32 @@ class ReturnsClient(NumPyClient):
         return self.evaluate_value
 
 
+@dataclass
+class Reply:
+    """What a 1.8-era reply says, read back from its records."""
+
+    parameters: Any
+    num_examples: int
+    loss: float
+    metrics: dict[str, Any]
+
+
+TYPES = {"get_parameters": fit_evaluate.GET_PARAMETERS, "fit": "train", "evaluate": "evaluate"}
+
+
+def run_task(app: ClientApp, kind: str, weights: Any, config: Any, ctx: Context) -> Reply:
+    """Run one message of the 1.8-era kind ``kind`` as a SuperNode would hand it over."""
+    model = weights if kind != "get_parameters" else None
+    content = app.handle(TYPES[kind], fit_evaluate.instruction(model, config), ctx)
+    counted = fit_evaluate.METRICS in content.metrics
+    return Reply(
+        fit_evaluate.model_of(content),
+        fit_evaluate.num_examples(content) if counted else 0,
+        fit_evaluate.loss_of(content) if fit_evaluate.EVALUATION in content.metrics else 0.0,
+        fit_evaluate.metrics_of(content),
+    )
+
+
 def context(node_id: int = 7, **node_config: Any) -> Context:
     return Context(node_id=node_id, node_config=node_config, run_id=3, run_config={"r": 1})
 
@@ -54,12 +83,12 @@ def app_of(client: NumPyClient | Client) -> ClientApp:
 
 
 def run_fit(fit_value: Any):
-    return app_of(ReturnsClient(fit_value=fit_value)).run_task("fit", WEIGHTS, {}, context())
+    return run_task(app_of(ReturnsClient(fit_value=fit_value)), "fit", WEIGHTS, {}, context())
 
 
 def run_evaluate(evaluate_value: Any):
     client = ReturnsClient(evaluate_value=evaluate_value)
-    return app_of(client).run_task("evaluate", WEIGHTS, {}, context())
+    return run_task(app_of(client), "evaluate", WEIGHTS, {}, context())
 
 
 # --- the three tasks ------------------------------------------------------------------------
@@ -68,7 +97,7 @@ def run_evaluate(evaluate_value: Any):
 def test_get_parameters_returns_the_clients_arrays() -> None:
     app = ClientApp(client_fn=lambda context: LinearClient().to_client())
 
-    reply = app.run_task("get_parameters", [], {}, context())
+    reply = run_task(app, "get_parameters", [], {}, context())
 
     assert len(reply.parameters) == 2
     for got, expected in zip(reply.parameters, WEIGHTS, strict=True):
@@ -79,7 +108,7 @@ def test_get_parameters_returns_the_clients_arrays() -> None:
 def test_fit_returns_new_weights_examples_and_metrics() -> None:
     app = ClientApp(client_fn=lambda context: LinearClient(partition=2).to_client())
 
-    reply = app.run_task("fit", WEIGHTS, {"step": 10}, context())
+    reply = run_task(app, "fit", WEIGHTS, {"step": 10}, context())
 
     np.testing.assert_array_equal(reply.parameters[0], [11.0, 12.0])
     np.testing.assert_array_equal(reply.parameters[1], [[13]])
@@ -90,7 +119,7 @@ def test_fit_returns_new_weights_examples_and_metrics() -> None:
 def test_evaluate_returns_loss_examples_and_metrics_without_parameters() -> None:
     app = ClientApp(client_fn=lambda context: LinearClient().to_client())
 
-    reply = app.run_task("evaluate", WEIGHTS, {}, context())
+    reply = run_task(app, "evaluate", WEIGHTS, {}, context())
 
     assert reply.parameters is None
     assert reply.loss == 6.0
@@ -112,8 +141,8 @@ def test_fit_and_evaluate_receive_the_config() -> None:
             return super().evaluate(parameters, config)
 
     app = app_of(Recorder())
-    app.run_task("fit", WEIGHTS, {"lr": 0.1}, context())
-    app.run_task("evaluate", WEIGHTS, {"batch": 32}, context())
+    run_task(app, "fit", WEIGHTS, {"lr": 0.1}, context())
+    run_task(app, "evaluate", WEIGHTS, {"batch": 32}, context())
 
     assert seen == [("fit", {"lr": 0.1}), ("evaluate", {"batch": 32})]
 
@@ -129,7 +158,7 @@ def test_client_fn_receives_the_context() -> None:
         return LinearClient(partition=context.node_config["partition-id"]).to_client()
 
     ctx = context(node_id=7, **{"partition-id": 4})
-    reply = ClientApp(client_fn=client_fn).run_task("fit", WEIGHTS, {}, ctx)
+    reply = run_task(ClientApp(client_fn=client_fn), "fit", WEIGHTS, {}, ctx)
 
     assert received == [ctx]
     assert reply.metrics == {"partition": 4}
@@ -142,7 +171,7 @@ def test_client_fn_with_a_cid_parameter_gets_the_node_id_as_a_string() -> None:
         received.append(cid)
         return LinearClient(partition=int(cid)).to_client()
 
-    reply = ClientApp(client_fn=client_fn).run_task("fit", WEIGHTS, {}, context(node_id=1234))
+    reply = run_task(ClientApp(client_fn=client_fn), "fit", WEIGHTS, {}, context(node_id=1234))
 
     assert received == ["1234"]
     assert reply.metrics == {"partition": 1234}
@@ -151,7 +180,7 @@ def test_client_fn_with_a_cid_parameter_gets_the_node_id_as_a_string() -> None:
 def test_client_fn_may_return_a_numpy_client_without_to_client() -> None:
     app = ClientApp(client_fn=lambda context: LinearClient(partition=1))
 
-    reply = app.run_task("fit", WEIGHTS, {"step": 1}, context())
+    reply = run_task(app, "fit", WEIGHTS, {"step": 1}, context())
 
     np.testing.assert_array_equal(reply.parameters[0], [2.0, 3.0])
     assert reply.metrics == {"partition": 1}
@@ -166,7 +195,7 @@ def test_client_sees_its_context() -> None:
             return super().fit(parameters, config)
 
     ctx = context(node_id=99)
-    ClientApp(client_fn=lambda context: ContextAware()).run_task("fit", WEIGHTS, {}, ctx)
+    run_task(ClientApp(client_fn=lambda context: ContextAware()), "fit", WEIGHTS, {}, ctx)
 
     assert seen == [ctx]
 
@@ -181,7 +210,7 @@ def test_context_state_survives_between_tasks() -> None:
     app = ClientApp(client_fn=lambda context: Counter())
     ctx = context()
 
-    replies = [app.run_task("fit", WEIGHTS, {}, ctx) for _ in range(3)]
+    replies = [run_task(app, "fit", WEIGHTS, {}, ctx) for _ in range(3)]
 
     assert [r.metrics["fits"] for r in replies] == [1, 2, 3]
 
@@ -196,8 +225,8 @@ def test_a_plain_client_works() -> None:
 
     app = app_of(Plain())
 
-    fit = app.run_task("fit", WEIGHTS, {}, context())
-    evaluation = app.run_task("evaluate", WEIGHTS, {}, context())
+    fit = run_task(app, "fit", WEIGHTS, {}, context())
+    evaluation = run_task(app, "evaluate", WEIGHTS, {}, context())
 
     assert (fit.num_examples, fit.metrics) == (4, {"ok": True})
     assert (evaluation.loss, evaluation.num_examples) == (0.25, 4)
@@ -208,7 +237,7 @@ def test_client_fn_returning_something_else_is_refused(made: Any) -> None:
     app = ClientApp(client_fn=lambda context: made)
 
     with pytest.raises(ClientAppError, match=f"returned a {type(made).__name__}"):
-        app.run_task("fit", WEIGHTS, {}, context())
+        run_task(app, "fit", WEIGHTS, {}, context())
 
 
 def test_client_app_needs_a_callable() -> None:
@@ -221,7 +250,7 @@ def test_unimplemented_method_says_which_class_and_method() -> None:
         pass
 
     with pytest.raises(NotImplementedError, match="OnlyFit does not implement evaluate"):
-        app_of(OnlyFit()).run_task("evaluate", WEIGHTS, {}, context())
+        run_task(app_of(OnlyFit()), "evaluate", WEIGHTS, {}, context())
 
 
 # --- what fit and evaluate may return -------------------------------------------------------
@@ -352,7 +381,7 @@ def test_get_parameters_must_return_numpy_arrays() -> None:
             return [[1.0, 2.0]]
 
     with pytest.raises(ClientAppError, match="get_parameters must return a list of numpy arrays"):
-        app_of(Bad()).run_task("get_parameters", [], {}, context())
+        run_task(app_of(Bad()), "get_parameters", [], {}, context())
 
 
 def test_numpy_client_returned_via_to_client_sees_its_context() -> None:
@@ -365,7 +394,7 @@ def test_numpy_client_returned_via_to_client_sees_its_context() -> None:
 
     app = ClientApp(client_fn=lambda context: Recorder().to_client())
     context = Context(node_id=5, node_config={"partition-id": 1})
-    app.run_task("get_parameters", [], {}, context)
+    run_task(app, "get_parameters", [], {}, context)
     assert seen == [context]
 
 
@@ -378,5 +407,53 @@ def test_client_fn_with_one_str_parameter_gets_the_node_id_as_cid() -> None:
 
     app = ClientApp(client_fn=client_fn)
     with pytest.raises(NotImplementedError):
-        app.run_task("get_parameters", [], {}, Context(node_id=42, node_config={}))
+        run_task(app, "get_parameters", [], {}, Context(node_id=42, node_config={}))
     assert received == ["42"]
+
+
+# --- the handler registry ---------------------------------------------------------------------
+
+
+def test_a_message_type_the_app_does_not_handle_is_refused_naming_what_it_handles() -> None:
+    app = app_of(LinearClient())
+
+    with pytest.raises(ClientAppError, match=r"does not handle 'query' messages.*evaluate"):
+        app.handle("query", Records(), context())
+
+
+def test_a_handler_for_an_action_takes_its_messages_and_its_kind_takes_the_rest() -> None:
+    app = app_of(LinearClient())
+    app.register("train.fedprox", lambda content, ctx: Records(metrics={"m": {"prox": 1}}))
+
+    own = app.handle("train.fedprox", fit_evaluate.instruction(WEIGHTS, {}), context())
+    other = app.handle("train.other", fit_evaluate.instruction(WEIGHTS, {"step": 1}), context())
+
+    assert own.metrics == {"m": {"prox": 1}}
+    np.testing.assert_array_equal(fit_evaluate.model_of(other)[0], [2.0, 3.0])
+
+
+def test_an_app_without_client_fn_handles_only_what_is_registered() -> None:
+    app = ClientApp()
+    app.register("query", lambda content, ctx: Records(configs={"c": {"node": ctx.node_id}}))
+
+    assert app.handle("query", Records(), context(node_id=9)).configs == {"c": {"node": 9}}
+    with pytest.raises(ClientAppError, match="handles: query"):
+        app.handle("train", Records(), context())
+
+
+@pytest.mark.parametrize("message_type", ["fit", "train.", "Train", "query.a b", ""])
+def test_a_handler_for_an_unknown_message_type_is_refused(message_type: str) -> None:
+    with pytest.raises(RecordError, match="unknown message type"):
+        ClientApp().register(message_type, lambda content, ctx: content)
+
+
+def test_a_message_type_is_handled_once() -> None:
+    app = app_of(LinearClient())
+
+    with pytest.raises(ClientAppError, match="already handles 'train'"):
+        app.register("train", lambda content, ctx: content)
+
+
+def test_a_metric_named_like_the_number_of_examples_is_refused() -> None:
+    with pytest.raises(ClientAppError, match="'num-examples' is reserved"):
+        run_fit((WEIGHTS, 3, {"num-examples": 4}))

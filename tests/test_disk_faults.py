@@ -22,8 +22,9 @@ import pytest
 
 from pollen.cli.local_federation import LocalFederation, spawn, wait_for_log
 from pollen.errors import StorageError, StorageFull
+from pollen.records import fit_evaluate
 from pollen.records.content_address import content_digest
-from pollen.records.messages import BlobRef, Task
+from pollen.records.messages import BlobRef, Message, Records
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.sqlite_state import SqliteState
@@ -98,14 +99,15 @@ def test_a_state_write_on_a_full_disk_is_refused_whole_and_works_once_space_is_f
         state = SqliteState(disk / "superlink.db")
         try:
             run_id = state.create_run("app:x", {}, 1.0)
-            many = [Task(run_id, 7, "train", None, {"pad": "x" * 4000}) for _ in range(2000)]
+            padded: Records[BlobRef] = fit_evaluate.instruction(None, {"pad": "x" * 4000})
+            many = [Message(run_id, 7, "train", padded) for _ in range(2000)]
             filler = fill(disk)
             with pytest.raises(StorageFull, match=r"superlink\.db"):
-                state.add_tasks(many)
-            assert state.open_tasks(7) == []  # all or nothing
+                state.add_messages(many)
+            assert state.open_messages(7) == []  # all or nothing
             filler.unlink()
-            state.add_tasks(many[:10])
-            assert len(state.open_tasks(7)) == 10
+            state.add_messages(many[:10])
+            assert len(state.open_messages(7)) == 10
         finally:
             state.close()
         assert integrity(disk / "superlink.db") == "ok"
@@ -143,9 +145,10 @@ def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path) -> N
     database = tmp_path / "superlink.db"
     state = SqliteState(database)
     run_id = state.create_run("app:x", {}, 1.0)
-    state.add_tasks([Task(run_id, 7, "train", None, {"pad": "x" * 3000}) for _ in range(50)])
+    padded: Records[BlobRef] = fit_evaluate.instruction(None, {"pad": "x" * 3000})
+    state.add_messages([Message(run_id, 7, "train", padded) for _ in range(50)])
     state.close()
-    with database.open("r+b") as db:  # scribble over the middle of the tasks table
+    with database.open("r+b") as db:  # scribble over the middle of the messages table
         db.seek(4096 * 6 + 200)
         db.write(os.urandom(3000))
     code, output = run_superlink(database)
@@ -183,11 +186,11 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
                     assert time.monotonic() < deadline, server.log()
                     time.sleep(0.05)
                 filler = fill(disk)
-                gate.touch()  # their results now find the disk full
+                gate.touch()  # their replies now find the disk full
                 assert fed.superlink is not None
                 wait_for_log(fed.superlink, re.compile(r"SuperLink storage full: .*disk"), 30)
-                # each node hears of it: offering its result again, or reconnecting if the
-                # delivery of its task was what the disk refused
+                # each node hears of it: offering its reply again, or reconnecting if the
+                # delivery of its instruction was what the disk refused
                 deadline = time.monotonic() + 30
                 while not all("SuperLink storage full" in node.log() for node in fed.nodes):
                     assert time.monotonic() < deadline, [node.log() for node in fed.nodes]
@@ -202,7 +205,7 @@ def test_a_full_disk_mid_run_is_reported_and_the_run_finishes_once_space_is_free
         assert not list((disk / "superlink.db.blobs").glob(".*.part"))
     rounds = rounds_recorded(fed.workdir / "runs")
     assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert all(r["fit_results"] == 2 for r in rounds)  # no result lost to the full disk
+    assert all(r["fit_results"] == 2 for r in rounds)  # no reply lost to the full disk
     assert fed.superlink is not None
     assert "Traceback" not in fed.superlink.log()
 

@@ -48,6 +48,7 @@ def test_tasks_past_their_ttl_fail_and_the_finished_run_is_pruned_with_its_blobs
     assert re.fullmatch(r"pruned runs: 1; \d+ blob\(s\) deleted\n", pruned.stdout)
     with contextlib.closing(sqlite3.connect(fed.workdir / "superlink.db")) as db:
         assert db.execute("SELECT COUNT(*) FROM runs").fetchone() == (0,)
-        assert db.execute("SELECT COUNT(*) FROM tasks").fetchone() == (0,)
-        assert db.execute("SELECT COUNT(*) FROM results").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM messages").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM message_blobs").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM replies").fetchone() == (0,)
     assert list((fed.workdir / "superlink.db.blobs").iterdir()) == []

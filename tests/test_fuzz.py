@@ -29,13 +29,13 @@ from tests.conftest import superlink_config, wait_until
 
 UNARY = [
     "/pollen.v1.Fleet/RegisterNode",
-    "/pollen.v1.Fleet/PushResult",
+    "/pollen.v1.Fleet/PushReply",
     "/pollen.v1.Fleet/Heartbeat",
     "/pollen.v1.Fleet/UnregisterNode",
     "/pollen.v1.Fleet/GetRun",
     "/pollen.v1.Driver/CreateRun",
     "/pollen.v1.Driver/GetNodes",
-    "/pollen.v1.Driver/PushTasks",
+    "/pollen.v1.Driver/PushMessages",
     "/pollen.v1.Driver/FinishRun",
     "/pollen.v1.Driver/ReleaseBlobs",
     "/pollen.v1.Driver/ResumeRun",
@@ -44,7 +44,7 @@ UNARY = [
 SERVER_STREAM = [
     "/pollen.v1.Fleet/Subscribe",
     "/pollen.v1.Fleet/DownloadBlob",
-    "/pollen.v1.Driver/StreamResults",
+    "/pollen.v1.Driver/StreamReplies",
     "/pollen.v1.Driver/DownloadBlob",
 ]
 CLIENT_STREAM = ["/pollen.v1.Fleet/UploadBlob", "/pollen.v1.Driver/UploadBlob"]
@@ -52,7 +52,7 @@ IMPROPER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
 def valid_seed() -> bytes:
-    return fpb.PushResultRequest(node_id=1).SerializeToString()
+    return fpb.PushReplyRequest(node_id=1).SerializeToString()
 
 
 async def call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.StatusCode:
@@ -70,7 +70,7 @@ async def call(channel: grpc.aio.Channel, method: str, payload: bytes) -> grpc.S
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     except TimeoutError:
-        return grpc.StatusCode.OK  # a stream left waiting for tasks or results: fine
+        return grpc.StatusCode.OK  # a stream left waiting for messages or replies: fine
     return grpc.StatusCode.OK
 
 
@@ -110,8 +110,8 @@ async def assert_up_and_consistent(link: SuperLink) -> None:
     state = link.dispatcher.state
     for status in ("online", "offline", "left"):
         for node_id in state.list_nodes(status):
-            for task in state.open_tasks(node_id):
-                assert state.get_run(task.run_id) is not None
+            for message in state.open_messages(node_id):
+                assert state.get_run(message.run_id) is not None
     # a cut or refused upload leaves no partial file and no open file behind
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5  # a cut call's handler may still be cleaning up
@@ -225,34 +225,39 @@ async def status_of(call: Awaitable[object]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-async def a_node_with_a_task(link: SuperLink, blob: bytes, ref: BlobRef) -> tuple[int, int]:
-    """A registered node with task ``t1`` of a new run, naming ``blob`` (so the node may read
-    it); the node is not connected, so the task has already failed."""
+def model(ref: BlobRef) -> pb.Records:
+    """The content of an instruction that carries the model in blob ``ref``."""
+    return pb.Records(arrays={"arrays": pb.BlobRef(digest=ref.digest, size=ref.size)})
+
+
+async def a_node_with_an_instruction(link: SuperLink, blob: bytes, ref: BlobRef) -> tuple[int, int]:
+    """A registered node with instruction ``t1`` of a new run, naming ``blob`` (so the node
+    may read it); the node is not connected, so the instruction has already failed."""
     node_id = await register(link)
     run_id = dpb.CreateRunReply.FromString(await unary(link, "Driver/CreateRun", b"")).run_id
     await upload(link, "Driver", chunks(blob, ref, run_id=run_id))
-    task = pb.Task(task_id="t1", node_id=node_id, kind="fit")
-    task.parameters.digest, task.parameters.size = ref.digest, ref.size
-    push = dpb.PushTasksRequest(run_id=run_id, tasks=[task])
-    await unary(link, "Driver/PushTasks", push.SerializeToString())
+    message = pb.Message(message_id="t1", node_id=node_id, message_type="train", content=model(ref))
+    push = dpb.PushMessagesRequest(run_id=run_id, messages=[message])
+    await unary(link, "Driver/PushMessages", push.SerializeToString())
     return node_id, run_id
 
 
 @contextlib.asynccontextmanager
 async def an_uploader(link: SuperLink) -> AsyncIterator[tuple[int, int]]:
-    """A node on its task stream, holding an open task of a new run: the SuperLink takes
-    a Fleet upload only from a node for a run in which it holds one."""
+    """A node on its message stream, holding an open instruction of a new run: the SuperLink
+    takes a Fleet upload only from a node for a run in which it holds one."""
     node_id = await register(link)
     async with grpc.aio.insecure_channel(address(link, "Fleet")) as channel:
         subscribe = fpb.SubscribeRequest(node_id=node_id).SerializeToString()
         stream = channel.unary_stream("/pollen.v1.Fleet/Subscribe")(subscribe)
         await wait_until(lambda: node_id in link.dispatcher.online_nodes())
         run_id = dpb.CreateRunReply.FromString(await unary(link, "Driver/CreateRun", b"")).run_id
-        push = dpb.PushTasksRequest(
-            run_id=run_id, tasks=[pb.Task(task_id="up", node_id=node_id, kind="fit")]
+        push = dpb.PushMessagesRequest(
+            run_id=run_id,
+            messages=[pb.Message(message_id="up", node_id=node_id, message_type="train")],
         )
-        await unary(link, "Driver/PushTasks", push.SerializeToString())
-        await asyncio.wait_for(stream.read(), 5)  # delivered: the task is open
+        await unary(link, "Driver/PushMessages", push.SerializeToString())
+        await asyncio.wait_for(stream.read(), 5)  # delivered: the instruction is open
         try:
             yield node_id, run_id
         finally:
@@ -270,7 +275,7 @@ def test_an_oversized_request_gets_resource_exhausted_on_both_apis(tmp_path: Pat
                 ("Fleet", "/pollen.v1.Fleet/Heartbeat", too_big),
                 ("Fleet", "/pollen.v1.Fleet/Subscribe", too_big),
                 ("Driver", "/pollen.v1.Driver/CreateRun", new_run),
-                ("Driver", "/pollen.v1.Driver/StreamResults", padded(b"")),
+                ("Driver", "/pollen.v1.Driver/StreamReplies", padded(b"")),
             ]
             for api, method, request in calls:
                 async with grpc.aio.insecure_channel(address(link, api)) as channel:
@@ -456,7 +461,7 @@ def test_a_download_cut_mid_blob_leaves_the_blob_whole(tmp_path: Path, api: str,
     async def scenario() -> None:
         async with open_superlink(superlink_config(tmp_path)) as link:
             data, ref = make_blob(4 * CHUNK_SIZE + 7)
-            node_id, _ = await a_node_with_a_task(link, data, ref)
+            node_id, _ = await a_node_with_an_instruction(link, data, ref)
             request = pb.DownloadBlobRequest(digest=ref.digest, node_id=node_id)
             for _ in range(3):
                 if cut == "cancel":  # one chunk read, then the call is cancelled
@@ -526,44 +531,50 @@ UNKNOWN_RUN = 987_654_321
 UNKNOWN_DIGEST = "0" * 64
 
 
-def test_unknown_run_task_node_and_blob_ids_get_a_proper_status(tmp_path: Path) -> None:
+def test_unknown_run_message_node_and_blob_ids_get_a_proper_status(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with open_superlink(superlink_config(tmp_path)) as link:
             data, ref = make_blob(100)
-            node_id, run_id = await a_node_with_a_task(link, data, ref)
+            node_id, run_id = await a_node_with_an_instruction(link, data, ref)
             stranger = node_id + 1
             other_run = dpb.CreateRunReply.FromString(
                 await unary(link, "Driver/CreateRun", b"")
             ).run_id
 
-            def answer(task_id: str) -> pb.Result:
-                return pb.Result(task_id=task_id, kind="fit", num_examples=1)
+            def answer(message_id: str) -> pb.Message:
+                reply = pb.Message(reply_to=message_id, message_type="train")
+                reply.content.metrics["metrics"].values["num-examples"].int_value = 1
+                return reply
 
-            a_task = pb.Task(task_id="t9", node_id=node_id, kind="fit")
-            missing_blob = pb.Task(task_id="t9", node_id=node_id, kind="fit")
-            missing_blob.parameters.digest, missing_blob.parameters.size = UNKNOWN_DIGEST, 1
+            a_message = pb.Message(message_id="t9", node_id=node_id, message_type="train")
+            missing_blob = pb.Message(
+                message_id="t9",
+                node_id=node_id,
+                message_type="train",
+                content=model(BlobRef(UNKNOWN_DIGEST, 1)),
+            )
             unary_calls: list[tuple[str, Message, grpc.StatusCode]] = [
                 # Fleet: a node that is not registered
                 ("Fleet/Heartbeat", fpb.HeartbeatRequest(node_id=stranger), NOT_FOUND),
                 ("Fleet/UnregisterNode", fpb.UnregisterNodeRequest(node_id=stranger), NOT_FOUND),
                 ("Fleet/GetRun", fpb.GetRunRequest(node_id=stranger, run_id=run_id), NOT_FOUND),
                 (
-                    "Fleet/PushResult",
-                    fpb.PushResultRequest(node_id=stranger, result=answer("t1")),
+                    "Fleet/PushReply",
+                    fpb.PushReplyRequest(node_id=stranger, reply=answer("t1")),
                     NOT_FOUND,
                 ),
-                # Fleet: a registered node naming a run or task it does not have
+                # Fleet: a registered node naming a run or instruction it does not have
                 ("Fleet/GetRun", fpb.GetRunRequest(node_id=node_id, run_id=UNKNOWN_RUN), NOT_FOUND),
                 (
-                    "Fleet/PushResult",
-                    fpb.PushResultRequest(node_id=node_id, result=answer("nope")),
+                    "Fleet/PushReply",
+                    fpb.PushReplyRequest(node_id=node_id, reply=answer("nope")),
                     DENIED,
                 ),
                 # Driver: a run that does not exist
                 ("Driver/GetNodes", dpb.GetNodesRequest(run_id=UNKNOWN_RUN), NOT_FOUND),
                 (
-                    "Driver/PushTasks",
-                    dpb.PushTasksRequest(run_id=UNKNOWN_RUN, tasks=[a_task]),
+                    "Driver/PushMessages",
+                    dpb.PushMessagesRequest(run_id=UNKNOWN_RUN, messages=[a_message]),
                     NOT_FOUND,
                 ),
                 ("Driver/FinishRun", dpb.FinishRunRequest(run_id=UNKNOWN_RUN), NOT_FOUND),
@@ -573,10 +584,10 @@ def test_unknown_run_task_node_and_blob_ids_get_a_proper_status(tmp_path: Path) 
                     NOT_FOUND,
                 ),
                 ("Driver/ResumeRun", dpb.ResumeRunRequest(run_id=UNKNOWN_RUN), NOT_FOUND),
-                # Driver: a task naming a blob that was never uploaded
+                # Driver: an instruction naming a blob that was never uploaded
                 (
-                    "Driver/PushTasks",
-                    dpb.PushTasksRequest(run_id=run_id, tasks=[missing_blob]),
+                    "Driver/PushMessages",
+                    dpb.PushMessagesRequest(run_id=run_id, messages=[missing_blob]),
                     grpc.StatusCode.FAILED_PRECONDITION,
                 ),
             ]
@@ -594,18 +605,18 @@ def test_unknown_run_task_node_and_blob_ids_get_a_proper_status(tmp_path: Path) 
                 ),
                 ("Driver/DownloadBlob", pb.DownloadBlobRequest(digest=UNKNOWN_DIGEST), NOT_FOUND),
                 (
-                    "Driver/StreamResults",
-                    dpb.StreamResultsRequest(run_id=UNKNOWN_RUN, task_ids=["t1"]),
+                    "Driver/StreamReplies",
+                    dpb.StreamRepliesRequest(run_id=UNKNOWN_RUN, message_ids=["t1"]),
                     NOT_FOUND,
                 ),
-                (  # a run that exists, but a task it does not have: no result will ever come
-                    "Driver/StreamResults",
-                    dpb.StreamResultsRequest(run_id=run_id, task_ids=["t1", "nope"]),
+                (  # a run that exists, but an instruction it does not have: no reply ever
+                    "Driver/StreamReplies",
+                    dpb.StreamRepliesRequest(run_id=run_id, message_ids=["t1", "nope"]),
                     NOT_FOUND,
                 ),
-                (  # a task of another run
-                    "Driver/StreamResults",
-                    dpb.StreamResultsRequest(run_id=other_run, task_ids=["t1"]),
+                (  # an instruction of another run
+                    "Driver/StreamReplies",
+                    dpb.StreamRepliesRequest(run_id=other_run, message_ids=["t1"]),
                     NOT_FOUND,
                 ),
             ]
@@ -627,18 +638,18 @@ def test_unknown_run_task_node_and_blob_ids_get_a_proper_status(tmp_path: Path) 
                     else:
                         pytest.fail(f"{method} ended without an error")
 
-            # a task for a node nobody knows is accepted, and fails at once with a reason
-            ghost = pb.Task(task_id="t3", node_id=stranger, kind="fit")
-            push = dpb.PushTasksRequest(run_id=run_id, tasks=[ghost])
-            await unary(link, "Driver/PushTasks", push.SerializeToString())
-            wanted = dpb.StreamResultsRequest(run_id=run_id, task_ids=["t1", "t3"])
+            # an instruction for a node nobody knows is accepted, and fails at once with a reason
+            ghost = pb.Message(message_id="t3", node_id=stranger, message_type="train")
+            push = dpb.PushMessagesRequest(run_id=run_id, messages=[ghost])
+            await unary(link, "Driver/PushMessages", push.SerializeToString())
+            wanted = dpb.StreamRepliesRequest(run_id=run_id, message_ids=["t1", "t3"])
             async with grpc.aio.insecure_channel(address(link, "Driver")) as channel:
-                stream = channel.unary_stream("/pollen.v1.Driver/StreamResults")(
+                stream = channel.unary_stream("/pollen.v1.Driver/StreamReplies")(
                     wanted.SerializeToString()
                 )
                 async with asyncio.timeout(5):
-                    answered = [pb.Result.FromString(raw) async for raw in stream]
-            assert sorted(r.task_id for r in answered) == ["t1", "t3"]
+                    answered = [pb.Message.FromString(raw) async for raw in stream]
+            assert sorted(r.reply_to for r in answered) == ["t1", "t3"]
             assert all("not connected" in r.error for r in answered)
 
             # none of this touched what exists

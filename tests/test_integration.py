@@ -279,7 +279,7 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
 
     from pollen.proto import common_pb2 as pb
     from pollen.proto.fleet_pb2_grpc import FleetStub
-    from pollen.records.messages import Task
+    from pollen.records.messages import Message
     from pollen.supernode.fleet_client import FleetClient
     from pollen.transport.channels import open_channel
 
@@ -294,8 +294,8 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
             )
             await asyncio.sleep(0.1)
 
-    async def drain(tasks: AsyncIterator[object]) -> None:
-        async for _ in tasks:
+    async def drain(instructions: AsyncIterator[object]) -> None:
+        async for _ in instructions:
             pass
 
     async def scenario() -> None:
@@ -306,16 +306,16 @@ def test_a_node_busy_uploading_a_blob_is_not_taken_for_dead(tmp_path: Path) -> N
         ):
             fleet = FleetClient(channel)  # sends no heartbeat of its own
             node_id = await fleet.register()
-            stream = asyncio.create_task(drain(fleet.tasks()))
+            stream = asyncio.create_task(drain(fleet.instructions()))
             await wait_until(lambda: link.dispatcher.online_nodes() == [node_id])
             driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
             run_id, _ = await driver.create_run("busy node", {})
-            await driver.push_tasks(run_id, [Task(run_id, node_id, "fit")])  # uploads its result
+            await driver.send(run_id, [Message(run_id, node_id, "train")])  # uploads its reply
             await driver.close()
             upload = slow_chunks(node_id, run_id)
             await FleetStub(channel).UploadBlob(upload)  # type: ignore[no-untyped-call]
             assert link.dispatcher.online_nodes() == [node_id]
-            # silent once the upload is done: now it is offline, its task stream closed
+            # silent once the upload is done: now it is offline, its message stream closed
             await wait_until(lambda: link.dispatcher.online_nodes() == [], timeout=3)
             await asyncio.wait_for(stream, 3)
 

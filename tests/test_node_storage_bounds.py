@@ -1,9 +1,9 @@
 """What a listed node may store on the SuperLink (issue 13, items 1 and 2).
 
-A node's result names a blob it uploaded for the task's run, and the SuperLink records
-the size it wrote, never the size the node declares. A node uploads only for a run in
-which it holds an open task, never above --max-blob-size, and keeps at most its
---node-quota per run; each refusal comes before a byte is written.
+A node's reply names a blob it uploaded for the instruction's run, and the SuperLink
+records the size it wrote, never the size the node declares. A node uploads only for a
+run in which it holds an open instruction, never above --max-blob-size, and keeps at most
+its --node-quota per run; each refusal comes before a byte is written.
 
 Real SuperLinks with TLS and client authentication on 127.0.0.1:0, in-process; the
 hostile nodes speak the wire protocol with their own listed keys.
@@ -27,8 +27,9 @@ from pollen.cli.main import cli
 from pollen.errors import RunError
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
+from pollen.records import fit_evaluate
 from pollen.records.arrays import decode_arrays, encode_arrays
-from pollen.records.messages import BlobRef, Result, Task
+from pollen.records.messages import BlobRef, Message, Records
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.superlink.sqlite_state import SqliteState
@@ -38,7 +39,7 @@ from pollen.supernode.node import run_supernode
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import upload_call
 from pollen.transport.chunk_codec import encode_chunk
-from pollen.transport.convert import result_to_proto
+from pollen.transport.convert import message_to_proto
 from tests.apps import numpy_apps
 from tests.auth_helpers import (
     DRIVER,
@@ -109,28 +110,42 @@ async def first_chunk_answer(
     return await call.code(), await call.details() or "", written
 
 
-async def pushed(fleet: FleetClient, client: Peer, result: Result) -> grpc.StatusCode:
-    request = fpb.PushResultRequest(node_id=fleet.node_id, result=result_to_proto(result))
+async def pushed(fleet: FleetClient, client: Peer, reply: Message) -> grpc.StatusCode:
+    request = fpb.PushReplyRequest(node_id=fleet.node_id, reply=message_to_proto(reply))
     stub = FleetStub(client.channel)  # type: ignore[no-untyped-call]
-    return await status_of(stub.PushResult(request))
+    return await status_of(stub.PushReply(request))
 
 
-def test_a_result_declaring_a_forged_size_counts_with_the_size_stored(
+def fit_reply(ref: BlobRef | None = None, num_examples: int = 1) -> Records[BlobRef]:
+    """The content of a fit reply: the weights in blob ``ref`` (None: none)."""
+    return Records(
+        arrays={} if ref is None else {fit_evaluate.ARRAYS: ref},
+        metrics={fit_evaluate.METRICS: {fit_evaluate.NUM_EXAMPLES: num_examples}},
+    )
+
+
+def fit(run_id: int, node_id: int, model: BlobRef | None = None) -> Message:
+    """A fit instruction to ``node_id``, carrying ``model`` (None: none)."""
+    return Message(run_id, node_id, "train", fit_evaluate.instruction(model, {}))
+
+
+def test_a_reply_declaring_a_forged_size_counts_with_the_size_stored(
     tmp_path: Path, seed: Seed
 ) -> None:
     """A listed node names its blob with a size of 2^50 bytes: the SuperLink records the
-    size it wrote, so the ServerApp takes that result like the honest node's."""
+    size it wrote, so the ServerApp takes that reply like the honest node's."""
 
-    async def hostile(fleet: FleetClient, inbox: asyncio.Queue[Task]) -> tuple[Task, BlobRef]:
-        task = await asyncio.wait_for(inbox.get(), 10)
-        assert task.parameters is not None
-        model = decode_arrays(await fleet.download_blob(task.parameters))
-        ref = await fleet.upload_blob(encode_arrays([a + 1 for a in model]), run_id=task.run_id)
-        forged = BlobRef(ref.digest, 2**50)
-        await fleet.push_result(
-            Result(task.task_id, task.run_id, fleet.node_id, "fit", forged, num_examples=1)
+    async def hostile(fleet: FleetClient, inbox: asyncio.Queue[Message]) -> tuple[Message, BlobRef]:
+        instruction = await asyncio.wait_for(inbox.get(), 10)
+        sent = fit_evaluate.model_of(instruction.content)
+        assert sent is not None
+        model = decode_arrays(await fleet.download_blob(sent))
+        ref = await fleet.upload_blob(
+            encode_arrays([a + 1 for a in model]), run_id=instruction.run_id
         )
-        return task, ref
+        forged = BlobRef(ref.digest, 2**50)
+        await fleet.push_reply(instruction.reply(fit_reply(forged)))
+        return instruction, ref
 
     async def scenario() -> None:
         async with (
@@ -143,14 +158,14 @@ def test_a_result_declaring_a_forged_size_counts_with_the_size_stored(
                 async with collecting(fleet) as inbox:
                     await wait_until(lambda: len(link.dispatcher.online_nodes()) == 2, 5)
                     app = numpy_apps.make_server_app(num_rounds=1, fraction_evaluate=0.0)
-                    (outcome, _), (task, ref) = await asyncio.gather(
+                    (outcome, _), (instruction, ref) = await asyncio.gather(
                         run_server_app(app, app_config(seed, link, tmp_path)),
                         hostile(fleet, inbox),
                     )
             finally:
                 await stop_nodes(honest)
-            [stored] = link.dispatcher.state.get_results([task.task_id])
-        assert stored.parameters == ref  # the size written, not 2^50
+            [stored] = link.dispatcher.state.get_replies([instruction.message_id])
+        assert fit_evaluate.model_of(stored.content) == ref  # the size written, not 2^50
         [round_one] = outcome.history.rounds
         assert (round_one.fit_results, round_one.fit_failures) == (2, [])
         np.testing.assert_array_equal(outcome.parameters[0], np.ones((2, 3), np.float32))
@@ -158,7 +173,7 @@ def test_a_result_declaring_a_forged_size_counts_with_the_size_stored(
     asyncio.run(scenario())
 
 
-def test_a_result_names_only_a_blob_its_node_uploaded_for_the_tasks_run(
+def test_a_reply_names_only_a_blob_its_node_uploaded_for_the_instructions_run(
     tmp_path: Path, seed: Seed
 ) -> None:
     async def scenario() -> None:
@@ -174,40 +189,38 @@ def test_a_result_names_only_a_blob_its_node_uploaded_for_the_tasks_run(
                 run_id, _ = await driver.create_run("attack", {})
                 other_run, _ = await driver.create_run("another", {})
                 model = await driver.upload_arrays([np.arange(3.0)], run_id)
-                tasks = [Task(run_id, n.node_id, "fit", model) for n in (fleet_a, fleet_b)]
-                await driver.push_tasks(run_id, tasks)
-                await driver.push_tasks(other_run, [Task(other_run, fleet_a.node_id, "fit")])
-                task_a = await asyncio.wait_for(inbox_a.get(), 5)
-                await asyncio.wait_for(inbox_a.get(), 5)  # its task in the other run
-                task_b = await asyncio.wait_for(inbox_b.get(), 5)
+                sent = [fit(run_id, n.node_id, model) for n in (fleet_a, fleet_b)]
+                await driver.send(run_id, sent)
+                await driver.send(other_run, [fit(other_run, fleet_a.node_id)])
+                to_a = await asyncio.wait_for(inbox_a.get(), 5)
+                await asyncio.wait_for(inbox_a.get(), 5)  # its instruction in the other run
+                to_b = await asyncio.wait_for(inbox_b.get(), 5)
 
                 of_b = await fleet_b.upload_blob(os.urandom(300), run_id=run_id)
                 of_other_run = await fleet_a.upload_blob(os.urandom(300), run_id=other_run)
                 never_uploaded = BlobRef("ab" * 32, 300)
 
-                def answer(task: Task, ref: BlobRef) -> Result:
-                    return Result(task.task_id, run_id, task.node_id, "fit", ref, num_examples=1)
+                def answer(instruction: Message, ref: BlobRef) -> Message:
+                    return instruction.reply(fit_reply(ref))
 
                 refusals = {
-                    "b's blob": await pushed(fleet_a, a, answer(task_a, of_b)),
-                    "a's blob of another run": await pushed(
-                        fleet_a, a, answer(task_a, of_other_run)
-                    ),
-                    "a blob never uploaded": await pushed(
-                        fleet_a, a, answer(task_a, never_uploaded)
-                    ),
+                    "b's blob": await pushed(fleet_a, a, answer(to_a, of_b)),
+                    "a's blob of another run": await pushed(fleet_a, a, answer(to_a, of_other_run)),
+                    "a blob never uploaded": await pushed(fleet_a, a, answer(to_a, never_uploaded)),
                 }
                 assert refusals == dict.fromkeys(refusals, INVALID_ARGUMENT)
 
                 # a's own upload for the run goes through, and so does b's answer naming
-                # the model it was sent (a result equal to the model)
+                # the model it was sent (a reply equal to the model)
                 own = await fleet_a.upload_blob(os.urandom(300), run_id=run_id)
-                assert await pushed(fleet_a, a, answer(task_a, own)) == grpc.StatusCode.OK
-                assert await pushed(fleet_b, b, answer(task_b, model)) == grpc.StatusCode.OK
+                assert await pushed(fleet_a, a, answer(to_a, own)) == grpc.StatusCode.OK
+                assert await pushed(fleet_b, b, answer(to_b, model)) == grpc.StatusCode.OK
                 answers = {
-                    r.node_id: r async for r in driver.results(run_id, [t.task_id for t in tasks])
+                    r.node_id: r async for r in driver.replies(run_id, [m.message_id for m in sent])
                 }
-                assert {n: (r.ok, r.parameters) for n, r in answers.items()} == {
+                assert {
+                    n: (r.ok, fit_evaluate.model_of(r.content)) for n, r in answers.items()
+                } == {
                     fleet_a.node_id: (True, own),
                     fleet_b.node_id: (True, model),
                 }
@@ -218,9 +231,9 @@ def test_a_result_names_only_a_blob_its_node_uploaded_for_the_tasks_run(
 @pytest.mark.parametrize(
     ("case", "code", "names"),
     [
-        ("no run named", PERMISSION_DENIED, "open task"),
-        ("a run without a task of this node", PERMISSION_DENIED, "open task"),
-        ("a run whose task was answered", PERMISSION_DENIED, "open task"),
+        ("no run named", PERMISSION_DENIED, "open instruction"),
+        ("a run without an instruction to this node", PERMISSION_DENIED, "open instruction"),
+        ("a run whose instruction was answered", PERMISSION_DENIED, "open instruction"),
         ("2^62 bytes declared", RESOURCE_EXHAUSTED, "--max-blob-size"),
         ("above the node's quota", RESOURCE_EXHAUSTED, "--node-quota"),
     ],
@@ -240,20 +253,19 @@ def test_an_upload_a_node_may_not_store_is_refused_before_a_byte_is_written(
                 await wait_until(lambda: len(link.dispatcher.online_nodes()) == 2, 5)
                 run_id, _ = await driver.create_run("disk fill", {})
                 model = await driver.upload_arrays([np.arange(3.0)], run_id)
-                mine = Task(run_id, fleet.node_id, "fit", model)
-                await driver.push_tasks(run_id, [mine])
+                mine = fit(run_id, fleet.node_id, model)
+                await driver.send(run_id, [mine])
                 await asyncio.wait_for(inbox.get(), 5)
                 other_run, _ = await driver.create_run("not mine", {})
-                await driver.push_tasks(other_run, [Task(other_run, other_fleet.node_id, "fit")])
+                await driver.send(other_run, [fit(other_run, other_fleet.node_id)])
 
                 size, run = 1024 * 1024, run_id
                 if case == "no run named":
                     run = 0
-                elif case == "a run without a task of this node":
+                elif case == "a run without an instruction to this node":
                     run = other_run
-                elif case == "a run whose task was answered":
-                    answer = Result(mine.task_id, run_id, fleet.node_id, "fit", num_examples=1)
-                    await fleet.push_result(answer)
+                elif case == "a run whose instruction was answered":
+                    await fleet.push_reply(mine.reply(fit_reply()))
                 elif case == "2^62 bytes declared":
                     size = 2**62
                 else:
@@ -292,7 +304,7 @@ def test_a_nodes_quota_counts_its_uploads_under_way_and_frees_what_the_run_relea
     tmp_path: Path, seed: Seed
 ) -> None:
     """Two uploads at once cannot each pass the quota alone; once the ServerApp has
-    released a result, its bytes no longer count."""
+    released a reply's blob, its bytes no longer count."""
     half = QUOTA_FLOOR // 2 + 1
 
     async def scenario() -> None:
@@ -306,7 +318,7 @@ def test_a_nodes_quota_counts_its_uploads_under_way_and_frees_what_the_run_relea
                 await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 5)
                 run_id, _ = await driver.create_run("quota", {})
                 model = await driver.upload_arrays([np.arange(3.0)], run_id)
-                await driver.push_tasks(run_id, [Task(run_id, fleet.node_id, "fit", model)])
+                await driver.send(run_id, [fit(run_id, fleet.node_id, model)])
                 await asyncio.wait_for(inbox.get(), 5)
                 first = encode_chunk(os.urandom(1024), 0, "", half, fleet.node_id, run_id)
 
@@ -336,7 +348,7 @@ def test_a_nodes_quota_counts_its_uploads_under_way_and_frees_what_the_run_relea
 
 def test_an_honest_federation_trains_within_the_bounds(tmp_path: Path, seed: Seed) -> None:
     """A 2 MiB model, a node that returns it unchanged (naming the model's own blob) and
-    one that trains: every result fits the default quota, both rounds count both."""
+    one that trains: every reply fits the default quota, both rounds count both."""
     model = [np.zeros(512 * 1024, np.float32), np.arange(4, dtype=np.int64)]
 
     async def scenario() -> None:
@@ -360,11 +372,11 @@ def test_an_honest_federation_trains_within_the_bounds(tmp_path: Path, seed: See
     asyncio.run(scenario())
 
 
-def test_a_result_over_the_quota_reaches_the_server_app_as_that_nodes_error(
+def test_a_reply_over_the_quota_reaches_the_server_app_as_that_nodes_error(
     tmp_path: Path, seed: Seed
 ) -> None:
-    """The node reports the refusal as its result's error (it used to reconnect, and the
-    round saw only 'node went offline'); it stays connected for the next task."""
+    """The node reports the refusal as its reply's error (it used to reconnect, and the
+    round saw only 'node went offline'); it stays connected for the next instruction."""
     model = [np.zeros(512 * 1024, np.float32)]  # 2 MiB, over a 1 MiB quota
 
     async def scenario() -> None:
@@ -380,7 +392,7 @@ def test_a_result_over_the_quota_reaches_the_server_app_as_that_nodes_error(
                 )
                 with pytest.raises(RunError) as stopped:
                     await run_server_app(app, app_config(seed, link, tmp_path))
-                assert "refused the result's upload: " in str(stopped.value)
+                assert "refused the reply's upload: " in str(stopped.value)
                 assert "--node-quota" in str(stopped.value)
                 assert link.dispatcher.online_nodes() == online  # never went away
             finally:

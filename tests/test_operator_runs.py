@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from pollen.errors import CallRefused, ConfigurationError
-from pollen.records.messages import Task
+from pollen.records import fit_evaluate
+from pollen.records.messages import Message
 from pollen.server.driver import DriverClient
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
 from pollen.superlink.sqlite_state import SqliteState
@@ -69,20 +70,23 @@ async def outcome(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return OWN, ""
 
 
-async def stream_outcome(driver: DriverClient, run_id: int, task_id: str) -> tuple[Any, str]:
+async def stream_outcome(driver: DriverClient, run_id: int, message_id: str) -> tuple[Any, str]:
     async def first() -> None:
-        async for _ in driver.results(run_id, [task_id]):
+        async for _ in driver.replies(run_id, [message_id]):
             return
 
     return await outcome(asyncio.wait_for(first(), 5))
 
 
-async def everything(driver: DriverClient, run_id: int, blob: Any, task_id: str) -> dict[str, Any]:
+async def everything(
+    driver: DriverClient, run_id: int, blob: Any, message_id: str
+) -> dict[str, Any]:
     """What ``driver`` gets from each call that names run ``run_id`` or its blob."""
+    instruction = Message(run_id, 1, "evaluate", fit_evaluate.instruction(None, {}))
     return {
         "GetNodes": await outcome(driver.get_nodes(run_id)),
-        "PushTasks": await outcome(driver.push_tasks(run_id, [Task(run_id, 1, "evaluate")])),
-        "StreamResults": await stream_outcome(driver, run_id, task_id),
+        "PushMessages": await outcome(driver.send(run_id, [instruction])),
+        "StreamReplies": await stream_outcome(driver, run_id, message_id),
         "ReleaseBlobs": await outcome(driver.release_blobs(run_id, [blob])),
         "UploadBlob": await outcome(driver.upload_arrays([np.ones(3)], run_id)),
         "DownloadBlob": await outcome(driver.download_arrays(blob)),
@@ -106,9 +110,11 @@ def test_an_operator_can_neither_read_nor_change_another_operators_run(
                 ):
                     run_id, _ = await first.create_run("first's", {})
                     blob = await first.upload_arrays(ARRAYS, run_id)
-                    task = Task(run_id, node_id, "evaluate", blob)
-                    await first.push_tasks(run_id, [task])
-                    answers = await everything(second, run_id, blob, task.task_id)
+                    instruction = Message(
+                        run_id, node_id, "evaluate", fit_evaluate.instruction(blob, {})
+                    )
+                    await first.send(run_id, [instruction])
+                    answers = await everything(second, run_id, blob, instruction.message_id)
                     refusal = (REFUSED, f"run {run_id} belongs to another operator key")
                     blob_refusal = (REFUSED, f"blob {blob.digest[:12]} belongs to runs of another")
                     assert answers == {
@@ -118,8 +124,8 @@ def test_an_operator_can_neither_read_nor_change_another_operators_run(
                     # the first operator's run is untouched, and still its own
                     assert status(link, run_id) == "running"
                     np.testing.assert_array_equal((await first.download_arrays(blob))[0], ARRAYS[0])
-                    [result] = [r async for r in first.results(run_id, [task.task_id])]
-                    assert result.node_id == node_id
+                    [reply] = [r async for r in first.replies(run_id, [instruction.message_id])]
+                    assert reply.node_id == node_id
                     await first.finish_run(run_id, "finished")
             finally:
                 await stop_nodes(node)

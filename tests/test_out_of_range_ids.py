@@ -29,16 +29,16 @@ UNARY: dict[str, tuple[str, Message]] = {
         "previous_node_id",
         fpb.RegisterNodeRequest(previous_node_id=TOO_BIG),
     ),
-    "/pollen.v1.Fleet/PushResult": (
+    "/pollen.v1.Fleet/PushReply": (
         "node_id",
-        fpb.PushResultRequest(node_id=TOO_BIG, result=pb.Result(task_id="t", kind="fit")),
+        fpb.PushReplyRequest(node_id=TOO_BIG, reply=pb.Message(reply_to="t", message_type="train")),
     ),
     "/pollen.v1.Fleet/Heartbeat": ("node_id", fpb.HeartbeatRequest(node_id=TOO_BIG)),
     "/pollen.v1.Fleet/UnregisterNode": ("node_id", fpb.UnregisterNodeRequest(node_id=TOO_BIG)),
     "/pollen.v1.Fleet/GetRun": ("run_id", fpb.GetRunRequest(node_id=1, run_id=TOO_BIG)),
     "/pollen.v1.Driver/ResumeRun": ("run_id", dpb.ResumeRunRequest(run_id=TOO_BIG)),
     "/pollen.v1.Driver/GetNodes": ("run_id", dpb.GetNodesRequest(run_id=TOO_BIG)),
-    "/pollen.v1.Driver/PushTasks": ("run_id", dpb.PushTasksRequest(run_id=TOO_BIG)),
+    "/pollen.v1.Driver/PushMessages": ("run_id", dpb.PushMessagesRequest(run_id=TOO_BIG)),
     "/pollen.v1.Driver/FinishRun": ("run_id", dpb.FinishRunRequest(run_id=TOO_BIG)),
     "/pollen.v1.Driver/ReleaseBlobs": ("run_id", dpb.ReleaseBlobsRequest(run_id=TOO_BIG)),
 }
@@ -48,9 +48,9 @@ SERVER_STREAM: dict[str, tuple[str, Message]] = {
         "node_id",
         pb.DownloadBlobRequest(digest=DIGEST, node_id=TOO_BIG),
     ),
-    "/pollen.v1.Driver/StreamResults": (
+    "/pollen.v1.Driver/StreamReplies": (
         "run_id",
-        dpb.StreamResultsRequest(run_id=TOO_BIG, task_ids=["t"]),
+        dpb.StreamRepliesRequest(run_id=TOO_BIG, message_ids=["t"]),
     ),
     "/pollen.v1.Driver/DownloadBlob": (
         "offset",
@@ -67,18 +67,49 @@ CLIENT_STREAM: dict[str, tuple[str, Message]] = {
         pb.BlobChunk(digest=DIGEST, total_size=1, data=b"x", run_id=TOO_BIG),
     ),
 }
-NESTED: dict[str, tuple[str, Message]] = {  # ids and counts inside a task or a result
-    "/pollen.v1.Driver/PushTasks": (
-        "tasks[0].node_id",
-        dpb.PushTasksRequest(run_id=1, tasks=[pb.Task(task_id="t", node_id=TOO_BIG, kind="fit")]),
-    ),
-    "/pollen.v1.Fleet/PushResult": (
-        "result.num_examples",
-        fpb.PushResultRequest(
-            node_id=1, result=pb.Result(task_id="t", kind="fit", num_examples=TOO_BIG)
+
+
+def _arrays(size: int) -> pb.Records:
+    """A message's content whose one array record is a blob of ``size`` bytes."""
+    return pb.Records(arrays={"arrays": pb.BlobRef(digest=DIGEST, size=size)})
+
+
+NESTED: list[tuple[str, str, Message]] = [  # ids and sizes inside a message or a reply
+    (
+        "/pollen.v1.Driver/PushMessages",
+        "messages[0].node_id",
+        dpb.PushMessagesRequest(
+            run_id=1, messages=[pb.Message(message_id="t", node_id=TOO_BIG, message_type="train")]
         ),
     ),
-}
+    (
+        "/pollen.v1.Driver/PushMessages",
+        "messages[0].content.arrays['arrays'].size",
+        dpb.PushMessagesRequest(
+            run_id=1,
+            messages=[
+                pb.Message(
+                    message_id="t", node_id=1, message_type="train", content=_arrays(TOO_BIG)
+                )
+            ],
+        ),
+    ),
+    (
+        "/pollen.v1.Fleet/PushReply",
+        "reply.run_id",
+        fpb.PushReplyRequest(
+            node_id=1, reply=pb.Message(reply_to="t", run_id=TOO_BIG, message_type="train")
+        ),
+    ),
+    (
+        "/pollen.v1.Fleet/PushReply",
+        "reply.content.arrays['arrays'].size",
+        fpb.PushReplyRequest(
+            node_id=1,
+            reply=pb.Message(reply_to="t", message_type="train", content=_arrays(TOO_BIG)),
+        ),
+    ),
+]
 
 
 async def outcome(channel: grpc.aio.Channel, method: str, request: Message) -> str:
@@ -124,10 +155,10 @@ def test_every_method_taking_an_id_refuses_one_out_of_range(tmp_path: Path) -> N
     asyncio.run(scenario())
 
 
-def test_ids_inside_tasks_and_results_are_checked_too(tmp_path: Path) -> None:
+def test_ids_inside_messages_and_replies_are_checked_too(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with open_superlink(superlink_config(tmp_path)) as link:
-            for method, (field, request) in NESTED.items():
+            for method, field, request in NESTED:
                 async with channel_to(link, method) as channel:
                     assert await outcome(channel, method, request) == refusal(field)
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
-from pollen.errors import BlobError, ConnectionFailed
+from pollen.errors import BlobError, CallRefused, ConnectionFailed
 from pollen.records.messages import BlobRef
 from pollen.records.typing import NDArrays
 from pollen.server.driver import DriverClient
@@ -24,21 +23,15 @@ from tests.conftest import federation
 
 
 class FirstResultFails(DriverClient):
-    """Raises ``failure`` on the first result download of the round."""
+    """Raises ``failure`` on the first download (in a fit round: the first result's)."""
 
     failure: BaseException
 
-    async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
-        if transient and getattr(self, "failure", None) is not None:
+    async def download_arrays(self, ref: BlobRef) -> NDArrays:
+        if getattr(self, "failure", None) is not None:
             failure, self.failure = self.failure, None  # type: ignore[assignment]
             raise failure
-        return await super().download_arrays(ref, transient)
-
-
-def _not_found() -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), "blob gone"
-    )
+        return await super().download_arrays(ref)
 
 
 async def _fit_round(tmp_path: Path, failure: BaseException) -> RoundRecord:
@@ -62,7 +55,7 @@ async def _fit_round(tmp_path: Path, failure: BaseException) -> RoundRecord:
     ("failure", "reason"),
     [
         (MemoryError(), "could not allocate the memory to take it (MemoryError)"),
-        (_not_found(), "the SuperLink answered NOT_FOUND: blob gone"),
+        (CallRefused("127.0.0.1:1", "not_found", "blob gone"), "not_found (blob gone)"),
         (BlobError("blob 12ab: content does not match its digest"), "does not match"),
         (ValueError("cannot reshape array"), "ValueError: cannot reshape array"),
     ],

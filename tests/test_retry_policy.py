@@ -123,12 +123,12 @@ def test_a_refused_driver_call_against_a_superlink_is_a_pollen_error(tmp_path: P
             try:
                 with pytest.raises(CallRefused) as resume:
                     await driver.resume_run(999)
-                with pytest.raises(CallRefused) as results:
-                    async for _ in driver.results(999, ["t1"]):
+                with pytest.raises(CallRefused) as replies:
+                    async for _ in driver.replies(999, ["t1"]):
                         pass
             finally:
                 await driver.close()
-        for refused in (resume.value, results.value):
+        for refused in (resume.value, replies.value):
             assert isinstance(refused, PollenError)
             assert not isinstance(refused, grpc.aio.AioRpcError)
             assert refused.status == "not_found"

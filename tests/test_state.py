@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from pollen.errors import ConfigurationError
-from pollen.records.messages import BlobRef, Result, Task
+from pollen.records import fit_evaluate
+from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message, Records
+from pollen.records.typing import Metrics
 from pollen.superlink.sqlite_state import SCHEMA_VERSION, SqliteState
 from pollen.superlink.state import NodeRecord, State
 
@@ -50,12 +52,41 @@ def run_id(state: State) -> int:
     return state.create_run("app:main", {"lr": 0.1}, now=1.0)
 
 
-def fit_task(run_id: int, node_id: int, **kwargs: object) -> Task:
-    return Task(run_id, node_id, "fit", **kwargs)  # type: ignore[arg-type]
+def train(
+    run_id: int, node_id: int, model: BlobRef | None = None, created_at: float | None = None
+) -> Message:
+    """A train instruction (the old fit task) to ``node_id``."""
+    message = Message(run_id, node_id, TRAIN, fit_evaluate.instruction(model, {}))
+    if created_at is not None:
+        message.created_at = created_at
+    return message
 
 
-def result_for(task: Task, **kwargs: object) -> Result:
-    return Result(task.task_id, task.run_id, task.node_id, task.kind, **kwargs)  # type: ignore[arg-type]
+def reply_for(
+    instruction: Message,
+    *,
+    model: BlobRef | None = None,
+    num_examples: int = 0,
+    loss: float | None = None,
+    metrics: Metrics | None = None,
+    error: str = "",
+    created_at: float | None = None,
+) -> Message:
+    """``instruction``'s reply in the fit/evaluate layout (an error reply: empty content)."""
+    content: Records[BlobRef] = Records()
+    if not error:
+        if model is not None:
+            content.arrays[fit_evaluate.ARRAYS] = model
+        content.metrics[fit_evaluate.METRICS] = {
+            **(metrics or {}),
+            fit_evaluate.NUM_EXAMPLES: num_examples,
+        }
+        if loss is not None:
+            content.metrics[fit_evaluate.EVALUATION] = {fit_evaluate.LOSS: loss}
+    reply = instruction.reply(content, error=error)
+    if created_at is not None:
+        reply.created_at = created_at
+    return reply
 
 
 # --- nodes ----------------------------------------------------------------------------------
@@ -161,170 +192,179 @@ def test_finish_run_sets_its_status(state: State, run_id: int) -> None:
     assert state.get_run(run_id).status == "failed"  # type: ignore[union-attr]
 
 
-# --- tasks ----------------------------------------------------------------------------------
+# --- instructions ---------------------------------------------------------------------------
 
 
-def test_added_task_reads_back_equal(state: State, run_id: int) -> None:
-    task = Task(
+def test_added_instruction_reads_back_equal(state: State, run_id: int) -> None:
+    message = Message(
         run_id,
         7,
-        "evaluate",
-        BlobRef(DIGEST_A, 1234),
-        {"lr": 0.5, "tag": "t", "raw": b"\x00"},
+        EVALUATE,
+        fit_evaluate.instruction(BlobRef(DIGEST_A, 1234), {"lr": 0.5, "tag": "t", "raw": b"\x00"}),
         created_at=3.25,
     )
 
-    state.add_tasks([task])
+    state.add_messages([message])
 
-    assert state.get_task(task.task_id) == task
-
-
-def test_task_without_parameters_reads_back_none(state: State, run_id: int) -> None:
-    task = Task(run_id, 7, "get_parameters")
-    state.add_tasks([task])
-
-    assert state.get_task(task.task_id).parameters is None  # type: ignore[union-attr]
+    assert state.get_message(message.message_id) == message
 
 
-def test_unknown_task_is_none(state: State) -> None:
-    assert state.get_task("nope") is None
+def test_instruction_without_a_model_reads_back_none(state: State, run_id: int) -> None:
+    message = Message(run_id, 7, fit_evaluate.GET_PARAMETERS, fit_evaluate.instruction(None, {}))
+    state.add_messages([message])
+
+    stored = state.get_message(message.message_id)
+    assert stored is not None
+    assert fit_evaluate.model_of(stored.content) is None
 
 
-def test_pending_tasks_are_per_node_in_creation_order(state: State, run_id: int) -> None:
-    late = fit_task(run_id, 1, created_at=3.0)
-    early = fit_task(run_id, 1, created_at=1.0)
-    middle = fit_task(run_id, 1, created_at=2.0)
-    other = fit_task(run_id, 2, created_at=0.5)
-    state.add_tasks([late, early, other, middle])
+def test_unknown_message_is_none(state: State) -> None:
+    assert state.get_message("nope") is None
 
-    assert [t.task_id for t in state.pending_tasks(1)] == [
-        early.task_id,
-        middle.task_id,
-        late.task_id,
+
+def test_pending_messages_are_per_node_in_creation_order(state: State, run_id: int) -> None:
+    late = train(run_id, 1, created_at=3.0)
+    early = train(run_id, 1, created_at=1.0)
+    middle = train(run_id, 1, created_at=2.0)
+    other = train(run_id, 2, created_at=0.5)
+    state.add_messages([late, early, other, middle])
+
+    assert [m.message_id for m in state.pending_messages(1)] == [
+        early.message_id,
+        middle.message_id,
+        late.message_id,
     ]
-    assert [t.task_id for t in state.pending_tasks(2)] == [other.task_id]
-    assert state.pending_tasks(3) == []
+    assert [m.message_id for m in state.pending_messages(2)] == [other.message_id]
+    assert state.pending_messages(3) == []
 
 
-def test_delivered_task_is_no_longer_pending_but_still_open(state: State, run_id: int) -> None:
-    first, second = fit_task(run_id, 1), fit_task(run_id, 1)
-    state.add_tasks([first, second])
+def test_delivered_instruction_is_no_longer_pending_but_still_open(
+    state: State, run_id: int
+) -> None:
+    first, second = train(run_id, 1), train(run_id, 1)
+    state.add_messages([first, second])
 
-    state.mark_delivered(first.task_id)
+    state.mark_delivered(first.message_id)
 
-    assert [t.task_id for t in state.pending_tasks(1)] == [second.task_id]
-    assert {t.task_id for t in state.open_tasks(1)} == {first.task_id, second.task_id}
-
-
-def test_open_tasks_are_per_node(state: State, run_id: int) -> None:
-    mine, theirs = fit_task(run_id, 1), fit_task(run_id, 2)
-    state.add_tasks([mine, theirs])
-
-    assert [t.task_id for t in state.open_tasks(1)] == [mine.task_id]
+    assert [m.message_id for m in state.pending_messages(1)] == [second.message_id]
+    assert {m.message_id for m in state.open_messages(1)} == {
+        first.message_id,
+        second.message_id,
+    }
 
 
-def test_mark_delivered_on_an_answered_task_does_not_reopen_it(state: State, run_id: int) -> None:
-    task = fit_task(run_id, 1)
-    state.add_tasks([task])
-    state.add_result(result_for(task))
+def test_open_messages_are_per_node(state: State, run_id: int) -> None:
+    mine, theirs = train(run_id, 1), train(run_id, 2)
+    state.add_messages([mine, theirs])
 
-    state.mark_delivered(task.task_id)
-
-    assert state.open_tasks(1) == []
-    assert state.pending_tasks(1) == []
+    assert [m.message_id for m in state.open_messages(1)] == [mine.message_id]
 
 
-def test_adding_no_tasks_is_fine(state: State) -> None:
-    state.add_tasks([])
+def test_mark_delivered_on_an_answered_instruction_does_not_reopen_it(
+    state: State, run_id: int
+) -> None:
+    message = train(run_id, 1)
+    state.add_messages([message])
+    state.add_reply(reply_for(message))
+
+    state.mark_delivered(message.message_id)
+
+    assert state.open_messages(1) == []
+    assert state.pending_messages(1) == []
 
 
-# --- results --------------------------------------------------------------------------------
+def test_adding_no_messages_is_fine(state: State) -> None:
+    state.add_messages([])
 
 
-def test_first_result_wins(state: State, run_id: int) -> None:
-    task = fit_task(run_id, 1)
-    state.add_tasks([task])
-    first = result_for(task, num_examples=10, loss=0.5, metrics={"acc": 0.9})
-    second = result_for(task, num_examples=99, error="late duplicate")
-
-    assert state.add_result(first) is True
-    assert state.add_result(second) is False
-
-    assert state.get_results([task.task_id]) == [first]
+# --- replies --------------------------------------------------------------------------------
 
 
-def test_answered_task_is_no_longer_open_or_pending(state: State, run_id: int) -> None:
-    answered, waiting = fit_task(run_id, 1), fit_task(run_id, 1)
-    state.add_tasks([answered, waiting])
-    state.mark_delivered(answered.task_id)
+def test_first_reply_wins(state: State, run_id: int) -> None:
+    message = train(run_id, 1)
+    state.add_messages([message])
+    first = reply_for(message, num_examples=10, loss=0.5, metrics={"acc": 0.9})
+    second = reply_for(message, num_examples=99, error="late duplicate")
 
-    state.add_result(result_for(answered))
+    assert state.add_reply(first) is True
+    assert state.add_reply(second) is False
 
-    assert [t.task_id for t in state.open_tasks(1)] == [waiting.task_id]
-    assert [t.task_id for t in state.pending_tasks(1)] == [waiting.task_id]
-
-
-def test_result_for_an_unknown_task_is_not_stored(state: State) -> None:
-    orphan = Result("no-such-task", 1, 1, "fit")
-
-    assert state.add_result(orphan) is False
-    assert state.get_results(["no-such-task"]) == []
+    assert state.get_replies([message.message_id]) == [first]
 
 
-def test_result_reads_back_with_every_field(state: State, run_id: int) -> None:
-    task = fit_task(run_id, 3)
-    state.add_tasks([task])
-    result = result_for(
-        task,
-        parameters=BlobRef(DIGEST_B, 4096),
+def test_answered_instruction_is_no_longer_open_or_pending(state: State, run_id: int) -> None:
+    answered, waiting = train(run_id, 1), train(run_id, 1)
+    state.add_messages([answered, waiting])
+    state.mark_delivered(answered.message_id)
+
+    state.add_reply(reply_for(answered))
+
+    assert [m.message_id for m in state.open_messages(1)] == [waiting.message_id]
+    assert [m.message_id for m in state.pending_messages(1)] == [waiting.message_id]
+
+
+def test_reply_to_an_unknown_instruction_is_not_stored(state: State) -> None:
+    orphan = Message(1, 1, TRAIN, reply_to="no-such-message")
+
+    assert state.add_reply(orphan) is False
+    assert state.get_replies(["no-such-message"]) == []
+
+
+def test_reply_reads_back_with_every_field(state: State, run_id: int) -> None:
+    message = train(run_id, 3)
+    state.add_messages([message])
+    reply = reply_for(
+        message,
+        model=BlobRef(DIGEST_B, 4096),
         num_examples=128,
         loss=0.125,
         metrics={"acc": 0.75, "n": 3, "ok": True, "who": "me", "raw": b"\x01\x02"},
         created_at=9.5,
     )
+    reply.content.configs["extra"] = {"note": "kept", "raw": b"\x03"}
 
-    state.add_result(result)
+    state.add_reply(reply)
 
-    assert state.get_results([task.task_id]) == [result]
+    assert state.get_replies([message.message_id]) == [reply]
 
 
-def test_error_result_keeps_its_error(state: State, run_id: int) -> None:
-    task = fit_task(run_id, 3)
-    state.add_tasks([task])
+def test_error_reply_keeps_its_error(state: State, run_id: int) -> None:
+    message = train(run_id, 3)
+    state.add_messages([message])
 
-    state.add_result(result_for(task, error="ClientApp raised ValueError: boom"))
+    state.add_reply(reply_for(message, error="ClientApp raised ValueError: boom"))
 
-    (stored,) = state.get_results([task.task_id])
+    (stored,) = state.get_replies([message.message_id])
     assert not stored.ok
     assert stored.error == "ClientApp raised ValueError: boom"
-    assert stored.parameters is None
+    assert fit_evaluate.model_of(stored.content) is None
 
 
-def test_get_results_skips_ids_without_results(state: State, run_id: int) -> None:
-    answered, waiting = fit_task(run_id, 1), fit_task(run_id, 2)
-    state.add_tasks([answered, waiting])
-    state.add_result(result_for(answered))
+def test_get_replies_skips_ids_without_replies(state: State, run_id: int) -> None:
+    answered, waiting = train(run_id, 1), train(run_id, 2)
+    state.add_messages([answered, waiting])
+    state.add_reply(reply_for(answered))
 
-    results = state.get_results([waiting.task_id, answered.task_id, "unknown"])
+    replies = state.get_replies([waiting.message_id, answered.message_id, "unknown"])
 
-    assert [r.task_id for r in results] == [answered.task_id]
-
-
-def test_get_results_of_no_ids_is_empty(state: State) -> None:
-    assert state.get_results([]) == []
+    assert [r.reply_to for r in replies] == [answered.message_id]
 
 
-def test_get_results_with_more_than_500_ids(state: State, run_id: int) -> None:
-    tasks = [fit_task(run_id, n % 7) for n in range(1234)]
-    state.add_tasks(tasks)
-    for n, task in enumerate(tasks):
-        assert state.add_result(result_for(task, num_examples=n + 1))
+def test_get_replies_of_no_ids_is_empty(state: State) -> None:
+    assert state.get_replies([]) == []
 
-    results = state.get_results(t.task_id for t in tasks)  # any iterable will do
 
-    assert len(results) == 1234
-    assert {r.task_id: r.num_examples for r in results} == {
-        t.task_id: n + 1 for n, t in enumerate(tasks)
+def test_get_replies_with_more_than_500_ids(state: State, run_id: int) -> None:
+    messages = [train(run_id, n % 7) for n in range(1234)]
+    state.add_messages(messages)
+    for n, message in enumerate(messages):
+        assert state.add_reply(reply_for(message, num_examples=n + 1))
+
+    replies = state.get_replies(m.message_id for m in messages)  # any iterable will do
+
+    assert len(replies) == 1234
+    assert {r.reply_to: fit_evaluate.num_examples(r.content) for r in replies} == {
+        m.message_id: n + 1 for n, m in enumerate(messages)
     }
 
 
@@ -358,13 +398,19 @@ def test_everything_survives_closing_and_reopening(open_state: Opener) -> None:
     run_id = first.create_run("app:x", {"lr": 0.1, "raw": b"\xff"}, now=1.0)
     other_run = first.create_run("app:y", {}, now=1.0)
     first.finish_run(other_run, "completed", "", now=3.0)
-    answered = Task(run_id, 1, "fit", BlobRef(DIGEST_A, 10), {"epochs": 2}, created_at=1.0)
-    delivered = Task(run_id, 1, "evaluate", created_at=2.0)
-    pending = Task(run_id, 1, "fit", created_at=3.0)
-    first.add_tasks([answered, delivered, pending])
-    first.mark_delivered(delivered.task_id)
-    result = result_for(answered, parameters=BlobRef(DIGEST_B, 20), num_examples=5, loss=0.5)
-    first.add_result(result)
+    answered = Message(
+        run_id,
+        1,
+        TRAIN,
+        fit_evaluate.instruction(BlobRef(DIGEST_A, 10), {"epochs": 2}),
+        created_at=1.0,
+    )
+    delivered = Message(run_id, 1, EVALUATE, fit_evaluate.instruction(None, {}), created_at=2.0)
+    pending = train(run_id, 1, created_at=3.0)
+    first.add_messages([answered, delivered, pending])
+    first.mark_delivered(delivered.message_id)
+    reply = reply_for(answered, model=BlobRef(DIGEST_B, 20), num_examples=5, loss=0.5)
+    first.add_reply(reply)
     first.add_blob(DIGEST_A, 10, now=1.0)
     first.close()
 
@@ -374,11 +420,14 @@ def test_everything_survives_closing_and_reopening(open_state: Opener) -> None:
         assert reopened.list_nodes("left") == [2]
         assert reopened.get_run(run_id).run_config == {"lr": 0.1, "raw": b"\xff"}  # type: ignore[union-attr]
         assert reopened.get_run(other_run).status == "completed"  # type: ignore[union-attr]
-        assert reopened.get_task(answered.task_id) == answered
-        assert [t.task_id for t in reopened.pending_tasks(1)] == [pending.task_id]
-        assert {t.task_id for t in reopened.open_tasks(1)} == {delivered.task_id, pending.task_id}
-        assert reopened.get_results([answered.task_id]) == [result]
-        assert reopened.add_result(result_for(answered)) is False  # first still wins
+        assert reopened.get_message(answered.message_id) == answered
+        assert [m.message_id for m in reopened.pending_messages(1)] == [pending.message_id]
+        assert {m.message_id for m in reopened.open_messages(1)} == {
+            delivered.message_id,
+            pending.message_id,
+        }
+        assert reopened.get_replies([answered.message_id]) == [reply]
+        assert reopened.add_reply(reply_for(answered)) is False  # first still wins
         assert reopened.has_blob(DIGEST_A)
         assert reopened.create_run("app:z", {}, now=4.0) not in (run_id, other_run)
     finally:
@@ -394,7 +443,7 @@ def test_database_from_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
 
-    with pytest.raises(ConfigurationError, match="newer") as info:
+    with pytest.raises(ConfigurationError, match="newer Pollen") as info:
         SqliteState(path)
 
     assert str(path) in str(info.value)
@@ -435,13 +484,13 @@ def test_file_that_is_not_sqlite_is_refused(tmp_path: Path, content: bytes) -> N
         SqliteState(path)
 
 
-def test_idle_running_runs_are_found_by_their_last_task_or_result(tmp_path: Path) -> None:
+def test_idle_running_runs_are_found_by_their_last_message(tmp_path: Path) -> None:
     state = SqliteState(tmp_path / "s.db")
     try:
         quiet = state.create_run("a", {}, 0.0)
         busy = state.create_run("b", {}, 0.0)
-        state.add_tasks([Task(quiet, 7, "fit", created_at=10.0)])
-        state.add_tasks([Task(busy, 7, "fit", created_at=100.0)])
+        state.add_messages([train(quiet, 7, created_at=10.0)])
+        state.add_messages([train(busy, 7, created_at=100.0)])
         assert state.idle_running_runs(50.0) == [quiet]
         state.abandon_run(quiet, "abandoned")
         assert state.idle_running_runs(50.0) == []

@@ -1,4 +1,4 @@
-"""The buffers a SuperNode reuses between tasks never change arrays an app still holds."""
+"""The buffers a SuperNode reuses between messages never change arrays an app still holds."""
 
 from __future__ import annotations
 
@@ -8,20 +8,21 @@ from typing import Any
 import numpy as np
 
 from pollen.client import ClientApp, NumPyClient
-from pollen.records.arrays import encode_arrays
+from pollen.records import fit_evaluate
+from pollen.records.arrays import buffer_in_use, encode_arrays
 from pollen.records.content_address import content_digest
-from pollen.records.messages import BlobRef, Result, Task
-from pollen.supernode.task_runner import TaskRunner, _viewed
+from pollen.records.messages import BlobRef, Message
+from pollen.supernode.task_runner import TaskRunner
 
 
 class StoredBlobs:
-    """Stands in for the SuperLink's Fleet API: blobs by digest, results in a list."""
+    """Stands in for the SuperLink's Fleet API: blobs by digest, replies in a list."""
 
     node_id = 1
 
     def __init__(self) -> None:
         self.blobs: dict[str, bytes] = {}
-        self.results: list[Result] = []
+        self.results: list[Message] = []
 
     def put(self, arrays: list[np.ndarray]) -> BlobRef:
         data = bytes(encode_arrays(arrays))
@@ -39,8 +40,14 @@ class StoredBlobs:
         self.blobs[content_digest(data)] = data
         return BlobRef(content_digest(data), len(data))
 
-    async def push_result(self, result: Result) -> None:
-        self.results.append(result)
+    async def push_reply(self, reply: Message) -> None:
+        self.results.append(reply)
+
+
+def fit(ref: BlobRef) -> Message:
+    return Message(
+        run_id=1, node_id=1, message_type="train", content=fit_evaluate.instruction(ref, {})
+    )
 
 
 class KeepsItsModel(NumPyClient):
@@ -59,7 +66,7 @@ class KeepsItsModel(NumPyClient):
 async def let_go(runner: TaskRunner) -> None:
     """Wait (up to 5 s) for the worker thread that ran the app to drop its arrays."""
     for _ in range(500):
-        if runner._app_buffer is not None and not _viewed(runner._app_buffer):
+        if runner._app_buffers and not buffer_in_use(runner._app_buffers[0]):
             return
         await asyncio.sleep(0.01)
 
@@ -76,9 +83,8 @@ def run_two_fits(keep: bool) -> tuple[KeepsItsModel, list[int]]:
 
     async def scenario() -> None:
         for ref in (first, second):
-            task = Task(run_id=1, node_id=1, kind="fit", parameters=ref)
-            await runner.run(fleet, task)  # type: ignore[arg-type]
-            copies.append(id(runner._app_buffer))
+            await runner.run(fleet, fit(ref))  # type: ignore[arg-type]
+            copies.append(id(runner._app_buffers[0]))
             if not keep:
                 await let_go(runner)
 
@@ -115,7 +121,7 @@ def test_an_app_that_keeps_one_array_of_its_model_keeps_that_array_intact() -> N
 
     async def scenario() -> None:
         for ref in refs:
-            await runner.run(fleet, Task(run_id=1, node_id=1, kind="fit", parameters=ref))  # type: ignore[arg-type]
+            await runner.run(fleet, fit(ref))  # type: ignore[arg-type]
 
     asyncio.run(scenario())
     assert kept[0].tolist() == [1.0] * 10

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from pollen.proto import common_pb2 as pb
-from pollen.records.messages import BlobRef, Task
+from pollen.records import fit_evaluate
+from pollen.records.messages import BlobRef, Message
 from pollen.server.run import ServerAppConfig, run_server_app
 from pollen.superlink.server import SuperLink, SuperLinkConfig, open_superlink
 from pollen.superlink.stream_limits import BlobStreams
@@ -77,7 +78,8 @@ def partial_files(link: SuperLink) -> list[Path]:
 
 @dataclass
 class Attacker:
-    """A listed node in good standing that holds a task (so it may upload and download)."""
+    """A listed node in good standing that holds an instruction (so it may upload and
+    download)."""
 
     link: SuperLink
     client: Peer
@@ -129,11 +131,11 @@ def stalled_upload(
 
 
 @contextlib.asynccontextmanager
-async def attacker_with_a_task(
+async def attacker_with_an_instruction(
     tmp_path: Path, seed: Seed, model_bytes: int, **settings: Any
 ) -> AsyncIterator[Attacker]:
-    """A SuperLink (limit `LIMIT`, idle timeout `IDLE`), node 1 holding a task whose model
-    has ``model_bytes`` bytes, and its task stream open."""
+    """A SuperLink (limit `LIMIT`, idle timeout `IDLE`), node 1 holding an instruction whose
+    model has ``model_bytes`` bytes, and its message stream open."""
     clock = Clock()
     allowed = allowlist_file(tmp_path / "allowed.csv", *(seed.identity(i) for i in (1, 2, 3)))
     config: SuperLinkConfig = secure_config(tmp_path, seed, clock=clock, client_keys=allowed)
@@ -149,18 +151,19 @@ async def attacker_with_a_task(
         await client.join()
         fleet = FleetClient(client.channel)
         await fleet.register()
-        inbox: asyncio.Queue[Task] = asyncio.Queue()
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
 
-        async def read_tasks() -> None:
-            async for task in fleet.tasks():
-                inbox.put_nowait(task)
+        async def read_instructions() -> None:
+            async for instruction in fleet.instructions():
+                inbox.put_nowait(instruction)
 
-        reader = asyncio.create_task(read_tasks())
+        reader = asyncio.create_task(read_instructions())
         try:
             await wait_until(lambda: link.dispatcher.online_nodes() == [fleet.node_id], 5)
             run_id, _ = await driver.create_run("flood", {})
             model = await driver.upload_arrays([np.ones(model_bytes // 4, np.float32)], run_id)
-            await driver.push_tasks(run_id, [Task(run_id, fleet.node_id, "fit", parameters=model)])
+            content = fit_evaluate.instruction(model, {})
+            await driver.send(run_id, [Message(run_id, fleet.node_id, "train", content)])
             await asyncio.wait_for(inbox.get(), 5)
             yield Attacker(link, client, fleet, run_id, model, clock)
         finally:
@@ -201,7 +204,7 @@ async def a_node_joins_and_trains(link: SuperLink, seed: Seed, tmp_path: Path) -
 
 
 async def left(attacker: Attacker) -> None:
-    """The attacker's task stream is closed and the SuperLink saw it go."""
+    """The attacker's message stream is closed and the SuperLink saw it go."""
     await attacker.client.close()
     await wait_until(lambda: attacker.link.dispatcher.online_nodes() == [], 5)
 
@@ -225,7 +228,7 @@ def test_uploads_beyond_the_limit_are_refused_and_a_new_one_works_once_they_end(
     tmp_path: Path, seed: Seed
 ) -> None:
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, MiB) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, MiB) as attacker:
             descriptors = open_descriptors()
             stalled = [attacker.stalled_upload(64 * 1024) for _ in range(LIMIT)]
             with cancelled(*stalled):
@@ -258,7 +261,7 @@ def test_a_stalled_upload_is_cut_after_the_idle_timeout_and_its_partial_file_rem
     tmp_path: Path, seed: Seed
 ) -> None:
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, MiB) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, MiB) as attacker:
             descriptors = open_descriptors()
             upload = attacker.stalled_upload(256 * 1024)
             with cancelled(upload):
@@ -288,7 +291,7 @@ def test_unread_downloads_are_bounded_and_release_memory_and_descriptors(
     flood = 40
 
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, 16 * MiB) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, 16 * MiB) as attacker:
             await attacker.fleet.download_blob(attacker.model)  # warm up: buffers, allocator
             memory, descriptors = rss_mib(), open_descriptors()
             calls = [attacker.download() for _ in range(flood)]
@@ -321,7 +324,7 @@ def test_a_revoked_keys_open_download_and_upload_are_cut_at_once(
     model_bytes = 48 * MiB
 
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, model_bytes) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, model_bytes) as attacker:
             download = attacker.download()
             gate = asyncio.Event()
             upload = attacker.stalled_upload(8 * MiB, gate)
@@ -360,7 +363,7 @@ def test_no_file_descriptor_left_is_resource_exhausted_with_a_message_not_unknow
     """EMFILE while opening a blob file (the issue: a raw OSError reached the client)."""
 
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, MiB) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, MiB) as attacker:
             blob_dir = attacker.link.blobs.root
             real_open = Path.open
 
@@ -428,7 +431,7 @@ def test_a_session_displaced_by_another_process_with_its_key_loses_its_uploads(
     tmp_path: Path, seed: Seed
 ) -> None:
     async def scenario() -> None:
-        async with attacker_with_a_task(tmp_path, seed, MiB) as attacker:
+        async with attacker_with_an_instruction(tmp_path, seed, MiB) as attacker:
             upload = attacker.stalled_upload(64 * 1024)
             with cancelled(upload):
                 await wait_until(lambda: len(partial_files(attacker.link)) == 1, 5)

@@ -1,30 +1,26 @@
-"""`ClientApp`: what a SuperNode runs for each task."""
+"""`ClientApp`: what a SuperNode runs for each message it receives."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pollen.client.client import Client
 from pollen.client.numpy_client import NumPyClient, NumPyClientAdapter
 from pollen.errors import ClientAppError
+from pollen.records import fit_evaluate
 from pollen.records.context import Context
-from pollen.records.messages import TaskKind
-from pollen.records.typing import Config, Metrics, NDArrays
+from pollen.records.messages import EVALUATE, TRAIN, Records, base_type, check_message_type
+from pollen.records.typing import NDArrays
 
 ClientFn = Callable[..., Client | NumPyClient]
 
+Content = Records[NDArrays]
+"""A message's content inside an app: array records decoded into numpy arrays."""
 
-@dataclass
-class Reply:
-    """A ClientApp's answer to one task."""
-
-    parameters: NDArrays | None = None
-    num_examples: int = 0
-    loss: float = 0.0
-    metrics: Metrics = field(default_factory=dict)
+Handler = Callable[[Content, Context], Content]
+"""Does the work one message asks for: its content in, the reply's content out."""
 
 
 def _wants_cid(client_fn: ClientFn) -> bool:
@@ -40,19 +36,52 @@ def _wants_cid(client_fn: ClientFn) -> bool:
 
 
 class ClientApp:
-    """Builds a client per task with ``client_fn`` and runs the task on it.
+    """Runs each message a node receives through the handler registered for its type.
 
-    ``client_fn(context)`` receives the node's `Context` (``context.node_config``
-    holds ``--node-config``) and returns a `NumPyClient` or `Client`.
+    ``ClientApp(client_fn=...)`` registers the 1.8-era handlers: ``client_fn(context)``
+    receives the node's `Context` (``context.node_config`` holds ``--node-config``)
+    and returns a `NumPyClient` or `Client`, whose ``fit``, ``evaluate`` and
+    ``get_parameters`` answer ``train``, ``evaluate`` and ``query.get_parameters``
+    messages.
     """
 
-    def __init__(self, client_fn: ClientFn) -> None:
+    def __init__(self, client_fn: ClientFn | None = None) -> None:
+        self._handlers: dict[str, Handler] = {}
+        self.client_fn = client_fn
+        if client_fn is None:
+            return
         if not callable(client_fn):
             raise TypeError("ClientApp(client_fn=...) needs a function returning a client")
-        self.client_fn = client_fn
         self._wants_cid = _wants_cid(client_fn)
+        self.register(fit_evaluate.GET_PARAMETERS, self._get_parameters)
+        self.register(TRAIN, self._fit)
+        self.register(EVALUATE, self._evaluate)
 
+    def register(self, message_type: str, handler: Handler) -> None:
+        """Answer messages of ``message_type`` (``train``, or ``train.action`` for one
+        action only) with ``handler``."""
+        message_type = check_message_type(message_type)
+        if message_type in self._handlers:
+            raise ClientAppError(f"this ClientApp already handles {message_type!r} messages")
+        self._handlers[message_type] = handler
+
+    def handler_for(self, message_type: str) -> Handler:
+        """The handler of ``message_type``, else of its kind (``train`` for ``train.x``)."""
+        handler = self._handlers.get(message_type) or self._handlers.get(base_type(message_type))
+        if handler is None:
+            known = ", ".join(sorted(self._handlers)) or "none"
+            raise ClientAppError(
+                f"this ClientApp does not handle {message_type!r} messages (it handles: {known})"
+            )
+        return handler
+
+    def handle(self, message_type: str, content: Content, context: Context) -> Content:
+        """Run one message and return the content of its reply."""
+        return self.handler_for(message_type)(content, context)
+
+    # The 1.8-era handlers: a fresh client per message, as Flower builds one.
     def _client(self, context: Context) -> Client:
+        assert self.client_fn is not None, "registered with a client_fn only"
         made: Any = self.client_fn(str(context.node_id) if self._wants_cid else context)
         if isinstance(made, NumPyClient):
             made.context = context
@@ -66,15 +95,18 @@ class ClientApp:
             f"client_fn returned a {type(made).__name__}; return a NumPyClient or Client"
         )
 
-    def run_task(
-        self, kind: TaskKind, parameters: NDArrays, config: Config, context: Context
-    ) -> Reply:
-        """Run one task and return its reply."""
+    def _get_parameters(self, content: Content, context: Context) -> Content:
         client = self._client(context)
-        if kind == "get_parameters":
-            return Reply(parameters=client.get_parameters(config))
-        if kind == "fit":
-            fit = client.fit(parameters, config)
-            return Reply(fit.parameters, fit.num_examples, 0.0, fit.metrics)
-        evaluation = client.evaluate(parameters, config)
-        return Reply(None, evaluation.num_examples, evaluation.loss, evaluation.metrics)
+        return fit_evaluate.parameters_reply(client.get_parameters(fit_evaluate.config_of(content)))
+
+    def _fit(self, content: Content, context: Context) -> Content:
+        client = self._client(context)
+        model = fit_evaluate.model_of(content) or []
+        result = client.fit(model, fit_evaluate.config_of(content))
+        return fit_evaluate.fit_reply(result)
+
+    def _evaluate(self, content: Content, context: Context) -> Content:
+        client = self._client(context)
+        model = fit_evaluate.model_of(content) or []
+        result = client.evaluate(model, fit_evaluate.config_of(content))
+        return fit_evaluate.evaluate_reply(result)

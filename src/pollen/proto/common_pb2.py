@@ -24,37 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/common.proto\x12\tpollen.v1\"\x83\x01\n\x06Scalar\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\'\n\x07\x42lobRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\xf1\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12&\n\nparameters\x18\x05 \x01(\x0b\x32\x12.pollen.v1.BlobRef\x12+\n\x06\x63onfig\x18\x06 \x03(\x0b\x32\x1b.pollen.v1.Task.ConfigEntry\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x1a@\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"\xab\x02\n\x06Result\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12&\n\nparameters\x18\x05 \x01(\x0b\x32\x12.pollen.v1.BlobRef\x12\x14\n\x0cnum_examples\x18\x06 \x01(\x04\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12/\n\x07metrics\x18\x08 \x03(\x0b\x32\x1e.pollen.v1.Result.MetricsEntry\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x12\n\ncreated_at\x18\n \x01(\x01\x1a\x41\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"\xaa\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x31\n\nrun_config\x18\x03 \x03(\x0b\x32\x1d.pollen.v1.Run.RunConfigEntry\x12\x0e\n\x06status\x18\x04 \x01(\t\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"n\n\tBlobChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07node_id\x18\x05 \x01(\x04\x12\x0e\n\x06run_id\x18\x06 \x01(\x04\"F\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/common.proto\x12\tpollen.v1\"\x83\x01\n\x06Scalar\x12\x16\n\x0c\x64ouble_value\x18\x01 \x01(\x01H\x00\x12\x13\n\tint_value\x18\x02 \x01(\x12H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x16\n\x0cstring_value\x18\x04 \x01(\tH\x00\x12\x15\n\x0b\x62ytes_value\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\'\n\x07\x42lobRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x85\x01\n\x0cScalarRecord\x12\x33\n\x06values\x18\x01 \x03(\x0b\x32#.pollen.v1.ScalarRecord.ValuesEntry\x1a@\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"\xf2\x02\n\x07Records\x12.\n\x06\x61rrays\x18\x01 \x03(\x0b\x32\x1e.pollen.v1.Records.ArraysEntry\x12\x30\n\x07metrics\x18\x02 \x03(\x0b\x32\x1f.pollen.v1.Records.MetricsEntry\x12\x30\n\x07\x63onfigs\x18\x03 \x03(\x0b\x32\x1f.pollen.v1.Records.ConfigsEntry\x1a\x41\n\x0b\x41rraysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.pollen.v1.BlobRef:\x02\x38\x01\x1aG\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.pollen.v1.ScalarRecord:\x02\x38\x01\x1aG\n\x0c\x43onfigsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.pollen.v1.ScalarRecord:\x02\x38\x01\"\xae\x01\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x12\x14\n\x0cmessage_type\x18\x04 \x01(\t\x12#\n\x07\x63ontent\x18\x05 \x01(\x0b\x32\x12.pollen.v1.Records\x12\x10\n\x08reply_to\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\"\xaa\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x31\n\nrun_config\x18\x03 \x03(\x0b\x32\x1d.pollen.v1.Run.RunConfigEntry\x12\x0e\n\x06status\x18\x04 \x01(\t\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"n\n\tBlobChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07node_id\x18\x05 \x01(\x04\x12\x0e\n\x06run_id\x18\x06 \x01(\x04\"F\n\x13\x44ownloadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0f\n\x07node_id\x18\x03 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pollen.proto.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK_CONFIGENTRY']._loaded_options = None
-  _globals['_TASK_CONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_RESULT_METRICSENTRY']._loaded_options = None
-  _globals['_RESULT_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_SCALARRECORD_VALUESENTRY']._loaded_options = None
+  _globals['_SCALARRECORD_VALUESENTRY']._serialized_options = b'8\001'
+  _globals['_RECORDS_ARRAYSENTRY']._loaded_options = None
+  _globals['_RECORDS_ARRAYSENTRY']._serialized_options = b'8\001'
+  _globals['_RECORDS_METRICSENTRY']._loaded_options = None
+  _globals['_RECORDS_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_RECORDS_CONFIGSENTRY']._loaded_options = None
+  _globals['_RECORDS_CONFIGSENTRY']._serialized_options = b'8\001'
   _globals['_RUN_RUNCONFIGENTRY']._loaded_options = None
   _globals['_RUN_RUNCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_SCALAR']._serialized_start=41
   _globals['_SCALAR']._serialized_end=172
   _globals['_BLOBREF']._serialized_start=174
   _globals['_BLOBREF']._serialized_end=213
-  _globals['_TASK']._serialized_start=216
-  _globals['_TASK']._serialized_end=457
-  _globals['_TASK_CONFIGENTRY']._serialized_start=393
-  _globals['_TASK_CONFIGENTRY']._serialized_end=457
-  _globals['_RESULT']._serialized_start=460
-  _globals['_RESULT']._serialized_end=759
-  _globals['_RESULT_METRICSENTRY']._serialized_start=694
-  _globals['_RESULT_METRICSENTRY']._serialized_end=759
-  _globals['_RUN']._serialized_start=762
-  _globals['_RUN']._serialized_end=932
-  _globals['_RUN_RUNCONFIGENTRY']._serialized_start=865
-  _globals['_RUN_RUNCONFIGENTRY']._serialized_end=932
-  _globals['_BLOBCHUNK']._serialized_start=934
-  _globals['_BLOBCHUNK']._serialized_end=1044
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1046
-  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1116
+  _globals['_SCALARRECORD']._serialized_start=216
+  _globals['_SCALARRECORD']._serialized_end=349
+  _globals['_SCALARRECORD_VALUESENTRY']._serialized_start=285
+  _globals['_SCALARRECORD_VALUESENTRY']._serialized_end=349
+  _globals['_RECORDS']._serialized_start=352
+  _globals['_RECORDS']._serialized_end=722
+  _globals['_RECORDS_ARRAYSENTRY']._serialized_start=511
+  _globals['_RECORDS_ARRAYSENTRY']._serialized_end=576
+  _globals['_RECORDS_METRICSENTRY']._serialized_start=578
+  _globals['_RECORDS_METRICSENTRY']._serialized_end=649
+  _globals['_RECORDS_CONFIGSENTRY']._serialized_start=651
+  _globals['_RECORDS_CONFIGSENTRY']._serialized_end=722
+  _globals['_MESSAGE']._serialized_start=725
+  _globals['_MESSAGE']._serialized_end=899
+  _globals['_RUN']._serialized_start=902
+  _globals['_RUN']._serialized_end=1072
+  _globals['_RUN_RUNCONFIGENTRY']._serialized_start=1005
+  _globals['_RUN_RUNCONFIGENTRY']._serialized_end=1072
+  _globals['_BLOBCHUNK']._serialized_start=1074
+  _globals['_BLOBCHUNK']._serialized_end=1184
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_start=1186
+  _globals['_DOWNLOADBLOBREQUEST']._serialized_end=1256
 # @@protoc_insertion_point(module_scope)

@@ -28,61 +28,69 @@ class BlobRef(_message.Message):
     size: int
     def __init__(self, digest: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
-class Task(_message.Message):
-    __slots__ = ("task_id", "run_id", "node_id", "kind", "parameters", "config", "created_at")
-    class ConfigEntry(_message.Message):
+class ScalarRecord(_message.Message):
+    __slots__ = ("values",)
+    class ValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: Scalar
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_FIELD_NUMBER: _ClassVar[int]
-    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    task_id: str
-    run_id: int
-    node_id: int
-    kind: str
-    parameters: BlobRef
-    config: _containers.MessageMap[str, Scalar]
-    created_at: float
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[int] = ..., node_id: _Optional[int] = ..., kind: _Optional[str] = ..., parameters: _Optional[_Union[BlobRef, _Mapping]] = ..., config: _Optional[_Mapping[str, Scalar]] = ..., created_at: _Optional[float] = ...) -> None: ...
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.MessageMap[str, Scalar]
+    def __init__(self, values: _Optional[_Mapping[str, Scalar]] = ...) -> None: ...
 
-class Result(_message.Message):
-    __slots__ = ("task_id", "run_id", "node_id", "kind", "parameters", "num_examples", "loss", "metrics", "error", "created_at")
+class Records(_message.Message):
+    __slots__ = ("arrays", "metrics", "configs")
+    class ArraysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: BlobRef
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[BlobRef, _Mapping]] = ...) -> None: ...
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: Scalar
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Scalar, _Mapping]] = ...) -> None: ...
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+        value: ScalarRecord
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ScalarRecord, _Mapping]] = ...) -> None: ...
+    class ConfigsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: ScalarRecord
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[ScalarRecord, _Mapping]] = ...) -> None: ...
+    ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    CONFIGS_FIELD_NUMBER: _ClassVar[int]
+    arrays: _containers.MessageMap[str, BlobRef]
+    metrics: _containers.MessageMap[str, ScalarRecord]
+    configs: _containers.MessageMap[str, ScalarRecord]
+    def __init__(self, arrays: _Optional[_Mapping[str, BlobRef]] = ..., metrics: _Optional[_Mapping[str, ScalarRecord]] = ..., configs: _Optional[_Mapping[str, ScalarRecord]] = ...) -> None: ...
+
+class Message(_message.Message):
+    __slots__ = ("message_id", "run_id", "node_id", "message_type", "content", "reply_to", "error", "created_at")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
-    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
-    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
-    LOSS_FIELD_NUMBER: _ClassVar[int]
-    METRICS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
-    task_id: str
+    message_id: str
     run_id: int
     node_id: int
-    kind: str
-    parameters: BlobRef
-    num_examples: int
-    loss: float
-    metrics: _containers.MessageMap[str, Scalar]
+    message_type: str
+    content: Records
+    reply_to: str
     error: str
     created_at: float
-    def __init__(self, task_id: _Optional[str] = ..., run_id: _Optional[int] = ..., node_id: _Optional[int] = ..., kind: _Optional[str] = ..., parameters: _Optional[_Union[BlobRef, _Mapping]] = ..., num_examples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, Scalar]] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    def __init__(self, message_id: _Optional[str] = ..., run_id: _Optional[int] = ..., node_id: _Optional[int] = ..., message_type: _Optional[str] = ..., content: _Optional[_Union[Records, _Mapping]] = ..., reply_to: _Optional[str] = ..., error: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
 
 class Run(_message.Message):
     __slots__ = ("run_id", "app", "run_config", "status")

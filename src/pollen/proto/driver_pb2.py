@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pollen.proto import common_pb2 as pollen_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"6\n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x14\n\x0csuperlink_id\x18\x02 \x01(\t\"S\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x19\n\x11\x63heckpoint_digest\x18\x02 \x01(\t\x12\x14\n\x0csuperlink_id\x18\x03 \x01(\t\"&\n\x0eResumeRunReply\x12\x14\n\x0csuperlink_id\x18\x01 \x01(\t\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"B\n\x10PushTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x1e\n\x05tasks\x18\x02 \x03(\x0b\x32\x0f.pollen.v1.Task\"\"\n\x0ePushTasksReply\x12\x10\n\x08task_ids\x18\x01 \x03(\t\"8\n\x14StreamResultsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"Y\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ckeep_digests\x18\x04 \x03(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"A\n\x10PruneRunsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\x12\x11\n\tabandoned\x18\x02 \x01(\x08\"8\n\x0ePruneRunsReply\x12\x0f\n\x07run_ids\x18\x01 \x03(\x04\x12\x15\n\rblobs_deleted\x18\x02 \x01(\r2\xba\x05\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12\x43\n\tResumeRun\x12\x1b.pollen.v1.ResumeRunRequest\x1a\x19.pollen.v1.ResumeRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12\x43\n\tPushTasks\x12\x1b.pollen.v1.PushTasksRequest\x1a\x19.pollen.v1.PushTasksReply\x12\x45\n\rStreamResults\x12\x1f.pollen.v1.StreamResultsRequest\x1a\x11.pollen.v1.Result0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tPruneRuns\x12\x1b.pollen.v1.PruneRunsRequest\x1a\x19.pollen.v1.PruneRunsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"6\n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x14\n\x0csuperlink_id\x18\x02 \x01(\t\"S\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x19\n\x11\x63heckpoint_digest\x18\x02 \x01(\t\x12\x14\n\x0csuperlink_id\x18\x03 \x01(\t\"&\n\x0eResumeRunReply\x12\x14\n\x0csuperlink_id\x18\x01 \x01(\t\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"K\n\x13PushMessagesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.pollen.v1.Message\"(\n\x11PushMessagesReply\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\";\n\x14StreamRepliesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"Y\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ckeep_digests\x18\x04 \x03(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"A\n\x10PruneRunsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\x12\x11\n\tabandoned\x18\x02 \x01(\x08\"8\n\x0ePruneRunsReply\x12\x0f\n\x07run_ids\x18\x01 \x03(\x04\x12\x15\n\rblobs_deleted\x18\x02 \x01(\r2\xc4\x05\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12\x43\n\tResumeRun\x12\x1b.pollen.v1.ResumeRunRequest\x1a\x19.pollen.v1.ResumeRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12L\n\x0cPushMessages\x12\x1e.pollen.v1.PushMessagesRequest\x1a\x1c.pollen.v1.PushMessagesReply\x12\x46\n\rStreamReplies\x12\x1f.pollen.v1.StreamRepliesRequest\x1a\x12.pollen.v1.Message0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tPruneRuns\x12\x1b.pollen.v1.PruneRunsRequest\x1a\x19.pollen.v1.PruneRunsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,24 +48,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETNODESREQUEST']._serialized_end=448
   _globals['_GETNODESREPLY']._serialized_start=450
   _globals['_GETNODESREPLY']._serialized_end=483
-  _globals['_PUSHTASKSREQUEST']._serialized_start=485
-  _globals['_PUSHTASKSREQUEST']._serialized_end=551
-  _globals['_PUSHTASKSREPLY']._serialized_start=553
-  _globals['_PUSHTASKSREPLY']._serialized_end=587
-  _globals['_STREAMRESULTSREQUEST']._serialized_start=589
-  _globals['_STREAMRESULTSREQUEST']._serialized_end=645
-  _globals['_FINISHRUNREQUEST']._serialized_start=647
-  _globals['_FINISHRUNREQUEST']._serialized_end=736
-  _globals['_FINISHRUNREPLY']._serialized_start=738
-  _globals['_FINISHRUNREPLY']._serialized_end=754
-  _globals['_RELEASEBLOBSREQUEST']._serialized_start=756
-  _globals['_RELEASEBLOBSREQUEST']._serialized_end=810
-  _globals['_RELEASEBLOBSREPLY']._serialized_start=812
-  _globals['_RELEASEBLOBSREPLY']._serialized_end=848
-  _globals['_PRUNERUNSREQUEST']._serialized_start=850
-  _globals['_PRUNERUNSREQUEST']._serialized_end=915
-  _globals['_PRUNERUNSREPLY']._serialized_start=917
-  _globals['_PRUNERUNSREPLY']._serialized_end=973
-  _globals['_DRIVER']._serialized_start=976
-  _globals['_DRIVER']._serialized_end=1674
+  _globals['_PUSHMESSAGESREQUEST']._serialized_start=485
+  _globals['_PUSHMESSAGESREQUEST']._serialized_end=560
+  _globals['_PUSHMESSAGESREPLY']._serialized_start=562
+  _globals['_PUSHMESSAGESREPLY']._serialized_end=602
+  _globals['_STREAMREPLIESREQUEST']._serialized_start=604
+  _globals['_STREAMREPLIESREQUEST']._serialized_end=663
+  _globals['_FINISHRUNREQUEST']._serialized_start=665
+  _globals['_FINISHRUNREQUEST']._serialized_end=754
+  _globals['_FINISHRUNREPLY']._serialized_start=756
+  _globals['_FINISHRUNREPLY']._serialized_end=772
+  _globals['_RELEASEBLOBSREQUEST']._serialized_start=774
+  _globals['_RELEASEBLOBSREQUEST']._serialized_end=828
+  _globals['_RELEASEBLOBSREPLY']._serialized_start=830
+  _globals['_RELEASEBLOBSREPLY']._serialized_end=866
+  _globals['_PRUNERUNSREQUEST']._serialized_start=868
+  _globals['_PRUNERUNSREQUEST']._serialized_end=933
+  _globals['_PRUNERUNSREPLY']._serialized_start=935
+  _globals['_PRUNERUNSREPLY']._serialized_end=991
+  _globals['_DRIVER']._serialized_start=994
+  _globals['_DRIVER']._serialized_end=1702
 # @@protoc_insertion_point(module_scope)

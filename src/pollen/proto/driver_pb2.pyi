@@ -58,27 +58,27 @@ class GetNodesReply(_message.Message):
     node_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, node_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class PushTasksRequest(_message.Message):
-    __slots__ = ("run_id", "tasks")
+class PushMessagesRequest(_message.Message):
+    __slots__ = ("run_id", "messages")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    TASKS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
     run_id: int
-    tasks: _containers.RepeatedCompositeFieldContainer[_common_pb2.Task]
-    def __init__(self, run_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[_common_pb2.Task, _Mapping]]] = ...) -> None: ...
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]
+    def __init__(self, run_id: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.Message, _Mapping]]] = ...) -> None: ...
 
-class PushTasksReply(_message.Message):
-    __slots__ = ("task_ids",)
-    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
-    task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+class PushMessagesReply(_message.Message):
+    __slots__ = ("message_ids",)
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class StreamResultsRequest(_message.Message):
-    __slots__ = ("run_id", "task_ids")
+class StreamRepliesRequest(_message.Message):
+    __slots__ = ("run_id", "message_ids")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
-    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     run_id: int
-    task_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[int] = ..., task_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FinishRunRequest(_message.Message):
     __slots__ = ("run_id", "status", "message", "keep_digests")

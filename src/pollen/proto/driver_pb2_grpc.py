@@ -50,15 +50,15 @@ class DriverStub:
                 request_serializer=pollen_dot_proto_dot_driver__pb2.GetNodesRequest.SerializeToString,
                 response_deserializer=pollen_dot_proto_dot_driver__pb2.GetNodesReply.FromString,
                 _registered_method=True)
-        self.PushTasks = channel.unary_unary(
-                '/pollen.v1.Driver/PushTasks',
-                request_serializer=pollen_dot_proto_dot_driver__pb2.PushTasksRequest.SerializeToString,
-                response_deserializer=pollen_dot_proto_dot_driver__pb2.PushTasksReply.FromString,
+        self.PushMessages = channel.unary_unary(
+                '/pollen.v1.Driver/PushMessages',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.PushMessagesRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.PushMessagesReply.FromString,
                 _registered_method=True)
-        self.StreamResults = channel.unary_stream(
-                '/pollen.v1.Driver/StreamResults',
-                request_serializer=pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.SerializeToString,
-                response_deserializer=pollen_dot_proto_dot_common__pb2.Result.FromString,
+        self.StreamReplies = channel.unary_stream(
+                '/pollen.v1.Driver/StreamReplies',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.StreamRepliesRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_common__pb2.Message.FromString,
                 _registered_method=True)
         self.ReleaseBlobs = channel.unary_unary(
                 '/pollen.v1.Driver/ReleaseBlobs',
@@ -97,7 +97,7 @@ class DriverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeRun(self, request, context):
-        """Takes up a run again after its ServerApp stopped: its open tasks fail.
+        """Takes up a run again after its ServerApp stopped: its unanswered instructions fail.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,15 +109,15 @@ class DriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PushTasks(self, request, context):
+    def PushMessages(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamResults(self, request, context):
-        """Results of the given tasks, each sent the moment it exists; the stream
-        ends when every task has its result.
+    def StreamReplies(self, request, context):
+        """Replies to the given instructions, each sent the moment it exists; the
+        stream ends when every instruction has its reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,7 +131,7 @@ class DriverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PruneRuns(self, request, context):
-        """Deletes finished runs older than the given age, with their tasks, results and blobs.
+        """Deletes finished runs older than the given age, with their messages and blobs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,15 +174,15 @@ def add_DriverServicer_to_server(servicer, server):
                     request_deserializer=pollen_dot_proto_dot_driver__pb2.GetNodesRequest.FromString,
                     response_serializer=pollen_dot_proto_dot_driver__pb2.GetNodesReply.SerializeToString,
             ),
-            'PushTasks': grpc.unary_unary_rpc_method_handler(
-                    servicer.PushTasks,
-                    request_deserializer=pollen_dot_proto_dot_driver__pb2.PushTasksRequest.FromString,
-                    response_serializer=pollen_dot_proto_dot_driver__pb2.PushTasksReply.SerializeToString,
+            'PushMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushMessages,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.PushMessagesRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.PushMessagesReply.SerializeToString,
             ),
-            'StreamResults': grpc.unary_stream_rpc_method_handler(
-                    servicer.StreamResults,
-                    request_deserializer=pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.FromString,
-                    response_serializer=pollen_dot_proto_dot_common__pb2.Result.SerializeToString,
+            'StreamReplies': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamReplies,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.StreamRepliesRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_common__pb2.Message.SerializeToString,
             ),
             'ReleaseBlobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseBlobs,
@@ -302,7 +302,7 @@ class Driver:
             _registered_method=True)
 
     @staticmethod
-    def PushTasks(request,
+    def PushMessages(request,
             target,
             options=(),
             channel_credentials=None,
@@ -315,9 +315,9 @@ class Driver:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/pollen.v1.Driver/PushTasks',
-            pollen_dot_proto_dot_driver__pb2.PushTasksRequest.SerializeToString,
-            pollen_dot_proto_dot_driver__pb2.PushTasksReply.FromString,
+            '/pollen.v1.Driver/PushMessages',
+            pollen_dot_proto_dot_driver__pb2.PushMessagesRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.PushMessagesReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -329,7 +329,7 @@ class Driver:
             _registered_method=True)
 
     @staticmethod
-    def StreamResults(request,
+    def StreamReplies(request,
             target,
             options=(),
             channel_credentials=None,
@@ -342,9 +342,9 @@ class Driver:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/pollen.v1.Driver/StreamResults',
-            pollen_dot_proto_dot_driver__pb2.StreamResultsRequest.SerializeToString,
-            pollen_dot_proto_dot_common__pb2.Result.FromString,
+            '/pollen.v1.Driver/StreamReplies',
+            pollen_dot_proto_dot_driver__pb2.StreamRepliesRequest.SerializeToString,
+            pollen_dot_proto_dot_common__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pollen.proto import common_pb2 as pollen_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pollen/proto/fleet.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"/\n\x13RegisterNodeRequest\x12\x18\n\x10previous_node_id\x18\x01 \x01(\x04\"@\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"#\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"G\n\x11PushResultRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12!\n\x06result\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Result\"\x11\n\x0fPushResultReply\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\",\n\x0eHeartbeatReply\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"(\n\x15UnregisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"\x15\n\x13UnregisterNodeReply\"0\n\rGetRunRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"*\n\x0bGetRunReply\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.pollen.v1.Run2\xb1\x04\n\x05\x46leet\x12L\n\x0cRegisterNode\x12\x1e.pollen.v1.RegisterNodeRequest\x1a\x1c.pollen.v1.RegisterNodeReply\x12;\n\tSubscribe\x12\x1b.pollen.v1.SubscribeRequest\x1a\x0f.pollen.v1.Task0\x01\x12\x46\n\nPushResult\x12\x1c.pollen.v1.PushResultRequest\x1a\x1a.pollen.v1.PushResultReply\x12\x43\n\tHeartbeat\x12\x1b.pollen.v1.HeartbeatRequest\x1a\x19.pollen.v1.HeartbeatReply\x12R\n\x0eUnregisterNode\x12 .pollen.v1.UnregisterNodeRequest\x1a\x1e.pollen.v1.UnregisterNodeReply\x12:\n\x06GetRun\x12\x18.pollen.v1.GetRunRequest\x1a\x16.pollen.v1.GetRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18pollen/proto/fleet.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"/\n\x13RegisterNodeRequest\x12\x18\n\x10previous_node_id\x18\x01 \x01(\x04\"@\n\x11RegisterNodeReply\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x1a\n\x12heartbeat_interval\x18\x02 \x01(\x01\"#\n\x10SubscribeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"F\n\x10PushReplyRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12!\n\x05reply\x18\x02 \x01(\x0b\x32\x12.pollen.v1.Message\"\x10\n\x0ePushReplyReply\"#\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\",\n\x0eHeartbeatReply\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"(\n\x15UnregisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"\x15\n\x13UnregisterNodeReply\"0\n\rGetRunRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"*\n\x0bGetRunReply\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.pollen.v1.Run2\xb1\x04\n\x05\x46leet\x12L\n\x0cRegisterNode\x12\x1e.pollen.v1.RegisterNodeRequest\x1a\x1c.pollen.v1.RegisterNodeReply\x12>\n\tSubscribe\x12\x1b.pollen.v1.SubscribeRequest\x1a\x12.pollen.v1.Message0\x01\x12\x43\n\tPushReply\x12\x1b.pollen.v1.PushReplyRequest\x1a\x19.pollen.v1.PushReplyReply\x12\x43\n\tHeartbeat\x12\x1b.pollen.v1.HeartbeatRequest\x1a\x19.pollen.v1.HeartbeatReply\x12R\n\x0eUnregisterNode\x12 .pollen.v1.UnregisterNodeRequest\x1a\x1e.pollen.v1.UnregisterNodeReply\x12:\n\x06GetRun\x12\x18.pollen.v1.GetRunRequest\x1a\x16.pollen.v1.GetRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,22 +38,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERNODEREPLY']._serialized_end=179
   _globals['_SUBSCRIBEREQUEST']._serialized_start=181
   _globals['_SUBSCRIBEREQUEST']._serialized_end=216
-  _globals['_PUSHRESULTREQUEST']._serialized_start=218
-  _globals['_PUSHRESULTREQUEST']._serialized_end=289
-  _globals['_PUSHRESULTREPLY']._serialized_start=291
-  _globals['_PUSHRESULTREPLY']._serialized_end=308
-  _globals['_HEARTBEATREQUEST']._serialized_start=310
-  _globals['_HEARTBEATREQUEST']._serialized_end=345
-  _globals['_HEARTBEATREPLY']._serialized_start=347
-  _globals['_HEARTBEATREPLY']._serialized_end=391
-  _globals['_UNREGISTERNODEREQUEST']._serialized_start=393
-  _globals['_UNREGISTERNODEREQUEST']._serialized_end=433
-  _globals['_UNREGISTERNODEREPLY']._serialized_start=435
-  _globals['_UNREGISTERNODEREPLY']._serialized_end=456
-  _globals['_GETRUNREQUEST']._serialized_start=458
-  _globals['_GETRUNREQUEST']._serialized_end=506
-  _globals['_GETRUNREPLY']._serialized_start=508
-  _globals['_GETRUNREPLY']._serialized_end=550
-  _globals['_FLEET']._serialized_start=553
-  _globals['_FLEET']._serialized_end=1114
+  _globals['_PUSHREPLYREQUEST']._serialized_start=218
+  _globals['_PUSHREPLYREQUEST']._serialized_end=288
+  _globals['_PUSHREPLYREPLY']._serialized_start=290
+  _globals['_PUSHREPLYREPLY']._serialized_end=306
+  _globals['_HEARTBEATREQUEST']._serialized_start=308
+  _globals['_HEARTBEATREQUEST']._serialized_end=343
+  _globals['_HEARTBEATREPLY']._serialized_start=345
+  _globals['_HEARTBEATREPLY']._serialized_end=389
+  _globals['_UNREGISTERNODEREQUEST']._serialized_start=391
+  _globals['_UNREGISTERNODEREQUEST']._serialized_end=431
+  _globals['_UNREGISTERNODEREPLY']._serialized_start=433
+  _globals['_UNREGISTERNODEREPLY']._serialized_end=454
+  _globals['_GETRUNREQUEST']._serialized_start=456
+  _globals['_GETRUNREQUEST']._serialized_end=504
+  _globals['_GETRUNREPLY']._serialized_start=506
+  _globals['_GETRUNREPLY']._serialized_end=548
+  _globals['_FLEET']._serialized_start=551
+  _globals['_FLEET']._serialized_end=1112
 # @@protoc_insertion_point(module_scope)

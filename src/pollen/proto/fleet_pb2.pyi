@@ -26,15 +26,15 @@ class SubscribeRequest(_message.Message):
     node_id: int
     def __init__(self, node_id: _Optional[int] = ...) -> None: ...
 
-class PushResultRequest(_message.Message):
-    __slots__ = ("node_id", "result")
+class PushReplyRequest(_message.Message):
+    __slots__ = ("node_id", "reply")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
-    RESULT_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
     node_id: int
-    result: _common_pb2.Result
-    def __init__(self, node_id: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.Result, _Mapping]] = ...) -> None: ...
+    reply: _common_pb2.Message
+    def __init__(self, node_id: _Optional[int] = ..., reply: _Optional[_Union[_common_pb2.Message, _Mapping]] = ...) -> None: ...
 
-class PushResultReply(_message.Message):
+class PushReplyReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 

@@ -43,12 +43,12 @@ class FleetStub:
         self.Subscribe = channel.unary_stream(
                 '/pollen.v1.Fleet/Subscribe',
                 request_serializer=pollen_dot_proto_dot_fleet__pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=pollen_dot_proto_dot_common__pb2.Task.FromString,
+                response_deserializer=pollen_dot_proto_dot_common__pb2.Message.FromString,
                 _registered_method=True)
-        self.PushResult = channel.unary_unary(
-                '/pollen.v1.Fleet/PushResult',
-                request_serializer=pollen_dot_proto_dot_fleet__pb2.PushResultRequest.SerializeToString,
-                response_deserializer=pollen_dot_proto_dot_fleet__pb2.PushResultReply.FromString,
+        self.PushReply = channel.unary_unary(
+                '/pollen.v1.Fleet/PushReply',
+                request_serializer=pollen_dot_proto_dot_fleet__pb2.PushReplyRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_fleet__pb2.PushReplyReply.FromString,
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/pollen.v1.Fleet/Heartbeat',
@@ -87,13 +87,13 @@ class FleetServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Subscribe(self, request, context):
-        """Tasks for this node, pushed the moment they exist.
+        """Instructions for this node, pushed the moment they exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PushResult(self, request, context):
+    def PushReply(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,12 +140,12 @@ def add_FleetServicer_to_server(servicer, server):
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
                     request_deserializer=pollen_dot_proto_dot_fleet__pb2.SubscribeRequest.FromString,
-                    response_serializer=pollen_dot_proto_dot_common__pb2.Task.SerializeToString,
+                    response_serializer=pollen_dot_proto_dot_common__pb2.Message.SerializeToString,
             ),
-            'PushResult': grpc.unary_unary_rpc_method_handler(
-                    servicer.PushResult,
-                    request_deserializer=pollen_dot_proto_dot_fleet__pb2.PushResultRequest.FromString,
-                    response_serializer=pollen_dot_proto_dot_fleet__pb2.PushResultReply.SerializeToString,
+            'PushReply': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushReply,
+                    request_deserializer=pollen_dot_proto_dot_fleet__pb2.PushReplyRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_fleet__pb2.PushReplyReply.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -226,7 +226,7 @@ class Fleet:
             target,
             '/pollen.v1.Fleet/Subscribe',
             pollen_dot_proto_dot_fleet__pb2.SubscribeRequest.SerializeToString,
-            pollen_dot_proto_dot_common__pb2.Task.FromString,
+            pollen_dot_proto_dot_common__pb2.Message.FromString,
             options,
             channel_credentials,
             insecure,
@@ -238,7 +238,7 @@ class Fleet:
             _registered_method=True)
 
     @staticmethod
-    def PushResult(request,
+    def PushReply(request,
             target,
             options=(),
             channel_credentials=None,
@@ -251,9 +251,9 @@ class Fleet:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/pollen.v1.Fleet/PushResult',
-            pollen_dot_proto_dot_fleet__pb2.PushResultRequest.SerializeToString,
-            pollen_dot_proto_dot_fleet__pb2.PushResultReply.FromString,
+            '/pollen.v1.Fleet/PushReply',
+            pollen_dot_proto_dot_fleet__pb2.PushReplyRequest.SerializeToString,
+            pollen_dot_proto_dot_fleet__pb2.PushReplyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -211,3 +211,17 @@ def decode_arrays(buffer: Buffer) -> list[npt.NDArray[np.generic]]:
         )
         arrays.append(flat.reshape(spec.shape))
     return arrays
+
+
+def buffer_in_use(buffer: bytearray) -> bool:
+    """True while an array decoded from ``buffer`` is alive: each holds an export of its
+    buffer, and a bytearray with exports cannot change size. A buffer not in use can be
+    written over for the next blob without changing arrays someone still holds."""
+    if not buffer:
+        return False
+    try:
+        last = buffer.pop()
+    except BufferError:
+        return True
+    buffer.append(last)  # within the allocation: no copy, no move
+    return False

@@ -1,4 +1,4 @@
-"""The ServerApp's side of the Driver API, in records rather than protocol messages."""
+"""The ServerApp's side of the Driver API: the `Grid` of a deployment, over gRPC."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
-import numpy as np
-from google.protobuf.message import Message
+from google.protobuf.message import Message as ProtoMessage
 
 from pollen.errors import ConnectionFailed
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
-from pollen.records.arrays import ArrayBytes, decode_arrays
-from pollen.records.messages import BlobRef, Result, Task
+from pollen.records.arrays import ArrayBytes, buffer_in_use, decode_arrays
+from pollen.records.messages import BlobRef, Message
 from pollen.records.typing import NDArrays, UserConfig
+from pollen.server.grid import Grid
 from pollen.server.reconnect import Reconnector, reach_driver
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import (
@@ -28,14 +28,14 @@ from pollen.transport.blob_stream import (
 from pollen.transport.channels import open_channel
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.connection_faults import Endpoint
-from pollen.transport.convert import fill_map, result_from_proto, task_to_proto
+from pollen.transport.convert import fill_map, message_from_proto, message_to_proto
 from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth
 
 _DRIVER = "/pollen.v1.Driver/"
 
 
-class DriverClient:
-    """Driver API calls over one channel. Use as ``async with DriverClient.connect(...)``."""
+class DriverClient(Grid):
+    """The Driver API of a SuperLink over one channel: ``await DriverClient.connect(...)``."""
 
     def __init__(
         self,
@@ -50,12 +50,12 @@ class DriverClient:
         self._upload = upload_call(channel, _DRIVER + "UploadBlob")
         self._download = download_call(channel, _DRIVER + "DownloadBlob")
         self._auth = auth
-        self._transient: bytearray | None = None
-        self._transient_digest = ""
+        self._spare: bytearray | None = None  # the last download's buffer
+        self._spare_digest = ""
         self._retry = Reconnector(channel, str(address), reconnect_timeout, identity, auth)
         self.address = address
 
-    def _signed(self, name: str, request: Message) -> Metadata | None:
+    def _signed(self, name: str, request: ProtoMessage) -> Metadata | None:
         return self._auth.request(_DRIVER + name, request) if self._auth else None
 
     @classmethod
@@ -130,28 +130,30 @@ class DriverClient:
         )
         return list(reply.node_ids)
 
-    async def push_tasks(self, run_id: int, tasks: Sequence[Task]) -> None:
-        request = dpb.PushTasksRequest(run_id=run_id, tasks=[task_to_proto(t) for t in tasks])
+    async def send(self, run_id: int, messages: Sequence[Message]) -> None:
+        request = dpb.PushMessagesRequest(
+            run_id=run_id, messages=[message_to_proto(m) for m in messages]
+        )
         await self._retry.call(
-            lambda: self._stub.PushTasks(request, metadata=self._signed("PushTasks", request))
+            lambda: self._stub.PushMessages(request, metadata=self._signed("PushMessages", request))
         )
 
-    async def results(self, run_id: int, task_ids: Sequence[str]) -> AsyncIterator[Result]:
-        """Results of ``task_ids``, each as soon as the SuperLink has it."""
-        remaining = set(task_ids)
+    async def replies(self, run_id: int, message_ids: Sequence[str]) -> AsyncIterator[Message]:
+        """Replies to ``message_ids``, each as soon as the SuperLink has it."""
+        remaining = set(message_ids)
         attempts = self._retry.attempts()
         while remaining:
-            # after a break, ask again for what is still missing: stored results come first
-            request = dpb.StreamResultsRequest(run_id=run_id, task_ids=sorted(remaining))
-            call = self._stub.StreamResults(
-                request, metadata=self._signed("StreamResults", request)
+            # after a break, ask again for what is still missing: stored replies come first
+            request = dpb.StreamRepliesRequest(run_id=run_id, message_ids=sorted(remaining))
+            call = self._stub.StreamReplies(
+                request, metadata=self._signed("StreamReplies", request)
             )
             try:
-                async for message in call:
-                    result = result_from_proto(message)
-                    if result.task_id in remaining:
-                        remaining.discard(result.task_id)
-                        yield result
+                async for proto in call:
+                    reply = message_from_proto(proto)
+                    if reply.reply_to in remaining:
+                        remaining.discard(reply.reply_to)
+                        yield reply
                 return
             except grpc.aio.AioRpcError as exc:
                 await attempts.failed(exc)
@@ -169,9 +171,9 @@ class DriverClient:
             lambda: self._stub.FinishRun(request, metadata=self._signed("FinishRun", request))
         )
 
-    def drop_transient(self) -> None:
-        """Free the buffer that transient downloads reuse (at the end of a run)."""
-        self._transient, self._transient_digest = None, ""
+    def release_memory(self) -> None:
+        """Free the buffer that downloads reuse (before server-side evaluation, at the end)."""
+        self._spare, self._spare_digest = None, ""
 
     async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
         """Tell the SuperLink that this run no longer needs these blobs."""
@@ -187,9 +189,6 @@ class DriverClient:
         (`ArrayBytes`): no model-sized buffer is laid out first. The SuperLink
         hashes the blob on arrival and names it: no pass over the model here.
         """
-        if self._transient is not None and _overlaps(arrays, self._transient):
-            # the arrays live in the buffer the next download writes: let it go to them
-            self._transient, self._transient_digest = None, ""
         blob = ArrayBytes(arrays)
         sent = BlobRef("", len(blob))
         reply = await self._retry.call(
@@ -200,11 +199,12 @@ class DriverClient:
         )
         return stored_ref(reply, sent)
 
-    async def download_arrays(self, ref: BlobRef, transient: bool = False) -> NDArrays:
+    async def download_arrays(self, ref: BlobRef) -> NDArrays:
         """Download and decode a blob.
 
-        With ``transient``, the arrays live in a buffer that the next transient
-        download reuses: use them (fold them in) before downloading again.
+        The download is written over the previous one's buffer when no array of
+        that one is alive any more (a result folded into a running sum and let
+        go): memory stays one model's worth however many results a round has.
         """
 
         def open_stream(offset: int) -> AsyncIterable[Chunk]:
@@ -214,16 +214,12 @@ class DriverClient:
             )
             return call
 
-        if transient and self._transient is not None and self._transient_digest == ref.digest:
-            return decode_arrays(self._transient)  # the same content as the last one
-        reuse = self._transient if transient else None
-        self._transient_digest = ""  # the buffer is being overwritten
-        buffer = await self._retry.call(lambda: download_blob(open_stream, ref, reuse))
-        if transient:
-            self._transient, self._transient_digest = buffer, ref.digest
+        spare = self._spare
+        if spare is not None and buffer_in_use(spare):
+            spare = None  # its arrays are still someone's: never write over them
+        if spare is not None and self._spare_digest == ref.digest:
+            return decode_arrays(spare)  # the same content as the last one
+        self._spare_digest = ""  # the buffer is being overwritten
+        buffer = await self._retry.call(lambda: download_blob(open_stream, ref, spare))
+        self._spare, self._spare_digest = buffer, ref.digest
         return decode_arrays(buffer)
-
-
-def _overlaps(arrays: NDArrays, buffer: bytearray) -> bool:
-    whole = np.frombuffer(buffer, np.uint8)
-    return any(np.may_share_memory(array, whole) for array in arrays)

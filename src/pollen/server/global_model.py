@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pollen.records.messages import BlobRef
 from pollen.records.typing import NDArrays
-from pollen.server.driver import DriverClient
+from pollen.server.grid import Grid
 
 
 class GlobalModel:
@@ -18,13 +18,13 @@ class GlobalModel:
 
     def __init__(
         self,
-        driver: DriverClient,
+        grid: Grid,
         run_id: int,
         arrays: NDArrays | None,
         ref: BlobRef | None = None,
     ) -> None:
         assert arrays is not None or ref is not None, "a model is in memory or uploaded"
-        self._driver = driver
+        self._grid = grid
         self._run_id = run_id
         self._arrays = arrays
         self._ref = ref
@@ -32,7 +32,7 @@ class GlobalModel:
     async def arrays(self) -> NDArrays:
         if self._arrays is None:
             assert self._ref is not None, "a model is always in memory or uploaded"
-            self._arrays = await self._driver.download_arrays(self._ref)
+            self._arrays = await self._grid.download_arrays(self._ref)
         return self._arrays
 
     def in_memory(self) -> NDArrays | None:
@@ -42,7 +42,7 @@ class GlobalModel:
     async def ref(self) -> BlobRef:
         """The model's blob on the SuperLink, uploaded on first use."""
         if self._ref is None:
-            self._ref = await self._driver.upload_arrays(await self.arrays(), self._run_id)
+            self._ref = await self._grid.upload_arrays(await self.arrays(), self._run_id)
         return self._ref
 
     async def offload(self) -> None:

@@ -1,4 +1,4 @@
-"""The round loop: wait for nodes, then fit and evaluate rounds over the Driver API."""
+"""The round loop: wait for nodes, then fit and evaluate rounds through a `Grid`."""
 
 from __future__ import annotations
 
@@ -10,15 +10,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from pollen.errors import ConnectionFailed, PollenError, RunError
-from pollen.records.messages import BlobRef, Result, Task, TaskKind
-from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records import fit_evaluate
+from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message
+from pollen.records.replies import EvaluateRes
 from pollen.records.typing import Config, NDArrays
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
-from pollen.server.driver import DriverClient
 from pollen.server.global_model import GlobalModel
+from pollen.server.grid import Grid
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.strategy import FitAggregator, Strategy
@@ -38,13 +37,11 @@ class RunOutcome:
     history: History
 
 
-async def wait_for_nodes(
-    driver: DriverClient, run_id: int, minimum: int, timeout: float
-) -> list[int]:
+async def wait_for_nodes(grid: Grid, run_id: int, minimum: int, timeout: float) -> list[int]:
     """Online nodes once at least ``minimum`` are connected; RunError after ``timeout``."""
     started = last_report = time.monotonic()
     while True:
-        nodes = await driver.get_nodes(run_id)
+        nodes = await grid.get_nodes(run_id)
         if len(nodes) >= minimum:
             return nodes
         now = time.monotonic()
@@ -60,31 +57,34 @@ async def wait_for_nodes(
 
 
 class _Round:
-    """Sends one kind of task to chosen nodes and yields their results as they arrive."""
+    """Sends one type of instruction to chosen nodes and yields their replies as they arrive."""
 
-    def __init__(self, driver: DriverClient, run_id: int, timeout: float | None) -> None:
-        self.driver = driver
+    def __init__(self, grid: Grid, run_id: int, timeout: float | None) -> None:
+        self.grid = grid
         self.run_id = run_id
         self.timeout = timeout
 
     async def run(
         self,
-        kind: TaskKind,
-        ref: BlobRef | None,
+        message_type: str,
+        model: BlobRef | None,
         chosen: Sequence[tuple[int, Config]],
         failures: list[str],
-    ) -> AsyncIterator[Result]:
-        tasks = [Task(self.run_id, node_id, kind, ref, config) for node_id, config in chosen]
-        await self.driver.push_tasks(self.run_id, tasks)
-        missing = {t.task_id: t.node_id for t in tasks}
+    ) -> AsyncIterator[Message]:
+        messages = [
+            Message(self.run_id, node_id, message_type, fit_evaluate.instruction(model, config))
+            for node_id, config in chosen
+        ]
+        await self.grid.send(self.run_id, messages)
+        missing = {m.message_id: m.node_id for m in messages}
         try:
             async with asyncio.timeout(self.timeout):
-                async for result in self.driver.results(self.run_id, list(missing)):
-                    missing.pop(result.task_id, None)
-                    if result.ok:
-                        yield result
+                async for reply in self.grid.replies(self.run_id, list(missing)):
+                    missing.pop(reply.reply_to, None)
+                    if reply.ok:
+                        yield reply
                     else:
-                        failures.append(f"node {result.node_id}: {result.error}")
+                        failures.append(f"node {reply.node_id}: {reply.error}")
         except TimeoutError:
             failures.extend(
                 f"node {node}: no result within round_timeout={self.timeout:g} s"
@@ -92,20 +92,13 @@ class _Round:
             )
 
 
-def _evaluates_on_server(strategy: Strategy) -> bool:
-    """True when ``strategy.evaluate`` may do real work (an ``evaluate_fn`` or an override)."""
-    if type(strategy).evaluate is Strategy.evaluate:
-        return False
-    return getattr(strategy, "evaluate_fn", True) is not None
-
-
 class RoundLoop:
-    """Runs a `ServerApp` as run ``run_id`` through a connected `DriverClient`."""
+    """Runs a `ServerApp` as run ``run_id`` through a `Grid`."""
 
     def __init__(
         self,
         app: ServerApp,
-        driver: DriverClient,
+        grid: Grid,
         run_id: int,
         directory: Path | None = None,
         start: Checkpoint | None = None,
@@ -120,14 +113,14 @@ class RoundLoop:
         self.completed_rounds = 0
         self.app = app
         self.strategy: Strategy = app.strategy
-        self.driver = driver
+        self.grid = grid
         self.run_id = run_id
         self.rng = random.Random(app.config.seed)
-        self.round = _Round(driver, run_id, app.config.round_timeout)
+        self.round = _Round(grid, run_id, app.config.round_timeout)
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
-            self.driver,
+            self.grid,
             self.run_id,
             self.strategy.min_available_clients,
             self.app.config.node_wait_timeout,
@@ -140,10 +133,12 @@ class RoundLoop:
             return parameters
         node = self.rng.choice(await self._nodes())
         failures: list[str] = []
-        async for result in self.round.run("get_parameters", None, [(node, {})], failures):
-            if result.parameters is not None:
+        asked: list[tuple[int, Config]] = [(node, {})]
+        async for reply in self.round.run(fit_evaluate.GET_PARAMETERS, None, asked, failures):
+            arrays = fit_evaluate.model_of(reply.content)
+            if arrays is not None:
                 logger.info("initial parameters from node %d", node)
-                return await self.driver.download_arrays(result.parameters)
+                return await self.grid.download_arrays(arrays)
         raise RunError(f"could not get initial parameters: {'; '.join(failures) or 'no arrays'}")
 
     async def fit(self, server_round: int, model: GlobalModel, record: RoundRecord) -> GlobalModel:
@@ -159,22 +154,21 @@ class RoundLoop:
         chosen = [(node, ins.config) for node, ins in instructions]
         failures = record.fit_failures
         results: list[BlobRef] = []
-        async for result in self.round.run("fit", ref, chosen, failures):
-            if result.parameters is not None:
-                results.append(result.parameters)
+        async for reply in self.round.run(TRAIN, ref, chosen, failures):
+            results.extend(reply.content.blobs())
             try:
-                await self._take(result, aggregator, record)
+                await self._take(reply, aggregator, record)
             except ConnectionFailed:
                 raise  # the SuperLink is gone, not this node's result
-            except (PollenError, grpc.aio.AioRpcError, MemoryError, ValueError) as exc:
+            except (PollenError, MemoryError, ValueError) as exc:
                 # one node's result never ends the run, whatever is wrong with it
-                failures.append(f"node {result.node_id}: result rejected: {_reason(exc)}")
+                failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
-        if failures and not getattr(self.strategy, "accept_failures", True):
+        if failures and not self.strategy.accept_failures:
             logger.warning("round %d: failures and accept_failures=False; model kept", server_round)
             return model
-        required = getattr(self.strategy, "min_fit_clients", 1)
+        required = self.strategy.min_fit_clients
         if record.fit_results < required:
             raise RunError(
                 f"round {server_round}: {record.fit_results} usable fit result"
@@ -192,32 +186,35 @@ class RoundLoop:
         # next checkpoint no longer names it.
         # A result with the model's own bytes shares its blob: that stays until the next
         # checkpoint no longer names it.
-        await self.driver.release_blobs(self.run_id, [r for r in results if r != ref])
-        return GlobalModel(self.driver, self.run_id, new_parameters)
+        await self.grid.release_blobs(self.run_id, [r for r in results if r != ref])
+        return GlobalModel(self.grid, self.run_id, new_parameters)
 
-    async def _take(self, result: Result, aggregator: FitAggregator, record: RoundRecord) -> None:
+    async def _take(self, reply: Message, aggregator: FitAggregator, record: RoundRecord) -> None:
         """Download one fit result and fold it in."""
-        if result.parameters is None:
+        weights = fit_evaluate.model_of(reply.content)
+        if weights is None:
             raise RunError("fit result carries no arrays")
-        arrays = await self.driver.download_arrays(result.parameters, transient=True)
-        aggregator.add(result.node_id, FitRes(arrays, result.num_examples, result.metrics))
+        fit = fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
+        aggregator.add(reply.node_id, fit)
         record.fit_results += 1
-        record.fit_nodes.append(NodeFit(result.node_id, result.num_examples, dict(result.metrics)))
+        record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
         # No waiting here: the nodes that just trained are connected, and a round
         # that lost a node must still be able to finish.
-        nodes = await self.driver.get_nodes(self.run_id)
+        nodes = await self.grid.get_nodes(self.run_id)
         parameters = await model.arrays()
         instructions = self.strategy.configure_evaluate(server_round, parameters, nodes, self.rng)
         if instructions:
             ref = await model.ref()
             chosen = [(node, ins.config) for node, ins in instructions]
             results: list[tuple[int, EvaluateRes]] = []
-            async for result in self.round.run("evaluate", ref, chosen, record.evaluate_failures):
-                results.append(
-                    (result.node_id, EvaluateRes(result.loss, result.num_examples, result.metrics))
-                )
+            failures = record.evaluate_failures
+            async for reply in self.round.run(EVALUATE, ref, chosen, failures):
+                try:
+                    results.append((reply.node_id, fit_evaluate.evaluate_res(reply.content)))
+                except PollenError as exc:
+                    failures.append(f"node {reply.node_id}: result rejected: {exc}")
             record.evaluate_results = len(results)
             record.evaluate_nodes = [
                 NodeEvaluate(node, r.num_examples, r.loss, dict(r.metrics)) for node, r in results
@@ -227,8 +224,8 @@ class RoundLoop:
             )
             for failure in record.evaluate_failures:
                 logger.warning("round %d evaluate: %s", server_round, failure)
-        if _evaluates_on_server(self.strategy):
-            self.driver.drop_transient()  # its data may need the memory more than a buffer
+        if self.strategy.evaluates_on_server():
+            self.grid.release_memory()  # its data may need the memory more than a buffer
         centralized = self.strategy.evaluate(server_round, parameters)
         if centralized is not None:
             record.centralized_loss, record.centralized_metrics = centralized
@@ -236,11 +233,11 @@ class RoundLoop:
     async def run(self) -> RunOutcome:
         history = self.history
         if self.start is not None:
-            model = GlobalModel(self.driver, self.run_id, None, self.start.model)
+            model = GlobalModel(self.grid, self.run_id, None, self.start.model)
             self.checkpointed, self.completed_rounds = model, self.start.completed_rounds
             logger.info("run %d resumes after round %d", self.run_id, self.completed_rounds)
         else:
-            model = GlobalModel(self.driver, self.run_id, await self.initial_parameters())
+            model = GlobalModel(self.grid, self.run_id, await self.initial_parameters())
             history.array_names = self.strategy.array_names()
             await self._checkpoint(0, model, None)  # round 0: a run that stops now can resume
         num_rounds = self.app.config.num_rounds
@@ -254,7 +251,7 @@ class RoundLoop:
             history.rounds.append(record)
             logger.info("%s", describe_round(record, num_rounds))
             await self._checkpoint(server_round, model, previous)
-        self.driver.drop_transient()
+        self.grid.release_memory()
         return RunOutcome(self.run_id, await model.arrays(), history)
 
     async def _checkpoint(
@@ -267,12 +264,10 @@ class RoundLoop:
         current = await model.ref()
         write_checkpoint(self.directory, server_round, current, self.history)
         if previous is not None and previous.digest != current.digest:
-            await self.driver.release_blobs(self.run_id, [previous])
+            await self.grid.release_blobs(self.run_id, [previous])
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"the SuperLink answered {exc.code().name}: {exc.details()}"
     if isinstance(exc, MemoryError):
         return "the ServerApp could not allocate the memory to take it (MemoryError)"
     if isinstance(exc, PollenError):

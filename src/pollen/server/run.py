@@ -13,9 +13,7 @@ import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
-
-import grpc
+from typing import TYPE_CHECKING, TypeVar
 
 from pollen.errors import CallRefused, ConfigurationError, ConnectionFailed, PollenError, RunError
 from pollen.records.typing import UserConfig
@@ -25,7 +23,7 @@ from pollen.server.checkpoint import (
     write_checkpoint,
     write_finished,
 )
-from pollen.server.driver import DriverClient
+from pollen.server.grid import Grid
 from pollen.server.history import History, now_iso
 from pollen.server.outputs import (
     FINAL_MODEL,
@@ -38,8 +36,11 @@ from pollen.server.outputs import (
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
-from pollen.transport.request_signing import ClientIdentity
-from pollen.transport.retry_policy import refusal
+
+if TYPE_CHECKING:
+    import grpc
+
+    from pollen.transport.request_signing import ClientIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,9 @@ async def run_server_app(
     Setting ``stop`` ends the run early, as a failure does: the run stays
     resumable and the error names the command that takes it up again.
     """
-    checkpoints: list[Checkpoint] = []
-    if config.resume is not None:  # checked before connecting: a typo fails at once
-        directories = candidate_directories(config.output_root, config.resume)
-        checkpoints = read_checkpoints(directories, config.resume)
-    else:
-        check_output_root(config.output_root)
+    from pollen.server.driver import DriverClient  # loads gRPC: a deployment's only
+
+    checkpoints = _checkpoints_to_resume(config)  # before connecting: a typo fails at once
     driver = await _unless_stopped(
         DriverClient.connect(
             config.superlink, config.credentials, config.connect_timeout, config.identity
@@ -112,14 +110,30 @@ async def run_server_app(
         await driver.close()
 
 
-async def _resume(driver: DriverClient, run_id: int, checkpoints: list[Checkpoint]) -> Checkpoint:
+async def run_on_grid(
+    app: ServerApp, config: ServerAppConfig, grid: Grid, stop: asyncio.Event | None = None
+) -> tuple[RunOutcome, Path]:
+    """`run_server_app` through a Grid that is already there (an in-process one): the
+    same runs, checkpoints, outputs and resumes; ``config.superlink`` is not used."""
+    return await _drive(app, config, grid, _checkpoints_to_resume(config), stop)
+
+
+def _checkpoints_to_resume(config: ServerAppConfig) -> list[Checkpoint]:
+    """The checkpoints of the run to resume (none for a new run, whose outputs' folder
+    is checked instead)."""
+    if config.resume is None:
+        check_output_root(config.output_root)
+        return []
+    directories = candidate_directories(config.output_root, config.resume)
+    return read_checkpoints(directories, config.resume)
+
+
+async def _resume(grid: Grid, run_id: int, checkpoints: list[Checkpoint]) -> Checkpoint:
     """Reopen the run on the SuperLink whose checkpoint this is; refused: nothing changes."""
     refusals: list[str] = []
     for checkpoint in checkpoints:
         try:
-            await driver.resume_run(
-                run_id, checkpoint.model.digest, checkpoint.history.superlink_id
-            )
+            await grid.resume_run(run_id, checkpoint.model.digest, checkpoint.history.superlink_id)
             return checkpoint
         except CallRefused as exc:
             if exc.status not in ("failed_precondition", "not_found"):
@@ -131,18 +145,18 @@ async def _resume(driver: DriverClient, run_id: int, checkpoints: list[Checkpoin
 async def _drive(
     app: ServerApp,
     config: ServerAppConfig,
-    driver: DriverClient,
+    grid: Grid,
     checkpoints: list[Checkpoint],
     stop: asyncio.Event | None,
 ) -> tuple[RunOutcome, Path]:
     start: Checkpoint | None = None
     if config.resume is not None:
         run_id = config.resume
-        start = await _resume(driver, run_id, checkpoints)
+        start = await _resume(grid, run_id, checkpoints)
         directory, history = start.directory, start.history
     else:
         run_config = app.merged_run_config(config.run_config)
-        run_id, superlink_id = await driver.create_run(config.app_name, run_config)
+        run_id, superlink_id = await grid.create_run(config.app_name, run_config)
         logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
         directory = run_directory(config.output_root, run_id, superlink_id)
         history = History(
@@ -152,14 +166,11 @@ async def _drive(
             run_config=run_config,
             started_at=now_iso(),
         )
-    loop = RoundLoop(app, driver, run_id, directory, start, history)
+    loop = RoundLoop(app, grid, run_id, directory, start, history)
     try:
         outcome = await _unless_stopped(loop.run(), stop, "")
-    except (PollenError, grpc.aio.AioRpcError) as exc:
-        # DriverClient raises Pollen errors only; the round loop may still let one of
-        # gRPC's through (a call of its own): it reads the same to the user
-        error = refusal(config.superlink, exc) if isinstance(exc, grpc.aio.AioRpcError) else exc
-        raise await _stopped(loop, config, error) from None
+    except PollenError as exc:  # a Grid raises nothing else
+        raise await _stopped(loop, config, exc) from None
     except Exception as exc:  # the app's own code (a strategy, evaluate_fn) raised
         logger.debug("the ServerApp raised", exc_info=True)
         error = RunError(f"the ServerApp raised {type(exc).__name__}: {exc} (-v shows where)")
@@ -167,7 +178,7 @@ async def _drive(
     history.finished_at = now_iso()
     write_model(directory, FINAL_MODEL, outcome.parameters, history.array_names)
     write_finished(directory, history, FINAL_MODEL)
-    await driver.finish_run(run_id, "finished")
+    await grid.finish_run(run_id, "finished")
     logger.info("run %d finished; outputs in %s", run_id, directory)
     return outcome, directory
 
@@ -181,7 +192,7 @@ async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -
         kept = [] if loop.checkpointed is None else [await loop.checkpointed.ref()]
         with contextlib.suppress(PollenError, TimeoutError):
             async with asyncio.timeout(_STOP_GRACE):
-                await loop.driver.finish_run(loop.run_id, "failed", reason[:500], kept)
+                await loop.grid.finish_run(loop.run_id, "failed", reason[:500], kept)
     head = f"run {loop.run_id} stopped"
     if saved is None:
         return RunError(f"{head} before its first round: {reason}; start a new run")

@@ -1,8 +1,8 @@
-"""Task delivery and result fan-out, in memory, over the durable `State`.
+"""Delivery of instructions and fan-out of replies, in memory, over the durable `State`.
 
 Every method runs on the SuperLink's event loop and calls the state
 synchronously, so a subscription that registers its queue and then reads its
-pending tasks cannot interleave with a concurrent push: no task is lost or
+pending instructions cannot interleave with a concurrent push: none is lost or
 delivered twice.
 """
 
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from pollen.records.messages import Result, Task
+from pollen.records.messages import Message
 from pollen.superlink.state import State
 
 logger = logging.getLogger(__name__)
@@ -24,15 +24,15 @@ Clock = Callable[[], float]
 
 @dataclass(eq=False)
 class Subscription:
-    """One open task stream of one node. ``None`` in the queue closes it."""
+    """One open instruction stream of one node. ``None`` in the queue closes it."""
 
     node_id: int
-    queue: asyncio.Queue[Task | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     close_reason: str = ""
     closed: bool = False
 
     def close(self, reason: str) -> None:
-        """End the stream now: tasks still queued here are not sent on it."""
+        """End the stream now: instructions still queued here are not sent on it."""
         self.close_reason = reason
         self.closed = True
         while not self.queue.empty():
@@ -41,7 +41,7 @@ class Subscription:
 
 
 class Dispatcher:
-    """Pushes tasks to subscribed nodes and results to listening ServerApps."""
+    """Pushes instructions to subscribed nodes and replies to listening ServerApps."""
 
     def __init__(self, state: State, clock: Clock = time.time) -> None:
         self.state = state
@@ -49,7 +49,7 @@ class Dispatcher:
         self.closing = False
         self._subscriptions: dict[int, Subscription] = {}
         self._last_seen: dict[int, float] = {}
-        self._listeners: dict[int, set[asyncio.Queue[Result | None]]] = {}
+        self._listeners: dict[int, set[asyncio.Queue[Message | None]]] = {}
 
     # nodes
     def online_nodes(self) -> list[int]:
@@ -59,9 +59,9 @@ class Dispatcher:
         """Open ``node_id``'s stream; a newer stream replaces an older one."""
         # The state first: if the disk refuses, no half-open subscription stays behind.
         now = self.clock()
-        # Tasks sent on a stream that broke unnoticed may never have arrived: send again.
+        # Instructions sent on a stream that broke unnoticed may not have arrived: send again.
         self.state.requeue_delivered(node_id)
-        pending = self.state.pending_tasks(node_id)
+        pending = self.state.pending_messages(node_id)
         self.state.set_node_status(node_id, "online", now)
         old = self._subscriptions.get(node_id)
         if old is not None:
@@ -69,26 +69,26 @@ class Dispatcher:
         subscription = Subscription(node_id)
         self._subscriptions[node_id] = subscription
         self._last_seen[node_id] = now
-        for task in pending:
-            subscription.queue.put_nowait(task)
+        for message in pending:
+            subscription.queue.put_nowait(message)
         logger.info("node %d connected", node_id)
         return subscription
 
     def unsubscribe(self, subscription: Subscription, reason: str) -> None:
-        """The stream ended: the node is offline at once and its open tasks fail."""
+        """The stream ended: the node is offline at once and its open instructions fail."""
         if self._subscriptions.get(subscription.node_id) is not subscription:
             return
         del self._subscriptions[subscription.node_id]
         self._last_seen.pop(subscription.node_id, None)
         if self.closing:
-            return  # a restart must not fail tasks that nodes can still answer
+            return  # a restart must not fail instructions that nodes can still answer
         node_id = subscription.node_id
         node = self.state.get_node(node_id)
         if node is not None and node.status == "online":
             self.state.set_node_status(node_id, "offline", self.clock())
         reason = subscription.close_reason or reason
         logger.info("node %d disconnected: %s", node_id, reason)
-        self.fail_open_tasks(node_id, f"node {node_id} went offline ({reason})")
+        self.fail_open_messages(node_id, f"node {node_id} went offline ({reason})")
 
     def unregister(self, node_id: int) -> None:
         """A node left for good: it is never sampled again."""
@@ -96,7 +96,7 @@ class Dispatcher:
         subscription = self._subscriptions.get(node_id)
         if subscription is not None:
             subscription.close("the node unregistered")
-        self.fail_open_tasks(node_id, f"node {node_id} unregistered")
+        self.fail_open_messages(node_id, f"node {node_id} unregistered")
 
     def disconnect(self, node_id: int, reason: str) -> None:
         """Close ``node_id``'s open stream (its key was revoked or replaced)."""
@@ -124,59 +124,59 @@ class Dispatcher:
         for subscription in list(self._subscriptions.values()):
             subscription.close("the SuperLink is shutting down")
 
-    # tasks and results
-    def push_tasks(self, tasks: Sequence[Task], again: Sequence[Task] = ()) -> None:
-        """Store ``tasks`` and hand each to its node's open stream, or fail it at once.
+    # instructions and replies
+    def push_messages(self, messages: Sequence[Message], again: Sequence[Message] = ()) -> None:
+        """Store instructions and hand each to its node's open stream, or fail it at once.
 
-        ``again``: tasks stored by an earlier push that may not have reached a
-        stream (that push failed part-way); a task already sent or answered is
+        ``again``: instructions stored by an earlier push that may not have reached
+        a stream (that push failed part-way); one already sent or answered is
         skipped when its stream takes it, so none is delivered twice.
         """
-        self.state.add_tasks(tasks)
+        self.state.add_messages(messages)
         unconnected = []
-        for task in [*tasks, *again]:  # every stream first: failing the others writes
-            subscription = self._subscriptions.get(task.node_id)
+        for message in [*messages, *again]:  # every stream first: failing the others writes
+            subscription = self._subscriptions.get(message.node_id)
             if subscription is not None:
-                subscription.queue.put_nowait(task)
+                subscription.queue.put_nowait(message)
             else:
-                unconnected.append(task)
-        for task in unconnected:
-            self._fail(task, f"node {task.node_id} is not connected")
+                unconnected.append(message)
+        for message in unconnected:
+            self._fail(message, f"node {message.node_id} is not connected")
 
-    def fail_open_tasks(self, node_id: int, reason: str) -> None:
-        for task in self.state.open_tasks(node_id):
-            self._fail(task, reason)
+    def fail_open_messages(self, node_id: int, reason: str) -> None:
+        for message in self.state.open_messages(node_id):
+            self._fail(message, reason)
 
-    def expire_tasks(self, ttl: float) -> int:
-        """Fail tasks left unanswered for longer than ``ttl`` seconds; return how many."""
-        expired = self.state.open_tasks_created_before(self.clock() - ttl)
-        for task in expired:
-            self._fail(task, f"no answer within the task TTL of {ttl:g} s")
+    def expire_messages(self, ttl: float) -> int:
+        """Fail instructions left unanswered for longer than ``ttl`` seconds; how many."""
+        expired = self.state.open_messages_created_before(self.clock() - ttl)
+        for message in expired:
+            self._fail(message, f"no answer within the task TTL of {ttl:g} s")
         return len(expired)
 
     def end_run(self, run_id: int, reason: str) -> None:
-        """A finished run's unanswered tasks fail and leave the nodes' queues."""
-        for task in self.state.open_tasks_of_run(run_id):
-            self._fail(task, reason)
+        """A finished run's unanswered instructions fail and leave the nodes' queues."""
+        for message in self.state.open_messages_of_run(run_id):
+            self._fail(message, reason)
 
-    def _fail(self, task: Task, reason: str) -> None:
-        self.add_result(Result(task.task_id, task.run_id, task.node_id, task.kind, error=reason))
+    def _fail(self, instruction: Message, reason: str) -> None:
+        self.add_reply(instruction.reply(error=reason))
 
-    def add_result(self, result: Result) -> bool:
-        """Store a result and wake the ServerApps waiting for its run."""
-        if not self.state.add_result(result):
+    def add_reply(self, reply: Message) -> bool:
+        """Store a reply and wake the ServerApps waiting for its run."""
+        if not self.state.add_reply(reply):
             return False
-        for queue in self._listeners.get(result.run_id, ()):
-            queue.put_nowait(result)
+        for queue in self._listeners.get(reply.run_id, ()):
+            queue.put_nowait(reply)
         return True
 
-    def listen(self, run_id: int) -> asyncio.Queue[Result | None]:
-        """A queue of the run's results as they arrive (``None`` tells the listener to stop)."""
-        queue: asyncio.Queue[Result | None] = asyncio.Queue()
+    def listen(self, run_id: int) -> asyncio.Queue[Message | None]:
+        """A queue of the run's replies as they arrive (``None`` tells the listener to stop)."""
+        queue: asyncio.Queue[Message | None] = asyncio.Queue()
         self._listeners.setdefault(run_id, set()).add(queue)
         return queue
 
-    def unlisten(self, run_id: int, queue: asyncio.Queue[Result | None]) -> None:
+    def unlisten(self, run_id: int, queue: asyncio.Queue[Message | None]) -> None:
         listeners = self._listeners.get(run_id)
         if listeners is not None:
             listeners.discard(queue)

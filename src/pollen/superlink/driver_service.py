@@ -13,7 +13,7 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
-from pollen.records.messages import Result, Task
+from pollen.records.messages import Message
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
@@ -22,7 +22,7 @@ from pollen.superlink.request_verification import current_session
 from pollen.superlink.run_access import RunAccess
 from pollen.superlink.stream_limits import DEFAULT_TRANSFERS_PER_OPERATOR, BlobStreams, Party
 from pollen.transport.chunk_codec import Chunk
-from pollen.transport.convert import map_from_proto, result_to_proto, task_from_proto
+from pollen.transport.convert import map_from_proto, message_from_proto, message_to_proto
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self._state = dispatcher.state
         self._blobs = blobs
         self._collector = collector
-        self._streams: dict[str, set[asyncio.Queue[Result | None]]] = {}
+        self._streams: dict[str, set[asyncio.Queue[Message | None]]] = {}
         self._access = access or RunAccess(self._state)
 
     def revoke(self, fingerprint: str) -> None:
-        """An operator key was revoked: its open result streams and blob transfers end now."""
+        """An operator key was revoked: its open reply streams and blob transfers end now."""
         for queue in self._streams.pop(fingerprint, set()):
             queue.put_nowait(None)
         self._transfers.cut(
@@ -144,71 +144,84 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         await self._running_run(request.run_id, context)
         return dpb.GetNodesReply(node_ids=self._dispatcher.online_nodes())
 
-    async def PushTasks(
-        self, request: dpb.PushTasksRequest, context: Context
-    ) -> dpb.PushTasksReply:
-        await self._running_run(request.run_id, context)
-        tasks: list[Task] = []
-        again: list[Task] = []
-        for message in request.tasks:
-            try:
-                task = task_from_proto(message)
-            except RecordError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            if task.parameters is not None:  # a task would make the blob this run's
-                await self._access.check_blob(task.parameters.digest, context)
-            if task.parameters is not None and not self._blobs.exists(task.parameters.digest):
+    async def _instruction(self, proto: pb.Message, run_id: int, context: Context) -> Message:
+        """An instruction of run ``run_id``, its blobs uploaded and the caller's to name."""
+        try:
+            message = message_from_proto(proto)
+        except RecordError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if message.reply_to or message.error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"message {message.message_id[:12]!r} is a reply; push instructions only",
+            )
+        for ref in message.content.blobs():
+            await self._access.check_blob(ref.digest, context)  # it would become this run's
+            if not self._blobs.exists(ref.digest):
                 await context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"blob {task.parameters.digest[:12]} was not uploaded; upload it first",
+                    f"blob {ref.digest[:12]} was not uploaded; upload it first",
                 )
-            stored = self._state.get_task(task.task_id) if task.task_id else None
+        message.run_id = run_id
+        return message
+
+    async def PushMessages(
+        self, request: dpb.PushMessagesRequest, context: Context
+    ) -> dpb.PushMessagesReply:
+        await self._running_run(request.run_id, context)
+        messages: list[Message] = []
+        again: list[Message] = []
+        for proto in request.messages:
+            message = await self._instruction(proto, request.run_id, context)
+            stored = self._state.get_message(message.message_id) if message.message_id else None
             if stored is not None and stored.run_id == request.run_id:
                 again.append(stored)  # pushed before a break: the retry must not duplicate it
                 continue
-            taken = any(t.task_id == task.task_id for t in tasks)
-            if not task.task_id or taken or stored is not None:
+            taken = any(m.message_id == message.message_id for m in messages)
+            if not message.message_id or taken or stored is not None:
                 await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"task id {task.task_id!r} is empty or taken"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"message id {message.message_id!r} is empty or taken",
                 )
-            task.run_id = request.run_id
-            tasks.append(task)
-        self._state.hold_blobs(request.run_id, {t.parameters.digest for t in tasks if t.parameters})
-        self._dispatcher.push_tasks(tasks, again)
-        return dpb.PushTasksReply(task_ids=[t.task_id for t in request.tasks])
+            messages.append(message)
+        held = {ref.digest for m in messages for ref in m.content.blobs()}
+        self._state.hold_blobs(request.run_id, held)
+        self._dispatcher.push_messages(messages, again)
+        return dpb.PushMessagesReply(message_ids=[m.message_id for m in request.messages])
 
-    async def StreamResults(
-        self, request: dpb.StreamResultsRequest, context: Context
-    ) -> AsyncIterator[pb.Result]:
+    async def StreamReplies(
+        self, request: dpb.StreamRepliesRequest, context: Context
+    ) -> AsyncIterator[pb.Message]:
         await self._access.check_run(request.run_id, context)
         if self._state.get_run(request.run_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
-        wanted = set(request.task_ids)
+        wanted = set(request.message_ids)
         queue = self._dispatcher.listen(request.run_id)
         session = current_session.get()
         if session is not None:
             self._streams.setdefault(session.fingerprint, set()).add(queue)
         try:
-            stored = [r for r in self._state.get_results(wanted) if r.run_id == request.run_id]
-            wanted.difference_update(r.task_id for r in stored)
-            for task_id in wanted:  # a task the run does not have would never be answered
-                task = self._state.get_task(task_id)
-                if task is None or task.run_id != request.run_id:
+            stored = [r for r in self._state.get_replies(wanted) if r.run_id == request.run_id]
+            wanted.difference_update(r.reply_to for r in stored)
+            for message_id in wanted:  # an instruction the run does not have: no reply ever
+                instruction = self._state.get_message(message_id)
+                if instruction is None or instruction.run_id != request.run_id:
                     await context.abort(
                         grpc.StatusCode.NOT_FOUND,
-                        f"task {task_id[:12]!r} is not a task of run {request.run_id}",
+                        f"message {message_id[:12]!r} is not an instruction of run "
+                        f"{request.run_id}",
                     )
-            for result in stored:
-                yield result_to_proto(result)
+            for reply in stored:
+                yield message_to_proto(reply)
             while wanted:
                 arrived = await queue.get()
                 if arrived is None:
                     await context.abort(
                         grpc.StatusCode.UNAUTHENTICATED, "the operator key was revoked"
                     )
-                if arrived.task_id in wanted:
-                    wanted.discard(arrived.task_id)
-                    yield result_to_proto(arrived)
+                if arrived.reply_to in wanted:
+                    wanted.discard(arrived.reply_to)
+                    yield message_to_proto(arrived)
         finally:
             self._dispatcher.unlisten(request.run_id, queue)
             if session is not None:

@@ -14,7 +14,7 @@ from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto import fleet_pb2_grpc
-from pollen.records.messages import BlobRef, Task
+from pollen.records.messages import BlobRef, Message
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, refuse_oversized, send_download
 from pollen.superlink.blobstore import BlobStore
@@ -28,8 +28,8 @@ from pollen.superlink.stream_limits import (
 )
 from pollen.superlink.upload_bounds import DEFAULT_NODE_QUOTA, NodeQuota, UploadQuota
 from pollen.transport.chunk_codec import Chunk
-from pollen.transport.convert import result_from_proto, run_to_proto, task_to_proto
-from pollen.transport.statuses import DISPLACED
+from pollen.transport.convert import message_from_proto, message_to_proto, run_to_proto
+from pollen.transport.retry_policy import DISPLACED
 
 logger = logging.getLogger(__name__)
 
@@ -112,72 +112,77 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
 
     async def Subscribe(
         self, request: fpb.SubscribeRequest, context: Context
-    ) -> AsyncIterator[pb.Task]:
+    ) -> AsyncIterator[pb.Message]:
         await self._known_node(request.node_id, context)
         subscription = self._dispatcher.subscribe(request.node_id)
         try:
-            while (task := await subscription.queue.get()) is not None:
+            while (message := await subscription.queue.get()) is not None:
                 if subscription.closed:
                     break
-                if not self._state.mark_delivered(task.task_id):
+                if not self._state.mark_delivered(message.message_id):
                     continue  # answered or failed while it waited in the queue
-                yield task_to_proto(task)
+                yield message_to_proto(message)
             if subscription.close_reason.startswith(DISPLACED):
                 # say why: a node that just reconnected would displace the other in turn
                 await context.abort(grpc.StatusCode.ABORTED, subscription.close_reason)
         finally:
-            self._dispatcher.unsubscribe(subscription, "its task stream closed")
+            self._dispatcher.unsubscribe(subscription, "its message stream closed")
 
-    async def PushResult(
-        self, request: fpb.PushResultRequest, context: Context
-    ) -> fpb.PushResultReply:
+    async def PushReply(
+        self, request: fpb.PushReplyRequest, context: Context
+    ) -> fpb.PushReplyReply:
         await self._known_node(request.node_id, context)
         try:
-            result = result_from_proto(request.result)
+            reply = message_from_proto(request.reply)
         except RecordError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        task = self._state.get_task(result.task_id)
-        if task is None or task.node_id != request.node_id:
+        instruction = self._state.get_message(reply.reply_to)
+        if instruction is None or instruction.node_id != request.node_id:
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"task {result.task_id[:12]} is not a task of node {request.node_id}",
+                f"message {reply.reply_to[:12]!r} is not an instruction to node {request.node_id}",
             )
-        if result.parameters is not None:
-            result.parameters = await self._stored_blob(result.parameters, task, context)
-        # The task, not the node, says which run, node and kind this answers.
-        result.run_id, result.node_id, result.kind = task.run_id, task.node_id, task.kind
-        self._dispatcher.add_result(result)
-        if result.parameters is not None:
-            run = self._state.get_run(task.run_id)
+        for name, ref in reply.content.arrays.items():
+            reply.content.arrays[name] = await self._stored_blob(ref, instruction, context)
+        # The instruction, not the node, says which run, node and type this answers.
+        reply.run_id, reply.node_id = instruction.run_id, instruction.node_id
+        reply.message_type = instruction.message_type
+        self._dispatcher.add_reply(reply)
+        digests = [ref.digest for ref in reply.content.blobs()]
+        if digests:
+            run = self._state.get_run(instruction.run_id)
             if run is not None and run.status == "running":
-                # held until the ServerApp releases it (a duplicate answer's blob: at run end)
-                self._state.hold_blobs(task.run_id, [result.parameters.digest])
+                # held until the ServerApp releases them (a duplicate answer's: at run end)
+                self._state.hold_blobs(instruction.run_id, digests)
             else:  # a late answer: nobody will fetch it
-                self._collector.collect([result.parameters.digest])
-        return fpb.PushResultReply()
+                self._collector.collect(digests)
+        return fpb.PushReplyReply()
 
-    async def _stored_blob(self, declared: BlobRef, task: Task, context: Context) -> BlobRef:
-        """A result's blob as the SuperLink stored it: one its node uploaded for the task's
-        run (or the task's own model, for a result equal to it), with the size written,
-        never the size the node declares."""
+    async def _stored_blob(
+        self, declared: BlobRef, instruction: Message, context: Context
+    ) -> BlobRef:
+        """A reply's blob as the SuperLink stored it: one its node uploaded for the
+        instruction's run (or a blob of the instruction itself, for a reply that hands
+        it back), with the size written, never the size the node declares."""
         digest = declared.digest
         size = self._state.blob_size(digest)
         if size is None or not self._blobs.exists(digest):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"result blob {digest[:12]} is not stored on this SuperLink; upload it first",
+                f"reply blob {digest[:12]} is not stored on this SuperLink; upload it first",
             )
-        is_model = task.parameters is not None and task.parameters.digest == digest
-        if not is_model and not self._state.node_uploaded(task.node_id, task.run_id, digest):
+        node_id, run_id = instruction.node_id, instruction.run_id
+        handed_back = any(ref.digest == digest for ref in instruction.content.blobs())
+        if not handed_back and not self._state.node_uploaded(node_id, run_id, digest):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"result blob {digest[:12]} was not uploaded by node {task.node_id} for run "
-                f"{task.run_id}; a result names only a blob its node uploaded for its run",
+                f"reply blob {digest[:12]} was not uploaded by node {node_id} for run "
+                f"{run_id}; a reply names only a blob its node uploaded for its run",
             )
         if declared.size != size:
             logger.warning(
                 "node %d declared %d bytes for blob %s; recorded the %d stored",
-                task.node_id,
+                node_id,
                 declared.size,
                 digest[:12],
                 size,
@@ -205,7 +210,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         if run is None or not self._state.node_has_run(request.node_id, request.run_id):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"run {request.run_id} does not exist or has no task for node {request.node_id}",
+                f"run {request.run_id} does not exist or has no message for node {request.node_id}",
             )
         return fpb.GetRunReply(run=run_to_proto(run))
 
@@ -270,13 +275,13 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
 
     async def _may_store(self, first: Chunk, context: Context, upload: _Upload) -> None:
         """Before a byte is written: the upload names a run in which the node holds an
-        open task, declares at most --max-blob-size, and fits the node's quota there."""
+        open instruction, declares at most --max-blob-size, and fits the node's quota there."""
         node_id, run_id = first.node_id, first.run_id
-        if not run_id or not self._state.node_has_open_task(node_id, run_id):
+        if not run_id or not self._state.node_has_open_message(node_id, run_id):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"node {node_id} holds no open task in run {run_id}: a node uploads only "
-                "the result of a task it holds, naming the task's run",
+                f"node {node_id} holds no open instruction in run {run_id}: a node uploads "
+                "only the reply to an instruction it holds, naming the instruction's run",
             )
         await refuse_oversized(first.total_size, self._blobs, context)
         refusal = self._quota.take(node_id, run_id, first.total_size)
@@ -292,7 +297,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         if not self._state.node_can_read_blob(request.node_id, request.digest):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"blob {request.digest[:12]} is not part of a task of node {request.node_id}",
+                f"blob {request.digest[:12]} is not part of a message to node {request.node_id}",
             )
         party, session = self._party(request.node_id)
         async with self._streams.open("download", context, party, session) as transfer:

@@ -113,7 +113,7 @@ def _heartbeat_step(dispatcher: Dispatcher, interval: float, task_ttl: float) ->
     async def check() -> None:
         await asyncio.sleep(interval)
         dispatcher.close_stale(3 * interval)
-        dispatcher.expire_tasks(task_ttl)
+        dispatcher.expire_messages(task_ttl)
 
     return check
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from pollen.errors import RequestRejected, RequestThrottled
 from pollen.superlink.challenges import Challenges
+from pollen.transport.retry_policy import DISPLACED
 from pollen.transport.session_crypto import (
     NONCE_BYTES,
     WINDOW_SECONDS,
@@ -16,7 +17,6 @@ from pollen.transport.session_crypto import (
     parse_auth_header,
     request_mac,
 )
-from pollen.transport.statuses import DISPLACED
 
 NONCES_PER_NODE_SESSION = 10_000
 """Nonces one SuperNode's session may have in the replay memory: about 170 requests a

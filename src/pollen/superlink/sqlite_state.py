@@ -13,94 +13,17 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from pollen.errors import ConfigurationError, StorageError, StorageFull
-from pollen.records.config_json import config_from_json, config_to_json
-from pollen.records.messages import BlobRef, Result, RunInfo, Task, TaskKind
+from pollen.records.config_json import (
+    config_from_json,
+    config_to_json,
+    records_from_json,
+    records_to_json,
+)
+from pollen.records.messages import Message, RunInfo
 from pollen.records.typing import UserConfig
+from pollen.superlink.sqlite_schema import SCHEMA_VERSION, create_or_migrate
 from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
 from pollen.superlink.storage_faults import as_storage_faults, disk_full, unwritable
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS nodes (
-    node_id INTEGER PRIMARY KEY,
-    status TEXT NOT NULL,
-    registered_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    key_fingerprint TEXT UNIQUE
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    app TEXT NOT NULL,
-    run_config TEXT NOT NULL,
-    status TEXT NOT NULL,
-    message TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    finished_at REAL
-);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    run_id INTEGER NOT NULL REFERENCES runs(run_id),
-    node_id INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    parameters_digest TEXT,
-    parameters_size INTEGER,
-    config TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_node ON tasks(node_id, status);
-CREATE TABLE IF NOT EXISTS results (
-    task_id TEXT PRIMARY KEY REFERENCES tasks(task_id),
-    run_id INTEGER NOT NULL,
-    node_id INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    parameters_digest TEXT,
-    parameters_size INTEGER,
-    num_examples INTEGER NOT NULL,
-    loss REAL NOT NULL,
-    metrics TEXT NOT NULL,
-    error TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_by_digest ON tasks(parameters_digest);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    api TEXT NOT NULL,
-    event TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    count INTEGER NOT NULL DEFAULT 1
-);
-CREATE TABLE IF NOT EXISTS blob_holds (
-    digest TEXT NOT NULL,
-    run_id INTEGER NOT NULL,
-    PRIMARY KEY (digest, run_id)
-);
-CREATE TABLE IF NOT EXISTS blobs (
-    digest TEXT PRIMARY KEY,
-    size INTEGER NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS blob_uploads (
-    node_id INTEGER NOT NULL,
-    run_id INTEGER NOT NULL,
-    digest TEXT NOT NULL,
-    PRIMARY KEY (node_id, run_id, digest)
-);
-CREATE INDEX IF NOT EXISTS blob_uploads_by_digest ON blob_uploads(digest);
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
-
-def _ref(digest: str | None, size: int | None) -> BlobRef | None:
-    return BlobRef(digest, int(size or 0)) if digest else None
-
 
 _SQLITE_FULL = 13
 _SQLITE_UNWRITABLE = {8, 10, 14}  # READONLY, IOERR, CANTOPEN (a folder it cannot write)
@@ -165,7 +88,7 @@ def _refused_at_start(path: Path, fault: StorageError) -> ConfigurationError:
 
 
 def _lock_exclusively(path: Path) -> IO[str]:
-    """One SuperLink per database: a second one would hand out the same tasks twice."""
+    """One SuperLink per database: a second one would hand out the same messages twice."""
     lock = path.with_name(path.name + ".lock").open("a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -238,9 +161,7 @@ class SqliteState:
                 "or move it aside and start with a new file"
             )
         self._check_version(path)
-        db.executescript(_SCHEMA)
-        self._add_column("runs", "owner", "TEXT NOT NULL DEFAULT ''")
-        self._add_column("audit", "count", "INTEGER NOT NULL DEFAULT 1")
+        create_or_migrate(db, path)
         # Made once with the database: run ids are unique only within one database.
         db.execute("INSERT OR IGNORE INTO meta VALUES ('superlink_id', ?)", (secrets.token_hex(8),))
         return db
@@ -256,7 +177,6 @@ class SqliteState:
                 f"--database {path}: written by a newer Pollen (schema {version}, this one "
                 f"reads {SCHEMA_VERSION}); upgrade Pollen or use another --database"
             )
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _rows(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         cursor = self._db.execute(sql, args)
@@ -303,11 +223,6 @@ class SqliteState:
         return [r[0] for r in self._rows("SELECT node_id FROM nodes WHERE status=?", status)]
 
     # runs
-    def _add_column(self, table: str, column: str, declaration: str) -> None:
-        """Add ``column`` to a database written before it existed."""
-        if column not in {r[1] for r in self._rows(f"PRAGMA table_info({table})")}:
-            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-
     def create_run(self, app: str, run_config: UserConfig, now: float, owner: str = "") -> int:
         cursor = self._db.execute(
             "INSERT INTO runs (app, run_config, status, created_at, owner) "
@@ -329,7 +244,7 @@ class SqliteState:
 
     def prune_runs(self, finished_before: float, owner: str | None = None) -> list[int]:
         """Delete runs that ended before ``finished_before`` (of ``owner`` only, unless
-        None), with their tasks and results."""
+        None), with their messages."""
         ids = [
             r[0]
             for r in self._rows(
@@ -342,19 +257,24 @@ class SqliteState:
         ]
         with self._transaction():
             for run_id in ids:
-                self._db.execute("DELETE FROM results WHERE run_id=?", (run_id,))
-                self._db.execute("DELETE FROM tasks WHERE run_id=?", (run_id,))
+                self._db.execute("DELETE FROM replies WHERE run_id=?", (run_id,))
+                self._db.execute(
+                    "DELETE FROM message_blobs WHERE message_id IN "
+                    "(SELECT message_id FROM messages WHERE run_id=?)",
+                    (run_id,),
+                )
+                self._db.execute("DELETE FROM messages WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM blob_holds WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM blob_uploads WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
         return ids
 
     def _last_activity(self, run_id: int) -> float:
-        """When the run was created, or last got a task or a result."""
+        """When the run was created, or last got an instruction or a reply."""
         (latest,) = self._rows(
             "SELECT MAX(t) FROM (SELECT created_at AS t FROM runs WHERE run_id=? UNION ALL "
-            "SELECT created_at FROM tasks WHERE run_id=? UNION ALL "
-            "SELECT created_at FROM results WHERE run_id=?)",
+            "SELECT created_at FROM messages WHERE run_id=? UNION ALL "
+            "SELECT created_at FROM replies WHERE run_id=?)",
             run_id,
             run_id,
             run_id,
@@ -362,7 +282,7 @@ class SqliteState:
         return float(latest or 0.0)
 
     def idle_running_runs(self, idle_before: float, owner: str | None = None) -> list[int]:
-        """Running runs (of ``owner`` only, unless None) with no task or result since
+        """Running runs (of ``owner`` only, unless None) with no message since
         ``idle_before``."""
         running = [
             r[0]
@@ -390,24 +310,24 @@ class SqliteState:
             (status, message, now, run_id),
         )
 
-    # tasks
-    def add_tasks(self, tasks: Sequence[Task]) -> None:
+    # instructions
+    def add_messages(self, messages: Sequence[Message]) -> None:
         rows = [
             (
-                t.task_id,
-                t.run_id,
-                t.node_id,
-                t.kind,
-                t.parameters.digest if t.parameters else None,
-                t.parameters.size if t.parameters else None,
-                config_to_json(t.config),
+                m.message_id,
+                m.run_id,
+                m.node_id,
+                m.message_type,
+                records_to_json(m.content),
                 "pending",
-                t.created_at,
+                m.created_at,
             )
-            for t in tasks
+            for m in messages
         ]
+        blobs = {(m.message_id, ref.digest) for m in messages for ref in m.content.blobs()}
         with self._transaction():
-            self._db.executemany("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO message_blobs VALUES (?, ?)", sorted(blobs))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -426,137 +346,121 @@ class SqliteState:
                 self._db.execute("ROLLBACK")
             raise
 
-    def _task(self, row: sqlite3.Row) -> Task:
-        task_id, run_id, node_id, kind, digest, size, config, _status, created_at = row
-        return Task(
+    @staticmethod
+    def _instruction(row: sqlite3.Row) -> Message:
+        message_id, run_id, node_id, message_type, content, _status, created_at = row
+        return Message(
             run_id,
             node_id,
-            cast(TaskKind, kind),
-            _ref(digest, size),
-            config_from_json(config),
-            task_id,
-            created_at,
+            message_type,
+            records_from_json(content),
+            message_id=message_id,
+            created_at=created_at,
         )
 
-    def get_task(self, task_id: str) -> Task | None:
-        rows = self._rows("SELECT * FROM tasks WHERE task_id=?", task_id)
-        return self._task(rows[0]) if rows else None
+    def get_message(self, message_id: str) -> Message | None:
+        rows = self._rows("SELECT * FROM messages WHERE message_id=?", message_id)
+        return self._instruction(rows[0]) if rows else None
 
-    def pending_tasks(self, node_id: int) -> list[Task]:
+    def pending_messages(self, node_id: int) -> list[Message]:
         rows = self._rows(
-            "SELECT tasks.* FROM tasks JOIN runs USING (run_id) WHERE tasks.node_id=? AND "
-            "tasks.status='pending' AND runs.status='running' ORDER BY tasks.created_at",
+            "SELECT messages.* FROM messages JOIN runs USING (run_id) WHERE messages.node_id=? "
+            "AND messages.status='pending' AND runs.status='running' ORDER BY messages.created_at",
             node_id,
         )
-        return [self._task(r) for r in rows]
+        return [self._instruction(r) for r in rows]
 
-    def mark_delivered(self, task_id: str) -> bool:
-        """Mark a pending task delivered; False when it is no longer pending."""
+    def mark_delivered(self, message_id: str) -> bool:
+        """Mark a pending instruction delivered; False when it is no longer pending."""
         cursor = self._db.execute(
-            "UPDATE tasks SET status='delivered' WHERE task_id=? AND status='pending'", (task_id,)
+            "UPDATE messages SET status='delivered' WHERE message_id=? AND status='pending'",
+            (message_id,),
         )
         return cursor.rowcount > 0
 
     def requeue_delivered(self, node_id: int) -> None:
         self._db.execute(
-            "UPDATE tasks SET status='pending' WHERE node_id=? AND status='delivered'", (node_id,)
+            "UPDATE messages SET status='pending' WHERE node_id=? AND status='delivered'",
+            (node_id,),
         )
 
-    def open_tasks_created_before(self, created_before: float) -> list[Task]:
+    def _open_messages(self, where: str, *args: Any) -> list[Message]:
         rows = self._rows(
-            "SELECT * FROM tasks WHERE status IN ('pending', 'delivered') AND created_at < ?",
-            created_before,
+            f"SELECT * FROM messages WHERE status IN ('pending', 'delivered') AND {where}", *args
         )
-        return [self._task(r) for r in rows]
+        return [self._instruction(r) for r in rows]
 
-    def open_tasks_of_run(self, run_id: int) -> list[Task]:
-        rows = self._rows(
-            "SELECT * FROM tasks WHERE run_id=? AND status IN ('pending', 'delivered')", run_id
-        )
-        return [self._task(r) for r in rows]
+    def open_messages_created_before(self, created_before: float) -> list[Message]:
+        return self._open_messages("created_at < ?", created_before)
 
-    def open_tasks(self, node_id: int) -> list[Task]:
-        rows = self._rows(
-            "SELECT * FROM tasks WHERE node_id=? AND status IN ('pending', 'delivered')", node_id
-        )
-        return [self._task(r) for r in rows]
+    def open_messages_of_run(self, run_id: int) -> list[Message]:
+        return self._open_messages("run_id=?", run_id)
 
-    # results
-    def add_result(self, result: Result) -> bool:
-        """Store ``result``; False when its task already has one (the first wins)."""
-        ref = result.parameters
+    def open_messages(self, node_id: int) -> list[Message]:
+        return self._open_messages("node_id=?", node_id)
+
+    # replies
+    def add_reply(self, reply: Message) -> bool:
+        """Store ``reply``; False when its instruction already has one (the first wins)."""
         with self._transaction():
             cursor = self._db.execute(
-                "UPDATE tasks SET status='answered' WHERE task_id=? AND status != 'answered'",
-                (result.task_id,),
+                "UPDATE messages SET status='answered' WHERE message_id=? AND status != 'answered'",
+                (reply.reply_to,),
             )
             if cursor.rowcount == 0:
                 return False
             self._db.execute(
-                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    result.task_id,
-                    result.run_id,
-                    result.node_id,
-                    result.kind,
-                    ref.digest if ref else None,
-                    ref.size if ref else None,
-                    result.num_examples,
-                    result.loss,
-                    config_to_json(result.metrics),
-                    result.error,
-                    result.created_at,
+                    reply.reply_to,
+                    reply.message_id,
+                    reply.run_id,
+                    reply.node_id,
+                    reply.message_type,
+                    records_to_json(reply.content),
+                    reply.error,
+                    reply.created_at,
                 ),
             )
         return True
 
-    def get_results(self, task_ids: Iterable[str]) -> list[Result]:
-        ids = list(task_ids)
-        results: list[Result] = []
+    def get_replies(self, message_ids: Iterable[str]) -> list[Message]:
+        """The stored replies to the instructions ``message_ids``."""
+        ids = list(message_ids)
+        replies: list[Message] = []
         for start in range(0, len(ids), 500):
             batch = ids[start : start + 500]
             marks = ",".join("?" * len(batch))
-            for row in self._rows(f"SELECT * FROM results WHERE task_id IN ({marks})", *batch):
-                (
-                    task_id,
-                    run_id,
-                    node_id,
-                    kind,
-                    digest,
-                    size,
-                    num_examples,
-                    loss,
-                    metrics,
-                    error,
-                    created_at,
-                ) = row
-                results.append(
-                    Result(
-                        task_id,
+            for row in self._rows(f"SELECT * FROM replies WHERE reply_to IN ({marks})", *batch):
+                reply_to, message_id, run_id, node_id, message_type, content, error, at = row
+                replies.append(
+                    Message(
                         run_id,
                         node_id,
-                        cast(TaskKind, kind),
-                        _ref(digest, size),
-                        num_examples,
-                        loss,
-                        config_from_json(metrics),
-                        error,
-                        created_at,
+                        message_type,
+                        records_from_json(content),
+                        reply_to=reply_to,
+                        error=error,
+                        message_id=message_id,
+                        created_at=at,
                     )
                 )
-        return results
+        return replies
 
     def node_has_run(self, node_id: int, run_id: int) -> bool:
         return bool(
-            self._rows("SELECT 1 FROM tasks WHERE node_id=? AND run_id=? LIMIT 1", node_id, run_id)
+            self._rows(
+                "SELECT 1 FROM messages WHERE node_id=? AND run_id=? LIMIT 1", node_id, run_id
+            )
         )
 
     def node_can_read_blob(self, node_id: int, digest: str) -> bool:
         return bool(
             self._rows(
-                "SELECT 1 FROM tasks WHERE node_id=? AND parameters_digest=? LIMIT 1",
-                node_id,
+                "SELECT 1 FROM message_blobs JOIN messages USING (message_id) "
+                "WHERE message_blobs.digest=? AND messages.node_id=? LIMIT 1",
                 digest,
+                node_id,
             )
         )
 
@@ -621,10 +525,10 @@ class SqliteState:
         )
         return int(row[0])
 
-    def node_has_open_task(self, node_id: int, run_id: int) -> bool:
+    def node_has_open_message(self, node_id: int, run_id: int) -> bool:
         return bool(
             self._rows(
-                "SELECT 1 FROM tasks WHERE node_id=? AND status IN ('pending', 'delivered') "
+                "SELECT 1 FROM messages WHERE node_id=? AND status IN ('pending', 'delivered') "
                 "AND run_id=? LIMIT 1",
                 node_id,
                 run_id,
@@ -633,9 +537,9 @@ class SqliteState:
 
     def model_size_for(self, node_id: int, run_id: int) -> int:
         (row,) = self._rows(
-            "SELECT COALESCE(MAX(blobs.size), 0) FROM tasks JOIN blobs "
-            "ON blobs.digest = tasks.parameters_digest WHERE tasks.node_id=? "
-            "AND tasks.status IN ('pending', 'delivered') AND tasks.run_id=?",
+            "SELECT COALESCE(MAX(blobs.size), 0) FROM messages JOIN message_blobs "
+            "USING (message_id) JOIN blobs USING (digest) WHERE messages.node_id=? "
+            "AND messages.status IN ('pending', 'delivered') AND messages.run_id=?",
             node_id,
             run_id,
         )
@@ -667,12 +571,13 @@ class SqliteState:
         return {str(r[0]) for r in rows}
 
     def blob_in_use(self, digest: str) -> bool:
-        """Held by a run, or named by an open task of a running run."""
+        """Held by a run, or named by an open instruction of a running run."""
         return bool(
             self._rows(
                 "SELECT 1 FROM blob_holds WHERE digest=? UNION ALL "
-                "SELECT 1 FROM tasks JOIN runs USING (run_id) WHERE tasks.parameters_digest=? "
-                "AND tasks.status IN ('pending', 'delivered') AND runs.status='running' LIMIT 1",
+                "SELECT 1 FROM message_blobs JOIN messages USING (message_id) JOIN runs "
+                "USING (run_id) WHERE message_blobs.digest=? AND messages.status IN "
+                "('pending', 'delivered') AND runs.status='running' LIMIT 1",
                 digest,
                 digest,
             )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import Message as ProtoMessage
 
 from pollen.proto import common_pb2 as pb
 from pollen.proto import fleet_pb2 as fpb
 from pollen.proto.fleet_pb2_grpc import FleetStub
 from pollen.records.arrays import ArrayBytes, Buffer
-from pollen.records.messages import BlobRef, Result, RunInfo, Task
+from pollen.records.messages import BlobRef, Message, RunInfo
 from pollen.transport.blob_stream import (
     download_blob,
     download_call,
@@ -20,7 +20,7 @@ from pollen.transport.blob_stream import (
     upload_call,
 )
 from pollen.transport.chunk_codec import Chunk
-from pollen.transport.convert import result_to_proto, run_from_proto, task_from_proto
+from pollen.transport.convert import message_from_proto, message_to_proto, run_from_proto
 from pollen.transport.request_signing import Metadata, RequestAuth
 
 _FLEET = "/pollen.v1.Fleet/"
@@ -37,7 +37,7 @@ class FleetClient:
         self.node_id = 0
         self.heartbeat_interval = 5.0
 
-    def _signed(self, name: str, request: Message) -> Metadata | None:
+    def _signed(self, name: str, request: ProtoMessage) -> Metadata | None:
         return self._auth.request(_FLEET + name, request) if self._auth else None
 
     async def register(self, previous_node_id: int = 0) -> int:
@@ -49,12 +49,12 @@ class FleetClient:
         self.heartbeat_interval = reply.heartbeat_interval or self.heartbeat_interval
         return self.node_id
 
-    async def tasks(self) -> AsyncIterator[Task]:
-        """Tasks for this node, as the SuperLink pushes them."""
+    async def instructions(self) -> AsyncIterator[Message]:
+        """Instructions for this node, as the SuperLink pushes them."""
         request = fpb.SubscribeRequest(node_id=self.node_id)
         call = self._stub.Subscribe(request, metadata=self._signed("Subscribe", request))
         async for message in call:
-            yield task_from_proto(message)
+            yield message_from_proto(message)
 
     async def heartbeat(self) -> None:
         request = fpb.HeartbeatRequest(node_id=self.node_id)
@@ -71,9 +71,9 @@ class FleetClient:
         reply = await self._stub.GetRun(request, metadata=self._signed("GetRun", request))
         return run_from_proto(reply.run)
 
-    async def push_result(self, result: Result) -> None:
-        request = fpb.PushResultRequest(node_id=self.node_id, result=result_to_proto(result))
-        await self._stub.PushResult(request, metadata=self._signed("PushResult", request))
+    async def push_reply(self, reply: Message) -> None:
+        request = fpb.PushReplyRequest(node_id=self.node_id, reply=message_to_proto(reply))
+        await self._stub.PushReply(request, metadata=self._signed("PushReply", request))
 
     async def upload_blob(
         self, buffer: Buffer | ArrayBytes, digest: str = "", run_id: int = 0

@@ -75,8 +75,8 @@ async def _serve(
     logger.info("connected as node %d", node_id)
     heartbeat = asyncio.create_task(_heartbeat(fleet))
     try:
-        async for task in fleet.tasks():
-            await runner.run(fleet, task)
+        async for message in fleet.instructions():
+            await runner.run(fleet, message)
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):

@@ -10,7 +10,7 @@ from google.protobuf.internal.containers import MessageMap
 from pollen.errors import RecordError
 from pollen.proto import common_pb2 as pb
 from pollen.records.content_address import is_content_digest
-from pollen.records.messages import TASK_KINDS, BlobRef, Result, RunInfo, Task, TaskKind
+from pollen.records.messages import BlobRef, Message, Records, RunInfo, check_message_type
 from pollen.records.typing import Scalar, to_scalar
 
 
@@ -60,64 +60,52 @@ def blob_ref_from_proto(message: pb.BlobRef) -> BlobRef | None:
     return BlobRef(message.digest, message.size)
 
 
-def _kind(text: str) -> TaskKind:
-    if text not in TASK_KINDS:
-        raise RecordError(f"unknown task kind {text!r}; expected one of {', '.join(TASK_KINDS)}")
-    return text
+def records_to_proto(records: Records[BlobRef], out: pb.Records) -> None:
+    for name, ref in records.arrays.items():
+        blob_ref_to_proto(ref, out.arrays[name])
+    for name, metrics in records.metrics.items():
+        fill_map(out.metrics[name].values, metrics)
+    for name, config in records.configs.items():
+        fill_map(out.configs[name].values, config)
 
 
-def task_to_proto(task: Task) -> pb.Task:
-    message = pb.Task(
-        task_id=task.task_id,
-        run_id=task.run_id,
-        node_id=task.node_id,
-        kind=task.kind,
-        created_at=task.created_at,
+def records_from_proto(message: pb.Records) -> Records[BlobRef]:
+    arrays: dict[str, BlobRef] = {}
+    for name, blob in message.arrays.items():
+        ref = blob_ref_from_proto(blob)
+        if ref is None:
+            raise RecordError(f"array record {name[:80]!r} names no blob")
+        arrays[name] = ref
+    return Records(
+        arrays=arrays,
+        metrics={name: map_from_proto(r.values) for name, r in message.metrics.items()},
+        configs={name: map_from_proto(r.values) for name, r in message.configs.items()},
     )
-    blob_ref_to_proto(task.parameters, message.parameters)
-    fill_map(message.config, task.config)
-    return message
 
 
-def task_from_proto(message: pb.Task) -> Task:
-    return Task(
+def message_to_proto(message: Message) -> pb.Message:
+    out = pb.Message(
+        message_id=message.message_id,
         run_id=message.run_id,
         node_id=message.node_id,
-        kind=_kind(message.kind),
-        parameters=blob_ref_from_proto(message.parameters),
-        config=map_from_proto(message.config),
-        task_id=message.task_id,
+        message_type=message.message_type,
+        reply_to=message.reply_to,
+        error=message.error,
         created_at=message.created_at,
     )
+    records_to_proto(message.content, out.content)
+    return out
 
 
-def result_to_proto(result: Result) -> pb.Result:
-    message = pb.Result(
-        task_id=result.task_id,
-        run_id=result.run_id,
-        node_id=result.node_id,
-        kind=result.kind,
-        num_examples=result.num_examples,
-        loss=result.loss,
-        error=result.error,
-        created_at=result.created_at,
-    )
-    blob_ref_to_proto(result.parameters, message.parameters)
-    fill_map(message.metrics, result.metrics)
-    return message
-
-
-def result_from_proto(message: pb.Result) -> Result:
-    return Result(
-        task_id=message.task_id,
+def message_from_proto(message: pb.Message) -> Message:
+    return Message(
         run_id=message.run_id,
         node_id=message.node_id,
-        kind=_kind(message.kind),
-        parameters=blob_ref_from_proto(message.parameters),
-        num_examples=message.num_examples,
-        loss=message.loss,
-        metrics=map_from_proto(message.metrics),
+        message_type=check_message_type(message.message_type),
+        content=records_from_proto(message.content),
+        reply_to=message.reply_to,
         error=message.error,
+        message_id=message.message_id,
         created_at=message.created_at,
     )
 

@@ -158,3 +158,6 @@ class FedAvg(Strategy):
         if self.evaluate_fn is None:
             return None
         return self.evaluate_fn(server_round, parameters, {})
+
+    def evaluates_on_server(self) -> bool:
+        return self.evaluate_fn is not None or type(self).evaluate is not FedAvg.evaluate

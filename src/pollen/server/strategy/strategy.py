@@ -29,11 +29,7 @@ class FitAggregator(ABC):
 
     @abstractmethod
     def add(self, node_id: int, result: FitRes) -> None:
-        """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason.
-
-        ``result.parameters`` are views over a download buffer that the next
-        result reuses: copy whatever must outlive this call.
-        """
+        """Fold one result in; raise `pollen.errors.RecordError` to reject it with a reason."""
 
     @abstractmethod
     def finish(self) -> tuple[NDArrays | None, Metrics]:
@@ -41,9 +37,14 @@ class FitAggregator(ABC):
 
 
 class Strategy(ABC):
-    """Base of FedAvg and friends."""
+    """Base of FedAvg and friends: everything the round loop asks of an algorithm."""
 
     min_available_clients: int = 1
+    """Nodes that must be connected before a round starts."""
+    min_fit_clients: int = 1
+    """Usable fit results a round needs; with fewer the run stops."""
+    accept_failures: bool = True
+    """Whether a round in which some node failed still replaces the model."""
 
     @abstractmethod
     def initialize_parameters(self) -> NDArrays | None:
@@ -74,6 +75,10 @@ class Strategy(ABC):
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
         """Evaluate the global model on the server; None when there is no server-side data."""
         return None
+
+    def evaluates_on_server(self) -> bool:
+        """Whether `evaluate` may do real work (the loop frees memory for it first)."""
+        return type(self).evaluate is not Strategy.evaluate
 
     def array_names(self) -> list[str] | None:
         """Names of the model's arrays (a state_dict's keys), for the saved models;

@@ -1,0 +1,135 @@
+"""The round loop on an in-process Grid: virtual nodes, no network, no gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pollen.client import ClientApp, NumPyClient
+from pollen.common import Config, Context, Metrics, NDArrays
+from pollen.server import ServerApp, ServerConfig
+from pollen.server.round_loop import RoundLoop, RunOutcome
+from pollen.server.strategy import FedAvg
+from pollen.simulation import InProcessGrid
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PartitionClient(NumPyClient):
+    """Adds (partition + 1) to every weight, trained on (partition + 1) examples;
+    counts its fits in ``context.state``; partition ``fail`` raises."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.step = int(context.node_config["partition-id"]) + 1
+
+    def get_parameters(self, config: Config) -> NDArrays:
+        return [np.full(3, 100.0 * self.step, np.float32)]
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+        if self.context.node_config.get("fail"):
+            raise ValueError("this partition is broken")
+        fits = self.context.state["fits"] = self.context.state.get("fits", 0) + 1
+        return [p + self.step for p in parameters], self.step, {"fits": fits}
+
+    def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, Metrics]:
+        return float(parameters[0][0]), self.step, {"seen": float(parameters[0][0])}
+
+
+client_app = ClientApp(client_fn=lambda context: PartitionClient(context))
+
+
+def server_app(num_rounds: int, initial: NDArrays | None, **strategy: object) -> ServerApp:
+    return ServerApp(
+        config=ServerConfig(num_rounds=num_rounds, seed=1),
+        strategy=FedAvg(initial_parameters=initial, **strategy),  # type: ignore[arg-type]
+    )
+
+
+def run(app: ServerApp, grid: InProcessGrid) -> RunOutcome:
+    async def scenario() -> RunOutcome:
+        run_id, _ = await grid.create_run("test", {})
+        return await RoundLoop(app, grid, run_id).run()
+
+    return asyncio.run(scenario())
+
+
+def test_rounds_on_virtual_nodes_average_the_updates_by_their_examples() -> None:
+    grid = InProcessGrid(client_app, num_nodes=3)
+    zeros = [np.zeros(3, np.float32)]
+
+    outcome = run(server_app(2, zeros, min_available_clients=3), grid)
+
+    per_round = (1 * 1 + 2 * 2 + 3 * 3) / (1 + 2 + 3)  # each node adds k, weighted by k
+    np.testing.assert_allclose(outcome.parameters[0], [2 * per_round] * 3, rtol=1e-6)
+    rounds = outcome.history.rounds
+    assert [r.fit_results for r in rounds] == [3, 3]
+    assert rounds[1].fit_metrics["fits"] == 2.0  # each node's context.state kept its count
+    assert rounds[0].evaluate_loss == np.float32(per_round)
+
+
+def test_the_initial_model_comes_from_one_virtual_node_when_the_strategy_has_none() -> None:
+    grid = InProcessGrid(client_app, num_nodes=2)
+
+    outcome = run(server_app(1, None, fraction_evaluate=0.0), grid)
+
+    first = float(outcome.parameters[0][0]) - (1 + 4) / 3  # what round 1 added
+    assert round(first) in (100, 200)  # node 1's or node 2's weights
+
+
+def test_a_failing_virtual_node_fails_its_result_and_the_round_goes_on() -> None:
+    grid = InProcessGrid(
+        client_app,
+        num_nodes=3,
+        node_config=lambda i, n: {"partition-id": i, "num-partitions": n, "fail": i == 0},
+    )
+
+    outcome = run(server_app(1, [np.zeros(3, np.float32)], fraction_evaluate=0.0), grid)
+
+    [record] = outcome.history.rounds
+    assert record.fit_results == 2
+    [failure] = record.fit_failures
+    assert "ClientApp raised ValueError: this partition is broken" in failure
+    np.testing.assert_allclose(outcome.parameters[0], [(4 + 9) / 5] * 3, rtol=1e-6)
+
+
+def test_a_whole_run_on_an_in_process_grid_writes_its_outputs_and_loads_no_grpc(
+    tmp_path: Path,
+) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from pathlib import Path
+        import numpy as np
+        from pollen.server.run import ServerAppConfig, run_on_grid
+        from pollen.simulation import InProcessGrid
+        from pollen.transport.addresses import Address
+        from tests.test_in_process_grid import client_app, server_app
+
+        config = ServerAppConfig(Address("unused", 1), output_root=Path({str(tmp_path)!r}))
+        grid = InProcessGrid(client_app, num_nodes=2)
+        app = server_app(2, [np.zeros(3, np.float32)])
+        outcome, directory = asyncio.run(run_on_grid(app, config, grid))
+        print(len(outcome.history.rounds), float(outcome.parameters[0][0]), directory)
+        loaded = sorted(name for name in sys.modules if name.split(".")[0] == "grpc")
+        assert not loaded, loaded
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 0, done.stderr
+    rounds, value, directory = done.stdout.split()
+    assert rounds == "2" and float(value) == pytest.approx(2 * (1 + 4) / 3, rel=1e-6)
+    final = np.load(Path(directory) / "final_model.npz")
+    np.testing.assert_allclose(final["layer_0"], [float(value)] * 3)
+    metrics = json.loads((Path(directory) / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 2 and metrics["finished"] is True
