@@ -10,13 +10,13 @@ import pytest
 from pollen.errors import ConfigurationError, RecordError
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import ndarrays_to_parameters
-from pollen.server.server_app import ServerApp, ServerConfig
-from pollen.server.strategy import EvaluateIns, FedAvg, FitIns
-from pollen.server.strategy.aggregate import (
+from pollen.server.aggregation.weighted_mean import (
     RunningWeightedMean,
     weighted_loss_avg,
     weighted_metrics_avg,
 )
+from pollen.server.server_app import ServerApp, ServerConfig
+from pollen.server.strategy import EvaluateIns, FedAvg, FitIns
 
 
 def aggregate(reference: list[np.ndarray], *results: FitRes, strategy: FedAvg | None = None):
@@ -514,7 +514,7 @@ def test_flowers_inplace_argument_is_accepted() -> None:
 
 
 def test_float32_accumulation_stays_within_1e_5_of_float64_over_100_results() -> None:
-    """The measured basis for summing float32 models in float32 (see aggregate.py)."""
+    """The measured basis for summing float32 models in float32 (weighted_mean.py)."""
     rng = np.random.default_rng(7)
     updates = [rng.standard_normal(10_000).astype(np.float32) for _ in range(100)]
     weights = rng.integers(1, 1000, size=100)

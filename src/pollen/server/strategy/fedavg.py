@@ -15,7 +15,7 @@ from pollen.records.typing import (
     Parameters,
     parameters_to_ndarrays,
 )
-from pollen.server.strategy.aggregate import (
+from pollen.server.aggregation.weighted_mean import (
     RunningWeightedMean,
     weighted_loss_avg,
     weighted_metrics_avg,
@@ -124,10 +124,15 @@ class FedAvg(Strategy):
         size = min(len(nodes), max(int(fraction * len(nodes)), minimum))
         return rng.sample(sorted(nodes), size)
 
+    def fit_config(self, server_round: int) -> Config:
+        """The config every node trains with this round: ``on_fit_config_fn``'s.
+        A strategy that sends more (FedProx's ``proximal_mu``) extends it."""
+        return dict(self.on_fit_config_fn(server_round)) if self.on_fit_config_fn else {}
+
     def configure_fit(
         self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
     ) -> list[tuple[int, FitIns]]:
-        config = self.on_fit_config_fn(server_round) if self.on_fit_config_fn else {}
+        config = self.fit_config(server_round)
         chosen = self._sample(self.fraction_fit, self.min_fit_clients, node_ids, rng)
         return [(node_id, FitIns(dict(config))) for node_id in chosen]
 
