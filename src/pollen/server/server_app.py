@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pollen.errors import ConfigurationError
 from pollen.records.typing import Scalar, UserConfig
 from pollen.server.strategy.fedavg import FedAvg
+from pollen.server.strategy.flower_overrides import refuse_flower_overrides
 from pollen.server.strategy.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ServerApp:
     ) -> None:
         self.config = config or ServerConfig()
         self.strategy = strategy or FedAvg()
+        refuse_flower_overrides(self.strategy)
         self.run_config: UserConfig = dict(run_config or {})
         self._warned: set[tuple[str, ...]] = set()
 
