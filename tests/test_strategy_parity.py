@@ -63,11 +63,16 @@ class Case:
     def id(self) -> str:
         return f"{self.strategy}-{self.label}"
 
+    def arguments(self) -> dict[str, Any]:
+        """Both sides' keyword arguments: every round samples all the case's nodes
+        (Krum and Bulyan refuse a setting that could sample too few for their f)."""
+        return {"min_fit_clients": self.nodes, "min_available_clients": self.nodes, **self.kwargs}
+
     def spec(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "strategy": self.strategy,
-            "kwargs": self.kwargs,
+            "kwargs": self.arguments(),
             "nodes": self.nodes,
             "evaluate_fn": self.evaluate_fn,
             "failures": list(self.failures),
@@ -172,6 +177,7 @@ def run_flower(tmp: Path, inputs: Inputs) -> dict[str, Rounds | str]:
         [
             str(python),
             str(HARNESS),
+            "parity",
             *(str(tmp / n) for n in ("inputs.npz", "cases.json", "out.npz")),
         ],
         capture_output=True,
@@ -197,7 +203,7 @@ def run_flower(tmp: Path, inputs: Inputs) -> dict[str, Rounds | str]:
 
 def run_pollen(case: Case, inputs: Inputs) -> Rounds:
     """The rounds a RoundLoop would run, with every result folded in as it arrives."""
-    kwargs = dict(case.kwargs)
+    kwargs = case.arguments()
     if case.evaluate_fn:
         kwargs["evaluate_fn"] = parity_loss
     strategy = getattr(pollen_strategies, case.strategy)(

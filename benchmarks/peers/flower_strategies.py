@@ -1,36 +1,40 @@
-"""Flower 1.42's legacy strategies fed fixed results, round by round (runs in Flower's venv).
+"""Flower 1.42's legacy strategies run on Pollen's test inputs (runs in Flower's own venv).
 
-``tests/test_strategy_parity.py`` runs this script with the Python of
-``ensure_flower_venv()`` and runs the same rounds through Pollen's strategies::
+Two modes, each run with the Python of ``ensure_flower_venv()``:
 
     .pollen/peers/flower-1.42.0/bin/python benchmarks/peers/flower_strategies.py \\
-        INPUTS.npz CASES.json OUT.npz
+        parity INPUTS.npz CASES.json OUT.npz
+    .pollen/peers/flower-1.42.0/bin/python benchmarks/peers/flower_strategies.py \\
+        converge DATA.npz CASES.json OUT.json
 
-**Inputs** (``INPUTS.npz``): ``initial_K`` the initial model's arrays,
-``delta_R_N_K`` what node N (0-based) adds to array K of the global model in
-round R (1-based), ``num_examples`` (rounds x nodes). Each round, node N's
-result is *the current global model* plus its delta, so a stateful strategy
-(FedAvgM's momentum, FedAdam's moments, QFedAvg's pre-round weights) sees the
-sequence a real run would show it.
-
-**Cases** (``CASES.json``): a list of ``{"id", "strategy", "kwargs", "nodes",
-"evaluate_fn", "failures"}``: ``strategy`` names a class of
-``flwr.server.strategy`` built with ``kwargs`` and ``initial_parameters`` (the
-initial model); the round uses the first ``nodes`` nodes; with ``evaluate_fn``
-the strategy gets ``parity_loss`` (below) as its server-side evaluation;
-``failures`` lists nodes whose result is reported as a failure instead.
-
-**What runs**, per case, as Flower's legacy server loop drives a strategy:
+**parity** (``tests/test_strategy_parity.py``). Inputs: ``initial_K`` the
+initial model's arrays, ``delta_R_N_K`` what node N (0-based) adds to array K of
+the global model in round R (1-based), ``num_examples`` (rounds x nodes). Each
+round, node N's result is *the current global model* plus its delta, so a
+stateful strategy (FedAvgM's momentum, FedAdam's moments, QFedAvg's pre-round
+weights) sees the sequence a real run would show it. Cases: a list of ``{"id",
+"strategy", "kwargs", "nodes", "evaluate_fn", "failures"}``: ``strategy`` names
+a class of ``flwr.server.strategy`` built with ``kwargs`` and
+``initial_parameters`` (the initial model); the rounds use the first ``nodes``
+nodes; with ``evaluate_fn`` the strategy gets ``parity_loss`` (below);
+``failures`` lists nodes whose result is reported as a failure instead. What
+runs, per case, as Flower's legacy server loop drives a strategy:
 ``initialize_parameters(client_manager)`` (the initial model when it returns
 None), ``evaluate(0, ...)``, then per round ``configure_fit`` on a
 ``SimpleClientManager`` holding one stand-in ``ClientProxy`` per node (cid
 ``"N"``), ``aggregate_fit`` on ``(proxy, FitRes(Status OK, arrays,
 num_examples, {}))`` pairs in node order, and ``evaluate`` of the new model.
+Output: ``ID|R|K`` in ``OUT.npz`` for each round's aggregated array K (absent
+when ``aggregate_fit`` returned None), and ``OUT.json``: per case the fit config
+of each round (``{"configs": [...]}``) or ``{"error": "..."}`` when Flower raised.
 
-**Output** (``OUT.npz``): ``ID|R|K`` for each round's aggregated array K
-(absent when ``aggregate_fit`` returned None), and ``OUT.json``: per case the
-fit config each round (``{"configs": [...]}``) or ``{"error": "..."}`` when
-Flower raised.
+**converge** (``benchmarks/strategies.py --peer flower``). Flower's own legacy
+server loop (``flwr.server.Server.fit``) drives each case's strategy over
+in-process nodes: a ``ClientProxy`` per node trains ``digits_mlp`` on its
+partition (``x_N``, ``y_N`` in ``DATA.npz``; ``x_test``, ``y_test`` for the
+server's ``evaluate_fn``). Cases: ``{"id", "strategy", "kwargs", "rounds"}``.
+Output: per case ``{"accuracy": [round 1, ...], "seconds": ...}`` or
+``{"error": "..."}``.
 
 Only numpy is imported at the top, so that Pollen's side can import
 ``parity_loss`` from here without Flower installed.
@@ -75,7 +79,7 @@ def load_inputs(
     return initial, deltas, num_examples
 
 
-def _run_case(case: dict[str, Any], inputs: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
+def _parity_case(case: dict[str, Any], inputs: Path) -> tuple[dict[str, np.ndarray], list[Any]]:
     import flwr.server.strategy as strategies
     from flwr.common import (
         Code,
@@ -150,17 +154,84 @@ def _run_case(case: dict[str, Any], inputs: Path) -> tuple[dict[str, np.ndarray]
     return out, configs
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        print(__doc__.split("\n\n")[1], file=sys.stderr)
-        return 2
-    inputs, cases_path, out_path = (Path(a) for a in argv)
+def _converge_case(case: dict[str, Any], data: dict[str, np.ndarray]) -> dict[str, Any]:
+    import time
+
+    import flwr.server.strategy as strategies
+    from flwr.common import (
+        Code,
+        FitIns,
+        FitRes,
+        Status,
+        ndarrays_to_parameters,
+        parameters_to_ndarrays,
+    )
+    from flwr.server import Server
+    from flwr.server.client_manager import SimpleClientManager
+    from flwr.server.client_proxy import ClientProxy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import digits_mlp
+
+    class TrainingProxy(ClientProxy):  # type: ignore[misc]  # Any where flwr is absent
+        """Node N trains ``digits_mlp`` on its partition, in this process."""
+
+        def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+            node = int(self.cid)
+            x, y = data[f"x_{node}"], data[f"y_{node}"]
+            weights = digits_mlp.train(
+                parameters_to_ndarrays(ins.parameters), x, y, ins.config, node
+            )
+            return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(weights), len(y), {})
+
+        def _unused(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError("the benchmark evaluates on the server only")
+
+        get_properties = get_parameters = evaluate = reconnect = _unused
+
+    def evaluate_fn(
+        server_round: int, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, dict[str, Any]]:
+        loss, accuracy = digits_mlp.evaluate(parameters, data["x_test"], data["y_test"])
+        return loss, {"accuracy": accuracy}
+
+    nodes = len([name for name in data if name.startswith("y_") and name != "y_test"])
+    strategy = getattr(strategies, case["strategy"])(
+        initial_parameters=ndarrays_to_parameters(digits_mlp.initial_model()),
+        evaluate_fn=evaluate_fn,
+        on_fit_config_fn=lambda server_round: {"server_round": server_round},
+        **case["kwargs"],
+    )
+    manager = SimpleClientManager()
+    for node in range(nodes):
+        manager.register(TrainingProxy(str(node)))
+    started = time.perf_counter()
+    history, _ = Server(client_manager=manager, strategy=strategy).fit(
+        int(case["rounds"]), timeout=None
+    )
+    accuracy = [value for r, value in history.metrics_centralized["accuracy"] if r > 0]
+    return {"accuracy": accuracy, "seconds": time.perf_counter() - started}
+
+
+def converge(data_path: Path, cases_path: Path, out_path: Path) -> None:
+    with np.load(data_path) as loaded:
+        data = {name: loaded[name] for name in loaded.files}
+    report: dict[str, Any] = {}
+    for case in json.loads(cases_path.read_text()):
+        try:
+            report[case["id"]] = _converge_case(case, data)
+        except Exception as exc:  # one case's failure is reported, the others still run
+            report[case["id"]] = {"error": f"{type(exc).__name__}: {exc}"}
+    out_path.write_text(json.dumps(report, indent=1))
+
+
+def parity(inputs: Path, cases_path: Path, out_path: Path) -> None:
     cases = json.loads(cases_path.read_text())
     arrays: dict[str, Any] = {}
     report: dict[str, Any] = {}
     for case in cases:
         try:
-            out, configs = _run_case(case, inputs)
+            out, configs = _parity_case(case, inputs)
         except Exception as exc:  # one case's failure is reported, the others still run
             report[case["id"]] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
@@ -168,6 +239,15 @@ def main(argv: list[str]) -> int:
         report[case["id"]] = {"configs": configs}
     np.savez(out_path, **arrays)
     out_path.with_suffix(".json").write_text(json.dumps(report, indent=1))
+
+
+def main(argv: list[str]) -> int:
+    modes = {"parity": parity, "converge": converge}
+    if len(argv) != 4 or argv[0] not in modes:
+        print(__doc__.split("\n\n")[1], file=sys.stderr)
+        return 2
+    first, second, third = (Path(a) for a in argv[1:])
+    modes[argv[0]](first, second, third)
     return 0
 
 
