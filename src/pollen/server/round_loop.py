@@ -15,6 +15,7 @@ from pollen.records import fit_evaluate
 from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message
 from pollen.records.replies import EvaluateRes
 from pollen.records.typing import Config, NDArrays
+from pollen.server.aggregation import spill
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
 from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
@@ -142,11 +143,18 @@ class RoundLoop:
         raise RunError(f"could not get initial parameters: {'; '.join(failures) or 'no arrays'}")
 
     async def fit(self, server_round: int, model: GlobalModel, record: RoundRecord) -> GlobalModel:
+        # a rule that keeps the round's updates on disk keeps them in the run's folder
+        with spill.spill_folder(self.directory):
+            return await self._fit(server_round, model, record)
+
+    async def _fit(self, server_round: int, model: GlobalModel, record: RoundRecord) -> GlobalModel:
         nodes = await self._nodes()
         parameters = await model.arrays()
         instructions = self.strategy.configure_fit(server_round, parameters, nodes, self.rng)
         if not instructions:
             return model
+        model_bytes = sum(int(array.nbytes) for array in parameters)
+        spill.check_room(self.strategy.disk_needed(model_bytes, len(instructions)), server_round)
         ref = await model.ref()
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
         del parameters

@@ -80,6 +80,12 @@ class Strategy(ABC):
         """Whether `evaluate` may do real work (the loop frees memory for it first)."""
         return type(self).evaluate is not Strategy.evaluate
 
+    def disk_needed(self, model_bytes: int, num_results: int) -> int:
+        """Bytes of disk a fit round of ``num_results`` results of ``model_bytes`` each
+        needs (rules that keep every update on disk); the round loop checks there is
+        room before it asks any node. 0: none."""
+        return 0
+
     def array_names(self) -> list[str] | None:
         """Names of the model's arrays (a state_dict's keys), for the saved models;
         None: ``layer_0``, ``layer_1``, ..."""
