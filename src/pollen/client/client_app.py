@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pollen.client.client import Client
@@ -22,6 +22,11 @@ Content = Records[NDArrays]
 Handler = Callable[[Content, Context], Content]
 """Does the work one message asks for: its content in, the reply's content out."""
 
+Mod = Callable[[str, Content, Context, Handler], Content]
+"""Wraps every handler call: ``mod(message_type, content, context, call_next)`` may
+change the content on its way in, call ``call_next(content, context)``, and change
+the reply's content on its way out (``pollen.client.mod.fixedclipping_mod``)."""
+
 
 def _wants_cid(client_fn: ClientFn) -> bool:
     # Older apps write client_fn(cid: str); newer ones client_fn(context: Context).
@@ -35,6 +40,10 @@ def _wants_cid(client_fn: ClientFn) -> bool:
     return first.name == "cid" or first.annotation in (str, "str")
 
 
+def _through(mod: Mod, message_type: str, call_next: Handler) -> Handler:
+    return lambda content, context: mod(message_type, content, context, call_next)
+
+
 class ClientApp:
     """Runs each message a node receives through the handler registered for its type.
 
@@ -43,10 +52,15 @@ class ClientApp:
     and returns a `NumPyClient` or `Client`, whose ``fit``, ``evaluate`` and
     ``get_parameters`` answer ``train``, ``evaluate`` and ``query.get_parameters``
     messages.
+
+    ``mods`` wrap every handler call, the first one outermost (as Flower's).
     """
 
-    def __init__(self, client_fn: ClientFn | None = None) -> None:
+    def __init__(
+        self, client_fn: ClientFn | None = None, mods: Sequence[Mod] | None = None
+    ) -> None:
         self._handlers: dict[str, Handler] = {}
+        self.mods = list(mods or ())
         self.client_fn = client_fn
         if client_fn is None:
             return
@@ -76,8 +90,11 @@ class ClientApp:
         return handler
 
     def handle(self, message_type: str, content: Content, context: Context) -> Content:
-        """Run one message and return the content of its reply."""
-        return self.handler_for(message_type)(content, context)
+        """Run one message, through the mods, and return the content of its reply."""
+        call = self.handler_for(message_type)
+        for mod in reversed(self.mods):
+            call = _through(mod, message_type, call)
+        return call(content, context)
 
     # The 1.8-era handlers: a fresh client per message, as Flower builds one.
     def _client(self, context: Context) -> Client:
