@@ -173,8 +173,9 @@ class RoundLoop:
                 failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
-        if failures and not self.strategy.accept_failures:
-            logger.warning("round %d: failures and accept_failures=False; model kept", server_round)
+        refusal = self.strategy.fit_round_refusal(server_round, record.fit_results, len(failures))
+        if refusal is not None:
+            logger.warning("round %d: %s; model kept", server_round, refusal)
             return model
         required = self.strategy.min_fit_clients
         if record.fit_results < required:

@@ -72,6 +72,14 @@ class Strategy(ABC):
     ) -> tuple[float | None, Metrics]:
         """Combine the nodes' evaluation results into one loss and metrics."""
 
+    def fit_round_refusal(self, server_round: int, results: int, failures: int) -> str | None:
+        """Why a fit round with ``results`` usable results and ``failures`` failed nodes
+        keeps the previous model (the run goes on), or None to aggregate it.
+        Default: failures refuse the round unless ``accept_failures``."""
+        if failures and not self.accept_failures:
+            return "failures and accept_failures=False"
+        return None
+
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
         """Evaluate the global model on the server; None when there is no server-side data."""
         return None
