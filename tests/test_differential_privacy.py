@@ -146,6 +146,25 @@ def test_server_side_fixed_clipping_averages_the_clipped_updates() -> None:
     np.testing.assert_allclose(model[0], expected, rtol=1e-6)
 
 
+def test_any_strategy_can_be_wrapped_here_a_median_of_the_clipped_updates() -> None:
+    from pollen.server.strategy import FedMedian
+
+    median = FedMedian(min_fit_clients=3, min_available_clients=3)
+    strategy = DifferentialPrivacyServerSideFixedClipping(median, 0.0, 1.0, 3)
+    zeros = [np.zeros(2, np.float32)]
+    results = [
+        FitRes([np.array([30.0, 40.0], np.float32)], 1),  # -> (0.6, 0.8)
+        FitRes([np.array([0.1, 0.2], np.float32)], 5),
+        FitRes([np.array([0.0, -2.0], np.float32)], 1),  # -> (0, -1)
+    ]
+
+    model, _ = one_round(strategy, zeros, results)
+
+    assert model is not None
+    np.testing.assert_allclose(model[0], [0.1, 0.2], rtol=1e-6)  # the median per weight
+    assert strategy.disk_needed(1000, 3) == median.disk_needed(1000, 3) > 0
+
+
 def test_the_noise_has_stddev_noise_multiplier_times_clipping_norm_over_num_sampled() -> None:
     size = 200_000
     global_model = [np.zeros(size, np.float32)]
@@ -572,3 +591,35 @@ def test_a_wrapped_fedavg_on_virtual_nodes_records_epsilon_per_round_and_resumes
     assert all(r["fit_results"] == 2 and not r["fit_failures"] for r in rounds)
     # each round moved the model by a clipped update of norm 0.5 plus noise of stddev 0.25
     assert outcome.parameters[0].shape == (4,)
+
+
+def test_clipping_and_noise_allocate_about_one_model_whatever_the_number_of_nodes() -> None:
+    import tracemalloc
+
+    size = 4_000_000  # 16 MB of float32
+    model = [np.zeros(size, np.float32)]
+    strategy = DifferentialPrivacyServerSideFixedClipping(fedavg(8), 1.0, 1.0, 8)
+    strategy.configure_fit(1, model, list(range(1, 9)), random.Random(0))
+    rng = np.random.default_rng(0)
+    peaks = []
+    tracemalloc.start()
+    try:
+        aggregator = strategy.fit_aggregator(1, model)
+        for node in range(1, 9):
+            result = FitRes([rng.standard_normal(size, dtype=np.float32)], 1)
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            aggregator.add(node, result)  # clipped in place, folded into the running sum
+            peaks.append(tracemalloc.get_traced_memory()[1] - before)
+            del result
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        aggregator.finish()
+        peaks.append(tracemalloc.get_traced_memory()[1] - before)
+    finally:
+        tracemalloc.stop()
+
+    model_bytes = 4 * size
+    # the first result allocates the running sum (one model); then only blocks of a few MiB
+    assert peaks[0] < 1.3 * model_bytes
+    assert max(peaks[1:]) < 5e6 < 0.35 * model_bytes

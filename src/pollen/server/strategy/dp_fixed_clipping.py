@@ -34,6 +34,12 @@ class DifferentialPrivacyServerSideFixedClipping(DPWrapper):
       seeded from the operating system; give a seeded one only to reproduce an
       experiment).
 
+    The guarantee is node-level (ε, δ) differential privacy of the sequence of
+    global models, towards anyone who sees them; the ServerApp itself sees each
+    update (central DP). As in Flower, the noise assumes that no node weighs more
+    than ``1 / num_sampled_clients`` in the aggregate: FedAvg weighs results by their
+    examples, so for the stated guarantee have the nodes report equal ``num_examples``.
+
     As Flower's: a round with a failed or rejected result keeps the model (the
     noise is calibrated to ``num_sampled_clients`` results). Unlike Flower's, a round
     in which the wrapped strategy samples another number of nodes than

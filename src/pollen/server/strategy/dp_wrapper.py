@@ -260,3 +260,6 @@ class DPWrapper(Strategy):
 
     def evaluates_on_server(self) -> bool:
         return self.strategy.evaluates_on_server()
+
+    def disk_needed(self, model_bytes: int, num_results: int) -> int:
+        return self.strategy.disk_needed(model_bytes, num_results)
