@@ -37,14 +37,14 @@ from pollen.server.aggregation.dp_clipping import (
 )
 from pollen.server.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.server.run import ServerAppConfig, run_on_grid
-from pollen.server.strategy import FedAvg, Strategy
-from pollen.server.strategy.dp_adaptive_clipping import (
+from pollen.server.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-)
-from pollen.server.strategy.dp_fixed_clipping import (
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+    Strategy,
 )
 from pollen.simulation import InProcessGrid
 from pollen.transport.addresses import Address
@@ -147,8 +147,6 @@ def test_server_side_fixed_clipping_averages_the_clipped_updates() -> None:
 
 
 def test_any_strategy_can_be_wrapped_here_a_median_of_the_clipped_updates() -> None:
-    from pollen.server.strategy import FedMedian
-
     median = FedMedian(min_fit_clients=3, min_available_clients=3)
     strategy = DifferentialPrivacyServerSideFixedClipping(median, 0.0, 1.0, 3)
     zeros = [np.zeros(2, np.float32)]

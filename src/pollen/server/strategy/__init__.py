@@ -1,6 +1,14 @@
 """Strategies: FedAvg and the `Strategy` interface to write others."""
 
 from pollen.server.strategy.bulyan import Bulyan
+from pollen.server.strategy.dp_adaptive_clipping import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+)
+from pollen.server.strategy.dp_fixed_clipping import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
 from pollen.server.strategy.fault_tolerant_fedavg import FaultTolerantFedAvg
 from pollen.server.strategy.fedavg import FedAvg
 from pollen.server.strategy.fedavgm import FedAvgM
@@ -19,6 +27,10 @@ from pollen.server.strategy.strategy import (
 
 __all__ = [
     "Bulyan",
+    "DifferentialPrivacyClientSideAdaptiveClipping",
+    "DifferentialPrivacyClientSideFixedClipping",
+    "DifferentialPrivacyServerSideAdaptiveClipping",
+    "DifferentialPrivacyServerSideFixedClipping",
     "EvaluateIns",
     "FaultTolerantFedAvg",
     "FedAdagrad",
