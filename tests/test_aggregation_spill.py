@@ -222,6 +222,26 @@ def test_blocks_of_any_size_give_the_rules_numbers_on_whole_arrays(
     assert bulyan.shape == (13, 3) and bulyan.dtype == np.float32
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("count", [1, 2, 5, 8])
+def test_the_median_is_numpys_bit_for_bit_nans_included(
+    tmp_path: Path, dtype: type, count: int
+) -> None:
+    rng = np.random.default_rng(count)
+    updates: list[NDArrays] = [[rng.normal(size=200).astype(dtype)] for _ in range(count)]
+    updates[0][0][:3] = np.nan  # a node sending NaN makes those coordinates NaN, as in Flower
+    updates[-1][0][10:20] = 0.5  # ties
+
+    rule = CoordinateMedian(updates[0], tmp_path, block_bytes=256)
+    for update in updates:
+        rule.add(update, 1)
+    result = rule.result()
+
+    assert result is not None and result[0].dtype == np.dtype(dtype)
+    expected = np.median(np.stack([u[0] for u in updates]), axis=0)
+    np.testing.assert_array_equal(result[0], expected)
+
+
 # --- the round loop: where the spill goes, and the room it needs --------------------------
 
 
