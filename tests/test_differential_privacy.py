@@ -621,3 +621,27 @@ def test_clipping_and_noise_allocate_about_one_model_whatever_the_number_of_node
     # the first result allocates the running sum (one model); then only blocks of a few MiB
     assert peaks[0] < 1.3 * model_bytes
     assert max(peaks[1:]) < 5e6 < 0.35 * model_bytes
+
+
+def test_client_side_adaptive_clipping_end_to_end_moves_the_bound_from_the_nodes_bits(
+    tmp_path: Path,
+) -> None:
+    app = ClientApp(client_fn=lambda context: NoisyStepClient(), mods=[adaptiveclipping_mod])
+    grid = InProcessGrid(app, num_nodes=3)
+    inner = fedavg(3, fraction_evaluate=0.0, initial_parameters=[np.zeros(4, np.float32)])
+    strategy = DifferentialPrivacyClientSideAdaptiveClipping(
+        inner, noise_multiplier=0.0, num_sampled_clients=3
+    )
+    server = ServerApp(config=ServerConfig(num_rounds=3, seed=1), strategy=strategy)
+    config = ServerAppConfig(Address("unused", 1), output_root=tmp_path)
+
+    outcome, directory = asyncio.run(run_on_grid(server, config, grid))
+
+    rounds = json.loads((directory / "metrics.json").read_text())["rounds"]
+    # every node's update (norm 2) is clipped, none unclipped: the bound grows by exp(0.1)
+    bounds = [r["fit_metrics"]["dp_clipping_norm"] for r in rounds]
+    assert bounds == pytest.approx([0.1, 0.1 * math.exp(0.1), 0.1 * math.exp(0.2)])
+    assert all(n["metrics"] == {KEY_NORM_BIT: 1} for r in rounds for n in r["fit_nodes"])
+    assert all(KEY_NORM_BIT not in r["fit_metrics"] for r in rounds)
+    # no noise: the model moved by exactly the clipped updates' mean, 3 rounds of them
+    np.testing.assert_allclose(update_norm(outcome.parameters, [np.zeros(4)]), sum(bounds))
