@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -175,6 +176,60 @@ def test_a_process_killed_by_sigkill_leaves_no_spill_behind(tmp_path: Path) -> N
 
     assert child.returncode == -signal.SIGKILL
     assert list(tmp_path.iterdir()) == []
+
+
+SERVERAPP = """
+import asyncio, sys, time
+from pathlib import Path
+import numpy as np
+from pollen.client import ClientApp, NumPyClient
+from pollen.server import ServerApp, ServerConfig
+from pollen.server.run import ServerAppConfig, run_on_grid
+from pollen.server.strategy import FedMedian
+from pollen.simulation import InProcessGrid
+from pollen.transport.addresses import Address
+
+root = Path(sys.argv[1])
+
+class Client(NumPyClient):
+    def __init__(self, context):
+        self.partition = int(context.node_config["partition-id"])
+
+    def fit(self, parameters, config):
+        if self.partition == 2:  # the last node never answers: the round stays open
+            (root / "waiting").touch()
+            time.sleep(120)
+        return [p + self.partition for p in parameters], 1, {}
+
+app = ServerApp(
+    config=ServerConfig(num_rounds=1),
+    strategy=FedMedian(min_available_clients=3, initial_parameters=[np.zeros(1 << 20, np.float32)]),
+)
+grid = InProcessGrid(ClientApp(client_fn=lambda context: Client(context)), num_nodes=3)
+config = ServerAppConfig(Address("unused", 1), output_root=root / "runs")
+asyncio.run(run_on_grid(app, config, grid))
+"""
+
+
+def test_a_serverapp_killed_by_sigkill_mid_round_leaves_no_spill_in_its_run_folder(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.Popen([sys.executable, "-c", SERVERAPP, str(tmp_path)], cwd=ROOT)
+    runs = tmp_path / "runs"
+    try:
+        for _ in range(600):
+            if (tmp_path / "waiting").exists() or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert (tmp_path / "waiting").exists(), "the run did not reach its first round"
+        [held] = files_open_in(runs, child.pid)  # the round's spill, in the run's folder
+        assert held.endswith("(deleted)")
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=30)
+
+    left = sorted(p.name for p in runs.rglob("*") if p.is_file())
+    assert left and all(not name.startswith("pollen-spill") for name in left), left
 
 
 def _fd_of(pid: int, target: str) -> str:
