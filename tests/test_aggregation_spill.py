@@ -142,6 +142,17 @@ def test_the_spill_has_no_name_in_its_folder_and_its_space_goes_after_the_round(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_aggregator_dropped_without_finish_frees_its_spill(tmp_path: Path) -> None:
+    with spill.spill_folder(tmp_path):
+        aggregator = FedMedian().fit_aggregator(1, [np.zeros(10, np.float32)])
+    aggregator.add(1, FitRes([np.ones(10, np.float32)], 1))
+    assert len(files_open_in(tmp_path)) == 1
+
+    del aggregator  # what a round that keeps its model (accept_failures=False) does
+
+    assert files_open_in(tmp_path) == []
+
+
 def test_a_process_killed_by_sigkill_leaves_no_spill_behind(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """

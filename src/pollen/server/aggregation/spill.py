@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ class SpilledUpdates:
             dir=self.folder, prefix="pollen-spill-", buffering=0
         )
         self._fd = self._file.fileno()
+        # a round that ends without finish() (accept_failures=False, too few results)
+        # drops its aggregator: the disk goes with it, without a ResourceWarning
+        weakref.finalize(self, self._file.close)
         self._scratch: dict[np.dtype[Any], NDArray] = {}
         self.count = 0
         """Updates spilled so far."""
