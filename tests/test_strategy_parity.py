@@ -65,8 +65,10 @@ class Case:
 
     def arguments(self) -> dict[str, Any]:
         """Both sides' keyword arguments: every round samples all the case's nodes
-        (Krum and Bulyan refuse a setting that could sample too few for their f)."""
-        return {"min_fit_clients": self.nodes, "min_available_clients": self.nodes, **self.kwargs}
+        (Krum and Bulyan refuse a setting that could sample too few for their f) and
+        needs the results of all but the failing ones."""
+        usable = self.nodes - len(self.failures)
+        return {"min_fit_clients": usable, "min_available_clients": self.nodes, **self.kwargs}
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -83,6 +85,12 @@ class Case:
 CASES = [
     Case("FedAvg"),
     Case("FedAvg", {"inplace": False}, label="inplace=False"),
+    Case(
+        "FedAvg",
+        {"accept_failures": False},
+        failures=(5,),
+        label="accept_failures=False,node 5 fails",
+    ),
     Case("FedProx", {"proximal_mu": 0.1}, label="proximal_mu=0.1"),
     Case("FedProx", {"proximal_mu": 2.0}, label="proximal_mu=2.0"),
     Case("FedAvgM"),
@@ -102,6 +110,13 @@ CASES = [
         label="q_param=1.0,qffl_learning_rate=0.05",
     ),
     Case("FaultTolerantFedAvg"),
+    Case("FaultTolerantFedAvg", failures=(5,), label="node 5 fails"),
+    Case(
+        "FaultTolerantFedAvg",
+        {"min_completion_rate_fit": 0.9},
+        failures=(5,),
+        label="min_completion_rate_fit=0.9,node 5 fails",
+    ),
     Case("FedMedian"),
     Case("FedMedian", nodes=7, label="7 nodes (odd count)"),
     Case("FedTrimmedAvg"),
@@ -225,7 +240,9 @@ def run_pollen(case: Case, inputs: Inputs) -> Rounds:
                 continue
             update = [c + d for c, d in zip(current, inputs.deltas[(r, n)], strict=True)]
             aggregator.add(node, FitRes(update, int(inputs.num_examples[r - 1, n])))
-        new, _ = aggregator.finish()
+        folded = len(node_ids) - len(case.failures)
+        refusal = strategy.fit_round_refusal(r, folded, len(case.failures))
+        new = aggregator.finish()[0] if refusal is None else None
         models.append(new)
         if new is not None:
             current = new
