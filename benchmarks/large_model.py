@@ -78,8 +78,14 @@ def _wait_for_serverapp(
 
 
 def run_large_model(
-    model_mb: int, nodes: int, rounds: int, workdir: Path, timeout: float = 1800
+    model_mb: int,
+    nodes: int,
+    rounds: int,
+    workdir: Path,
+    timeout: float = 1800,
+    app: str = "large_server:app",
 ) -> LargeModelRun:
+    """One run of the ServerApp ``app`` (a module of ``apps/``) on a fresh federation."""
     federation = LocalFederation(workdir / "federation", clients=nodes)
     try:
         federation.start_superlink()
@@ -93,9 +99,7 @@ def run_large_model(
         )
         others = [c for c in [federation.superlink, *federation.nodes] if c is not None]
         cpu_before = {c.name: cpu_seconds(c.process.pid) for c in others}
-        server = spawn(
-            "serverapp", federation.serverapp_command("large_server:app", APPS), federation.log_dir
-        )
+        server = spawn("serverapp", federation.serverapp_command(app, APPS), federation.log_dir)
         try:
             server_peak, server_cpu = _wait_for_serverapp(server, federation, timeout)
         finally:
