@@ -82,7 +82,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -125,6 +125,7 @@ fraction-evaluate = 1.0
 perturb = false
 node-wait-timeout = 120.0
 out = ""
+strategy = "FedAvg"
 """
 
 
@@ -281,7 +282,9 @@ class FlowerFederation:
                 time.sleep(0.1)
         raise FlowerError(f"flower-superlink not listening after 60 s on port {port}")
 
-    def run(self, config: dict[str, int | float | bool], timeout: float) -> dict[str, object]:
+    def run(
+        self, config: Mapping[str, int | float | bool | str], timeout: float
+    ) -> dict[str, object]:
         """One ``flwr run`` of the peer app with ``config``; the ServerApp's JSON result."""
         app = self.workdir / "app"
         app.mkdir(exist_ok=True)

@@ -1,11 +1,12 @@
 """The Flower ServerApp of the peer benchmarks (runs inside Flower's own venv).
 
-Flower's own message-API ``FedAvg`` drives the rounds. Round times come from
-``Strategy.start``'s ``evaluate_fn`` hook, which Flower calls once before round 1
-and once at the end of every round (after train and evaluate were sent, received
-and aggregated); round k lasts from call k-1 to call k. Before the strategy
-starts, the app waits until all ``nodes`` SuperNodes are connected, so that no
-round includes start-up. The times go to the JSON file named by ``out``.
+Flower's own message-API ``FedAvg`` (or the run config's ``strategy``: FedMedian,
+Krum) drives the rounds. Round times come from ``Strategy.start``'s
+``evaluate_fn`` hook, which Flower calls once before round 1 and once at the end
+of every round (after train and evaluate were sent, received and aggregated);
+round k lasts from call k-1 to call k. Before the strategy starts, the app waits
+until all ``nodes`` SuperNodes are connected, so that no round includes
+start-up. The times go to the JSON file named by ``out``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from pathlib import Path
 import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, FedMedian, Krum
 
 app = ServerApp()
+
+STRATEGIES = {"FedAvg": FedAvg, "FedMedian": FedMedian, "Krum": Krum}
+"""What the run config's ``strategy`` may name (``strategies.py memory`` uses the robust ones)."""
 
 
 def build_model(model_bytes: int, layers: int) -> list[np.ndarray]:
@@ -60,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
         stamps.append(time.perf_counter())
         return None
 
-    strategy = FedAvg(
+    strategy = STRATEGIES[str(config["strategy"])](
         fraction_evaluate=float(config["fraction-evaluate"]),
         min_train_nodes=nodes,
         min_evaluate_nodes=nodes,
