@@ -28,7 +28,7 @@ SEED = 2024
 HIDDEN = 32
 EPOCHS = 2
 BATCH = 16
-LR = 0.05
+LR = 0.1
 MIN_EXAMPLES = 10
 
 Arrays = list[np.ndarray]
