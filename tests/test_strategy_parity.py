@@ -291,6 +291,9 @@ def test_global_models_match_flower_round_by_round(
             np.testing.assert_allclose(
                 a, b, rtol=RTOL, atol=ATOL, err_msg=f"{case.id}, round {r}, array {k}"
             )
+            # Flower's FedAdam and QFedAvg return float64 (a float64 scalar times a
+            # float32 array under NumPy 2's promotion rules); Pollen keeps the model's dtype.
+            assert a.dtype == inputs.initial[k].dtype, f"round {r}, array {k}: {a.dtype}"
     assert ours.configs == theirs.configs
 
 
