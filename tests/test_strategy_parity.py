@@ -56,18 +56,23 @@ class Case:
     kwargs: dict[str, Any] = field(default_factory=dict)
     nodes: int = NODES
     evaluate_fn: bool = False
-    failures: tuple[int, ...] = ()
+    failures: tuple[tuple[int, int], ...] = ()
+    """(round, node) pairs: that node's result fails in that round."""
     label: str = "defaults"
 
     @property
     def id(self) -> str:
         return f"{self.strategy}-{self.label}"
 
+    def failed(self, server_round: int) -> set[int]:
+        return {n for r, n in self.failures if r == server_round}
+
     def arguments(self) -> dict[str, Any]:
         """Both sides' keyword arguments: every round samples all the case's nodes
         (Krum and Bulyan refuse a setting that could sample too few for their f) and
         needs the results of all but the failing ones."""
-        usable = self.nodes - len(self.failures)
+        worst = max((self.failed(r) for r in range(1, ROUNDS + 1)), key=len)
+        usable = self.nodes - len(worst)
         return {"min_fit_clients": usable, "min_available_clients": self.nodes, **self.kwargs}
 
     def spec(self) -> dict[str, Any]:
@@ -77,7 +82,7 @@ class Case:
             "kwargs": self.arguments(),
             "nodes": self.nodes,
             "evaluate_fn": self.evaluate_fn,
-            "failures": list(self.failures),
+            "failures": [list(pair) for pair in self.failures],
         }
 
 
@@ -88,18 +93,30 @@ CASES = [
     Case(
         "FedAvg",
         {"accept_failures": False},
-        failures=(5,),
-        label="accept_failures=False,node 5 fails",
+        failures=((2, 5),),
+        label="accept_failures=False,round 2 fails",
     ),
     Case("FedProx", {"proximal_mu": 0.1}, label="proximal_mu=0.1"),
     Case("FedProx", {"proximal_mu": 2.0}, label="proximal_mu=2.0"),
     Case("FedAvgM"),
     Case("FedAvgM", {"server_momentum": 0.9}, label="server_momentum=0.9"),
     Case("FedAvgM", {"server_learning_rate": 0.5}, label="server_learning_rate=0.5"),
+    Case(
+        "FedAvgM",
+        {"server_momentum": 0.9, "accept_failures": False},
+        failures=((2, 5),),
+        label="server_momentum=0.9,accept_failures=False,round 2 fails",
+    ),
     Case("FedAdagrad"),
     Case("FedAdagrad", {"eta": 0.05, "tau": 1e-3}, label="eta=0.05,tau=1e-3"),
     Case("FedAdam"),
     Case("FedAdam", {"eta": 0.01, "tau": 1e-3}, label="eta=0.01,tau=1e-3"),
+    Case(
+        "FedAdam",
+        {"accept_failures": False},
+        failures=((2, 5),),
+        label="accept_failures=False,round 2 fails",
+    ),
     Case("FedYogi"),
     Case("FedYogi", {"eta": 0.1, "beta_2": 0.9}, label="eta=0.1,beta_2=0.9"),
     Case("QFedAvg", evaluate_fn=True),
@@ -110,12 +127,16 @@ CASES = [
         label="q_param=1.0,qffl_learning_rate=0.05",
     ),
     Case("FaultTolerantFedAvg"),
-    Case("FaultTolerantFedAvg", failures=(5,), label="node 5 fails"),
+    Case(
+        "FaultTolerantFedAvg",
+        failures=((1, 5), (2, 5), (2, 6), (3, 5)),
+        label="node 5 fails each round,node 6 in round 2",
+    ),
     Case(
         "FaultTolerantFedAvg",
         {"min_completion_rate_fit": 0.9},
-        failures=(5,),
-        label="min_completion_rate_fit=0.9,node 5 fails",
+        failures=((2, 5),),
+        label="min_completion_rate_fit=0.9,round 2 fails",
     ),
     Case("FedMedian"),
     Case("FedMedian", nodes=7, label="7 nodes (odd count)"),
@@ -236,12 +257,12 @@ def run_pollen(case: Case, inputs: Inputs) -> Rounds:
         aggregator = strategy.fit_aggregator(r, current)
         for node in node_ids:
             n = node - 1
-            if n in case.failures:
+            if n in case.failed(r):
                 continue
             update = [c + d for c, d in zip(current, inputs.deltas[(r, n)], strict=True)]
             aggregator.add(node, FitRes(update, int(inputs.num_examples[r - 1, n])))
-        folded = len(node_ids) - len(case.failures)
-        refusal = strategy.fit_round_refusal(r, folded, len(case.failures))
+        failed = len(case.failed(r))
+        refusal = strategy.fit_round_refusal(r, len(node_ids) - failed, failed)
         new = aggregator.finish()[0] if refusal is None else None
         models.append(new)
         if new is not None:

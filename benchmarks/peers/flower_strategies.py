@@ -17,7 +17,8 @@ weights) sees the sequence a real run would show it. Cases: a list of ``{"id",
 a class of ``flwr.server.strategy`` built with ``kwargs`` and
 ``initial_parameters`` (the initial model); the rounds use the first ``nodes``
 nodes; with ``evaluate_fn`` the strategy gets ``parity_loss`` (below);
-``failures`` lists nodes whose result is reported as a failure instead. What
+``failures`` lists ``[round, node]`` pairs: that node's result in that round is
+reported as a failure instead. What
 runs, per case, as Flower's legacy server loop drives a strategy:
 ``initialize_parameters(client_manager)`` (the initial model when it returns
 None), ``evaluate(0, ...)``, then per round ``configure_fit`` on a
@@ -102,7 +103,7 @@ def _parity_case(case: dict[str, Any], inputs: Path) -> tuple[dict[str, np.ndarr
     initial, deltas, num_examples = load_inputs(inputs)
     rounds = num_examples.shape[0]
     nodes = int(case["nodes"])
-    failures = set(case.get("failures", []))
+    failures = {(int(r), int(n)) for r, n in case.get("failures", [])}
     kwargs = dict(case["kwargs"])
     if case.get("evaluate_fn"):
         kwargs["evaluate_fn"] = parity_loss
@@ -130,7 +131,7 @@ def _parity_case(case: dict[str, Any], inputs: Path) -> tuple[dict[str, np.ndarr
         results = []
         failed: list[BaseException] = []
         for n, proxy in enumerate(proxies):
-            if n in failures:
+            if (r, n) in failures:
                 failed.append(RuntimeError(f"node {n} failed"))
                 continue
             update = [c + d for c, d in zip(current, deltas[(r, n)], strict=True)]
