@@ -309,6 +309,26 @@ def memory_report(
     return "\n".join(lines)
 
 
+def flower_fits(model_mb: int, nodes: int) -> None:
+    """RunError before starting Flower when its processes would not fit in memory.
+
+    From Flower's peaks measured here at 500 MB (``peers/flower.py``): each node
+    (SuperNode and ClientApp) about 7 x the model, SuperLink and ServerApp about
+    12 x, and a robust ServerApp one more model per node.
+    """
+    need = model_mb * MB * (8.2 * nodes + 12)
+    available = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+    if available and need > available:
+        raise RunError(
+            f"Flower with a {model_mb} MiB model and {nodes} nodes needs about "
+            f"{need / GB:.0f} GB of memory, {available / GB:.0f} GB are available; "
+            "run --peer flower with a smaller --model-mb or fewer --nodes"
+        )
+
+
 def run_flower_memory(name: str, model_mb: int, nodes: int, rounds: int) -> PeerRun:
     """Flower's message-API ``name`` on the same workload (``peers/flower.py``'s memory run,
     the model of the same bytes as Pollen's)."""
@@ -358,6 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         peer_runs: dict[str, PeerRun] = {}
 
         def measure_memory() -> dict[str, LargeModelRun]:
+            if args.peer == "flower":
+                flower_fits(args.model_mb, nodes)
             runs = run_memory(args.strategies, args.model_mb, nodes, rounds, args.workdir)
             if args.peer == "flower":
                 for name in args.strategies:
