@@ -22,13 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from pollen.client import ClientApp, NumPyClient
-from pollen.common import Config, Context, Metrics, NDArrays
-from pollen.errors import RecordError, RunError
-from pollen.records.replies import FitRes
-from pollen.server import ServerApp, ServerConfig
-from pollen.server.aggregation import spill
-from pollen.server.aggregation.robust import (
+from pollen.aggregation import spill
+from pollen.aggregation.robust import (
     BulyanRule,
     CoordinateMedian,
     KrumRule,
@@ -36,7 +31,12 @@ from pollen.server.aggregation.robust import (
     TrimmedMean,
     krum_scores,
 )
-from pollen.server.aggregation.spill import SpilledUpdates
+from pollen.aggregation.spill import SpilledUpdates
+from pollen.client import ClientApp, NumPyClient
+from pollen.common import Config, Context, Metrics, NDArrays
+from pollen.errors import RecordError, RunError
+from pollen.records.replies import FitRes
+from pollen.server import ServerApp, ServerConfig
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, FitAggregator, Krum
 from pollen.simulation import InProcessGrid
@@ -159,7 +159,7 @@ def test_a_process_killed_by_sigkill_leaves_no_spill_behind(tmp_path: Path) -> N
         import sys, time
         from pathlib import Path
         import numpy as np
-        from pollen.server.aggregation.spill import SpilledUpdates
+        from pollen.aggregation.spill import SpilledUpdates
 
         spilled = SpilledUpdates([np.zeros(1 << 20, np.float32)], Path(sys.argv[1]))
         for _ in range(4):

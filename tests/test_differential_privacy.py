@@ -20,6 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from pollen.aggregation.dp_clipping import (
+    KEY_CLIPPING_NORM,
+    KEY_NORM_BIT,
+    check_clipped,
+    clip_update,
+    update_norm,
+)
+from pollen.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.client import ClientApp, NumPyClient
 from pollen.client.client_app import Content, Handler
 from pollen.client.mod import adaptiveclipping_mod, fixedclipping_mod
@@ -28,14 +36,6 @@ from pollen.errors import ClientAppError, ConfigurationError, RecordError, RunEr
 from pollen.records import fit_evaluate
 from pollen.records.replies import FitRes
 from pollen.server import ServerApp, ServerConfig
-from pollen.server.aggregation.dp_clipping import (
-    KEY_CLIPPING_NORM,
-    KEY_NORM_BIT,
-    check_clipped,
-    clip_update,
-    update_norm,
-)
-from pollen.server.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.server.run import ServerAppConfig, run_on_grid
 from pollen.server.strategy import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -467,6 +467,24 @@ def test_a_strategy_that_samples_another_number_of_nodes_is_stopped_before_any_i
 
     with pytest.raises(ConfigurationError, match=r"sampled 3 of 3 nodes in round 1"):
         strategy.configure_fit(1, [np.zeros(1)], [1, 2, 3], random.Random(0))
+
+
+def test_a_run_whose_strategy_samples_another_number_of_nodes_stops_as_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """Exit code 2 (fix the settings), not 1: no node was asked anything."""
+    inner = FedAvg(min_fit_clients=2, min_available_clients=3, fraction_evaluate=0.0)
+    inner.initial_parameters = [np.zeros(2, np.float32)]
+    strategy = DifferentialPrivacyServerSideFixedClipping(
+        inner, noise_multiplier=1.0, clipping_norm=1.0, num_sampled_clients=2
+    )
+    app = ServerApp(config=ServerConfig(num_rounds=1), strategy=strategy)
+    grid = InProcessGrid(dp_client_app, num_nodes=3)
+    config = ServerAppConfig(Address("unused", 1), output_root=tmp_path)
+
+    with pytest.raises(ConfigurationError, match=r"run 1 stopped .*sampled 3 of 3 nodes") as stop:
+        asyncio.run(run_on_grid(app, config, grid))
+    assert stop.value.exit_code == 2
 
 
 def test_without_dp_accounting_target_delta_says_what_to_install(

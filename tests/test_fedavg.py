@@ -7,14 +7,14 @@ import random
 import numpy as np
 import pytest
 
-from pollen.errors import ConfigurationError, RecordError
-from pollen.records.replies import EvaluateRes, FitRes
-from pollen.records.typing import ndarrays_to_parameters
-from pollen.server.aggregation.weighted_mean import (
+from pollen.aggregation.weighted_mean import (
     RunningWeightedMean,
     weighted_loss_avg,
     weighted_metrics_avg,
 )
+from pollen.errors import ConfigurationError, RecordError
+from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.typing import ndarrays_to_parameters
 from pollen.server.server_app import ServerApp, ServerConfig
 from pollen.server.strategy import EvaluateIns, FedAvg, FitIns
 

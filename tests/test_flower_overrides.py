@@ -69,7 +69,7 @@ def test_an_override_with_pollens_signature_is_accepted() -> None:
 
 
 def test_pollen_serverapp_with_such_a_strategy_exits_2_in_one_line(tmp_path: Path) -> None:
-    (tmp_path / "server.py").write_text(
+    (tmp_path / "override_server.py").write_text(
         "from pollen.server import ServerApp\n"
         "from pollen.server.strategy import FedAvg\n\n"
         "class SaveModelStrategy(FedAvg):\n"
@@ -79,7 +79,7 @@ def test_pollen_serverapp_with_such_a_strategy_exits_2_in_one_line(tmp_path: Pat
     )
 
     result = CliRunner().invoke(
-        cli, ["serverapp", "server:app", "--dir", str(tmp_path), "--insecure"]
+        cli, ["serverapp", "override_server:app", "--dir", str(tmp_path), "--insecure"]
     )
 
     assert result.exit_code == 2

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +134,26 @@ def test_a_whole_run_on_an_in_process_grid_writes_its_outputs_and_loads_no_grpc(
     np.testing.assert_allclose(final["layer_0"], [float(value)] * 3)
     metrics = json.loads((Path(directory) / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 2 and metrics["finished"] is True
+
+
+def test_a_round_that_keeps_its_model_still_lets_go_of_its_results() -> None:
+    released: list[str] = []
+
+    class Watched(InProcessGrid):
+        async def release_blobs(self, run_id: int, refs: Any) -> None:
+            released.extend(ref.digest for ref in refs)
+            await super().release_blobs(run_id, refs)
+
+    grid = Watched(
+        client_app,
+        num_nodes=2,
+        node_config=lambda i, n: {"partition-id": i, "num-partitions": n, "fail": i == 0},
+    )
+    app = server_app(1, [np.zeros(3, np.float32)], fraction_evaluate=0.0, accept_failures=False)
+
+    outcome = run(app, grid)
+
+    np.testing.assert_array_equal(outcome.parameters[0], np.zeros(3))  # the model was kept
+    [record] = outcome.history.rounds
+    assert record.fit_results == 1 and len(record.fit_failures) == 1
+    assert len(released) == 1  # the one usable result's blob, released all the same

@@ -163,3 +163,10 @@ def test_bad_arguments_are_configuration_errors_in_one_line(build: object, messa
         build()  # type: ignore[operator]
 
     assert "\n" not in str(error.value)
+
+
+def test_a_fedavg_argument_refused_in_a_subclass_names_the_subclass() -> None:
+    from pollen.server.strategy import FedProx
+
+    with pytest.raises(ConfigurationError, match=r"^FedProx\(fraction_fit=2\)"):
+        FedProx(proximal_mu=0.1, fraction_fit=2)

@@ -9,10 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from pollen.errors import ConfigurationError, RunError
-from pollen.records.replies import FitRes
-from pollen.records.typing import Metrics, NDArray, NDArrays
-from pollen.server.aggregation.robust import (
+from pollen.aggregation.robust import (
     BulyanRule,
     KrumRule,
     aggregate_bulyan,
@@ -20,6 +17,9 @@ from pollen.server.aggregation.robust import (
     aggregate_median,
     aggregate_trimmed_avg,
 )
+from pollen.errors import ConfigurationError, RunError
+from pollen.records.replies import FitRes
+from pollen.records.typing import Metrics, NDArray, NDArrays
 from pollen.server.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 

@@ -13,13 +13,13 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from pollen.aggregation.blocks import BLOCK
+from pollen.aggregation.server_optimizers import ServerAdam
 from pollen.client import ClientApp, NumPyClient
 from pollen.common import Config, Context, Metrics, NDArrays
 from pollen.records.replies import FitRes
 from pollen.records.typing import ndarrays_to_parameters
 from pollen.server import ServerApp, ServerConfig
-from pollen.server.aggregation.blocks import BLOCK
-from pollen.server.aggregation.server_optimizers import ServerAdam
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.strategy import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedOpt, FedYogi
 from pollen.simulation import InProcessGrid

@@ -11,7 +11,7 @@ privacy with client-side clipping: the ServerApp's strategy is wrapped in
 ``DifferentialPrivacyClientSideFixedClipping`` (or ``...AdaptiveClipping``), which
 sends the bound in each fit instruction's config and adds the noise. They use the
 same clipping rule as the server-side wrappers
-(`pollen.server.aggregation.dp_clipping`). Put them last in ``mods`` when other mods
+(`pollen.aggregation.dp_clipping`). Put them last in ``mods`` when other mods
 change the weights.
 """
 
@@ -21,12 +21,12 @@ import logging
 
 import numpy as np
 
+from pollen.aggregation.dp_clipping import KEY_CLIPPING_NORM, KEY_NORM_BIT, clip_update
 from pollen.client.client_app import Content, Handler
 from pollen.errors import ClientAppError, RecordError
 from pollen.records import fit_evaluate
 from pollen.records.context import Context
 from pollen.records.messages import TRAIN, base_type
-from pollen.server.aggregation.dp_clipping import KEY_CLIPPING_NORM, KEY_NORM_BIT, clip_update
 
 logger = logging.getLogger(__name__)
 

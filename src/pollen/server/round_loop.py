@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pollen.aggregation import spill
 from pollen.errors import ConnectionFailed, PollenError, RunError
 from pollen.records import fit_evaluate
 from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message
 from pollen.records.replies import EvaluateRes
 from pollen.records.typing import Config, NDArrays
-from pollen.server.aggregation import spill
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
 from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
@@ -171,6 +171,10 @@ class RoundLoop:
             except (PollenError, MemoryError, ValueError) as exc:
                 # one node's result never ends the run, whatever is wrong with it
                 failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
+        # Folded in (or spilled) already: the SuperLink may delete them, whatever the round's
+        # outcome. A result with the model's own bytes shares its blob: that stays until the
+        # next checkpoint no longer names it.
+        await self.grid.release_blobs(self.run_id, [r for r in results if r != ref])
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
         refusal = self.strategy.fit_round_refusal(server_round, record.fit_results, len(failures))
@@ -191,11 +195,6 @@ class RoundLoop:
                 + "; ".join(failures)
                 + ")"
             )
-        # Folded in: the SuperLink may delete these. The previous model goes once the
-        # next checkpoint no longer names it.
-        # A result with the model's own bytes shares its blob: that stays until the next
-        # checkpoint no longer names it.
-        await self.grid.release_blobs(self.run_id, [r for r in results if r != ref])
         return GlobalModel(self.grid, self.run_id, new_parameters)
 
     async def _take(self, reply: Message, aggregator: FitAggregator, record: RoundRecord) -> None:

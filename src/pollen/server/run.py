@@ -183,8 +183,10 @@ async def _drive(
     return outcome, directory
 
 
-async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -> RunError:
-    """Save what a stopped run has, leave it resumable, and say how to go on."""
+async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -> PollenError:
+    """Save what a stopped run has, leave it resumable, and say how to go on. A
+    configuration error (a strategy's settings that the federation cannot meet) stays one:
+    its exit code tells the user to fix the settings, not to wait and retry."""
     reason = str(error).strip() or "interrupted"
     reachable = not isinstance(error, ConnectionFailed)
     saved = await _save_last_model(loop, reason, reachable)
@@ -193,11 +195,12 @@ async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -
         with contextlib.suppress(PollenError, TimeoutError):
             async with asyncio.timeout(_STOP_GRACE):
                 await loop.grid.finish_run(loop.run_id, "failed", reason[:500], kept)
+    kind = ConfigurationError if isinstance(error, ConfigurationError) else RunError
     head = f"run {loop.run_id} stopped"
     if saved is None:
-        return RunError(f"{head} before its first round: {reason}; start a new run")
+        return kind(f"{head} before its first round: {reason}; start a new run")
     rounds = f"after round {loop.completed_rounds} of {loop.app.config.num_rounds}"
-    return RunError(
+    return kind(
         f"{head} {rounds}: {reason}; {saved}; to go on from there: "
         f"{config.command} --resume {loop.run_id}"
     )

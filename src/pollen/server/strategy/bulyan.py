@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pollen.records.typing import NDArray, NDArrays, Parameters
-from pollen.server.aggregation.robust import (
+from pollen.aggregation.robust import (
     BulyanRule,
     aggregate_krum,
     bulyan_minimum,
     check_bulyan_rule,
 )
+from pollen.records.typing import NDArray, NDArrays, Parameters
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.spilled import (
     SpilledAggregator,
@@ -28,7 +28,7 @@ class Bulyan(FedAvg):
     FedAvg's other arguments.
 
     ``first_aggregation_rule`` and its arguments (``to_keep``) are Flower's: the rule is
-    Krum (`pollen.server.aggregation.robust.aggregate_krum`), the only one Flower's
+    Krum (`pollen.aggregation.robust.aggregate_krum`), the only one Flower's
     Bulyan accepts, with ``to_keep`` 0, which is also the default here (Flower's has
     none and fails at the first round without it).
 

@@ -21,10 +21,7 @@ import logging
 
 import numpy as np
 
-from pollen.errors import ConfigurationError, RecordError
-from pollen.records.replies import FitRes
-from pollen.records.typing import Metrics, NDArrays
-from pollen.server.aggregation.dp_clipping import (
+from pollen.aggregation.dp_clipping import (
     KEY_CLIPPING_NORM,
     KEY_NORM_BIT,
     adaptive_noise_params,
@@ -32,6 +29,9 @@ from pollen.server.aggregation.dp_clipping import (
     clip_update,
     next_clipping_norm,
 )
+from pollen.errors import ConfigurationError, RecordError
+from pollen.records.replies import FitRes
+from pollen.records.typing import Metrics, NDArrays
 from pollen.server.strategy.dp_wrapper import DPRound, DPWrapper
 from pollen.server.strategy.strategy import Strategy
 

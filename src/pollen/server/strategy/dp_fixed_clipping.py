@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pollen.aggregation.dp_clipping import KEY_CLIPPING_NORM, check_clipped, clip_update
 from pollen.records.replies import FitRes
-from pollen.server.aggregation.dp_clipping import KEY_CLIPPING_NORM, check_clipped, clip_update
 from pollen.server.strategy.dp_wrapper import DPRound, DPWrapper
 from pollen.server.strategy.strategy import Strategy
 

@@ -5,8 +5,8 @@ makes its rounds differentially private: it delegates sampling, configuration,
 evaluation and aggregation to the wrapped strategy, passes each arriving update
 through its clipping rule (or its check of the node's clipping) into the wrapped
 strategy's aggregator, and adds Gaussian noise to the new model at the end of
-the round. The rules live in `pollen.server.aggregation.dp_clipping`; the privacy
-accounting in `pollen.server.aggregation.privacy_accountant`.
+the round. The rules live in `pollen.aggregation.dp_clipping`; the privacy
+accounting in `pollen.aggregation.privacy_accountant`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pollen.aggregation.dp_clipping import add_gaussian_noise, noise_stddev
+from pollen.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.errors import ConfigurationError
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import Metrics, NDArrays
-from pollen.server.aggregation.dp_clipping import add_gaussian_noise, noise_stddev
-from pollen.server.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.server.strategy.flower_overrides import refuse_flower_overrides
 from pollen.server.strategy.strategy import EvaluateIns, FitAggregator, FitIns, Strategy
 

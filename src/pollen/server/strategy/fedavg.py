@@ -5,6 +5,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 
+from pollen.aggregation.weighted_mean import (
+    RunningWeightedMean,
+    weighted_loss_avg,
+    weighted_metrics_avg,
+)
 from pollen.errors import ConfigurationError
 from pollen.records.replies import EvaluateRes, FitRes
 from pollen.records.typing import (
@@ -15,11 +20,6 @@ from pollen.records.typing import (
     Parameters,
     parameters_to_ndarrays,
 )
-from pollen.server.aggregation.weighted_mean import (
-    RunningWeightedMean,
-    weighted_loss_avg,
-    weighted_metrics_avg,
-)
 from pollen.server.strategy.strategy import EvaluateIns, FitAggregator, FitIns, Strategy
 
 MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
@@ -27,11 +27,11 @@ ConfigFn = Callable[[int], Config]
 EvaluateFn = Callable[[int, NDArrays, Config], tuple[float, Metrics] | None]
 
 
-def _fraction(name: str, value: float, allow_zero: bool) -> float:
+def _fraction(strategy: str, name: str, value: float, allow_zero: bool) -> float:
     low_ok = value >= 0 if allow_zero else value > 0
     if not (low_ok and value <= 1):
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ConfigurationError(f"FedAvg({name}={value}): must be in {interval}")
+        raise ConfigurationError(f"{strategy}({name}={value}): must be in {interval}")
     return value
 
 
@@ -77,15 +77,16 @@ class FedAvg(Strategy):
         # ``inplace`` is Flower's switch for in-place aggregation; Pollen always
         # folds results into one running sum, so it is accepted and has no effect.
         del inplace
-        self.fraction_fit = _fraction("fraction_fit", fraction_fit, allow_zero=False)
-        self.fraction_evaluate = _fraction("fraction_evaluate", fraction_evaluate, True)
+        strategy = type(self).__name__  # a subclass's errors name the subclass
+        self.fraction_fit = _fraction(strategy, "fraction_fit", fraction_fit, allow_zero=False)
+        self.fraction_evaluate = _fraction(strategy, "fraction_evaluate", fraction_evaluate, True)
         for name, value in (
             ("min_fit_clients", min_fit_clients),
             ("min_evaluate_clients", min_evaluate_clients),
             ("min_available_clients", min_available_clients),
         ):
             if value < 1:
-                raise ConfigurationError(f"FedAvg({name}={value}): must be at least 1")
+                raise ConfigurationError(f"{strategy}({name}={value}): must be at least 1")
         self.min_fit_clients = min_fit_clients
         self.min_evaluate_clients = min_evaluate_clients
         self.min_available_clients = min_available_clients

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pollen.aggregation.server_optimizers import ServerMomentum
 from pollen.records.typing import NDArray, NDArrays, Parameters
-from pollen.server.aggregation.server_optimizers import ServerMomentum
 from pollen.server.strategy.arguments import initial_model, positive, unit_interval
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.server_step import ServerStepAggregator
@@ -19,7 +19,7 @@ class FedAvgM(FedAvg):
     nodes' weighted mean); with ``server_momentum > 0``, ``m = server_momentum * m + g``
     (``m = g`` in the strategy's first round) and ``g = m``; then
     ``x <- x - server_learning_rate * g``. With the defaults (rate 1, momentum 0)
-    it is FedAvg. Rule: `pollen.server.aggregation.server_optimizers.ServerMomentum`.
+    it is FedAvg. Rule: `pollen.aggregation.server_optimizers.ServerMomentum`.
 
     ``initial_parameters`` is required as soon as the server step is on (a rate
     other than 1 or a momentum), as in Flower 1.42, where it fails on round 1 without.

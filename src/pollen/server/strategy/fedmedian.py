@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from pollen.aggregation.robust import CoordinateMedian
 from pollen.records.typing import NDArrays
-from pollen.server.aggregation.robust import CoordinateMedian
 from pollen.server.strategy.fedavg import FedAvg
 from pollen.server.strategy.spilled import SpilledAggregator, spill_disk_needed
 from pollen.server.strategy.strategy import FitAggregator

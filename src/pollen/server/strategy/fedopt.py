@@ -5,7 +5,7 @@ Each round the nodes' weighted mean gives the pseudo-gradient ``d = mean - x``
 (``x``: the model the round started from); the server keeps a first moment
 ``m = beta_1 * m + (1 - beta_1) * d`` and a second moment ``v`` (per strategy) and
 takes the step ``x <- x + eta * m / (sqrt(v) + tau)``. The rules are in
-`pollen.server.aggregation.server_optimizers`; the numbers are Flower 1.42's
+`pollen.aggregation.server_optimizers`; the numbers are Flower 1.42's
 legacy strategies', quirks included: the legacy defaults (``tau=1e-9`` for
 FedAdagrad and FedAdam, ``1e-3`` for FedYogi) and FedAdam's bias correction with
 ``server_round + 1``. ``eta_l`` (the nodes' learning rate) is kept, as in Flower,
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pollen.records.typing import NDArray, NDArrays, Parameters
-from pollen.server.aggregation.server_optimizers import (
+from pollen.aggregation.server_optimizers import (
     AdaptiveOptimizer,
     ServerAdagrad,
     ServerAdam,
     ServerYogi,
 )
+from pollen.records.typing import NDArray, NDArrays, Parameters
 from pollen.server.strategy.arguments import check, initial_model, positive, unit_interval
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.server_step import ServerStepAggregator

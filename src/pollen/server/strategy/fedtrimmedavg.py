@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pollen.aggregation.robust import TrimmedMean, check_beta
 from pollen.records.typing import NDArray, NDArrays, Parameters
-from pollen.server.aggregation.robust import TrimmedMean, check_beta
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.spilled import SpilledAggregator, spill_disk_needed
 from pollen.server.strategy.strategy import FitAggregator

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pollen.aggregation.robust import KrumRule
 from pollen.errors import ConfigurationError
 from pollen.records.typing import NDArray, NDArrays, Parameters
-from pollen.server.aggregation.robust import KrumRule
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.spilled import (
     SpilledAggregator,

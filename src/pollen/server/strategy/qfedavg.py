@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from pollen.aggregation.qffl import QFFLAggregate
 from pollen.errors import RunError
 from pollen.records.replies import FitRes
 from pollen.records.typing import Metrics, NDArray, NDArrays, Parameters
-from pollen.server.aggregation.qffl import QFFLAggregate
 from pollen.server.strategy.arguments import check, positive
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
 from pollen.server.strategy.strategy import FitAggregator
@@ -33,7 +33,7 @@ class QFedAvg(FedAvg):
     """q-FFL's update: nodes with a higher loss weigh more as ``q_param`` grows
     (``q_param=0`` is the unweighted mean of the returned models).
 
-    Rule: `pollen.server.aggregation.qffl` (its docstring has the formula), with
+    Rule: `pollen.aggregation.qffl` (its docstring has the formula), with
     ``qffl_learning_rate`` the ``lr`` of the nodes' gradients ``(w - w_k) / lr``.
     The loss ``L`` is Flower 1.42's: at each round, the server-side evaluation
     (``evaluate_fn``, or an ``evaluate`` override) of the model the round starts

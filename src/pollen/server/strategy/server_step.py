@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from pollen.aggregation.server_optimizers import ServerOptimizer
 from pollen.records.replies import FitRes
 from pollen.records.typing import Metrics, NDArrays
-from pollen.server.aggregation.server_optimizers import ServerOptimizer
 from pollen.server.strategy.strategy import FitAggregator
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from pollen.aggregation.robust import SpilledRule
 from pollen.errors import ConfigurationError, RunError
 from pollen.records.replies import FitRes
 from pollen.records.typing import Metrics, NDArrays
-from pollen.server.aggregation.robust import SpilledRule
 from pollen.server.strategy.strategy import FitAggregator
 
 MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]

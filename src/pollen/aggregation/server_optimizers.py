@@ -33,9 +33,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from pollen.aggregation.blocks import Scratch, blocks
+from pollen.aggregation.weighted_mean import _accumulator_dtype
 from pollen.records.typing import NDArray, NDArrays
-from pollen.server.aggregation.blocks import Scratch, blocks
-from pollen.server.aggregation.weighted_mean import _accumulator_dtype
 
 
 class ServerOptimizer(ABC):

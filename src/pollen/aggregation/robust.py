@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from pollen.aggregation.spill import SpilledUpdates
 from pollen.errors import ConfigurationError, RecordError, RunError
 from pollen.records.typing import NDArray, NDArrays
-from pollen.server.aggregation.spill import SpilledUpdates
 
 
 class SpilledRule(ABC):
@@ -338,7 +338,7 @@ def check_bulyan_rule(owner: str, rule: Any, kwargs: dict[str, Any]) -> None:
         name = getattr(rule, "__qualname__", repr(rule))
         raise ConfigurationError(
             f"{owner}(first_aggregation_rule={name}): Bulyan runs on Krum only; leave "
-            "first_aggregation_rule at its default, pollen.server.aggregation.robust.aggregate_krum"
+            "first_aggregation_rule at its default, pollen.aggregation.robust.aggregate_krum"
         )
     unknown = sorted(set(kwargs) - {"to_keep"})
     if unknown:

@@ -23,9 +23,9 @@ import math
 
 import numpy as np
 
+from pollen.aggregation.blocks import Scratch, blocks
+from pollen.aggregation.weighted_mean import RunningWeightedMean, _accumulator_dtype
 from pollen.records.typing import NDArrays
-from pollen.server.aggregation.blocks import Scratch, blocks
-from pollen.server.aggregation.weighted_mean import RunningWeightedMean, _accumulator_dtype
 
 LOSS_OFFSET = 1e-10
 """Added to the loss before it is raised to a power, as Flower does."""
