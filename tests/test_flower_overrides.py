@@ -6,7 +6,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -16,13 +15,11 @@ from pollen.server import ServerApp
 from pollen.server.strategy import FedAvg, FitIns
 
 
-class SaveModelStrategy(FedAvg):
-    """The checkpointing pattern of Flower's docs: aggregate, then save the weights."""
+class SampleSize(FedAvg):
+    """Flower's FedAvg sizes its sample with num_fit_clients; Pollen's does not call it."""
 
-    def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
-        aggregated = super().aggregate_fit(server_round, results, failures)  # type: ignore[misc]
-        np.savez(f"round-{server_round}-weights.npz", *aggregated[0])
-        return aggregated
+    def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+        return 1, 1
 
 
 class FlowerConfigureFit(FedAvg):
@@ -47,7 +44,7 @@ class PollenConfigureFit(FedAvg):
 @pytest.mark.parametrize(
     ("strategy", "method", "instead"),
     [
-        (SaveModelStrategy, "aggregate_fit", "override fit_aggregator"),
+        (SampleSize, "num_fit_clients", "override configure_fit"),
         (FlowerConfigureFit, "configure_fit", "configure_fit(server_round, parameters, node_ids"),
         (FlowerInitialize, "initialize_parameters", "initialize_parameters()"),
     ],
@@ -72,10 +69,10 @@ def test_pollen_serverapp_with_such_a_strategy_exits_2_in_one_line(tmp_path: Pat
     (tmp_path / "override_server.py").write_text(
         "from pollen.server import ServerApp\n"
         "from pollen.server.strategy import FedAvg\n\n"
-        "class SaveModelStrategy(FedAvg):\n"
-        "    def aggregate_fit(self, server_round, results, failures):\n"
-        "        return super().aggregate_fit(server_round, results, failures)\n\n"
-        "app = ServerApp(strategy=SaveModelStrategy())\n"
+        "class FlowerStyle(FedAvg):\n"
+        "    def configure_fit(self, server_round, parameters, client_manager):\n"
+        "        return []\n\n"
+        "app = ServerApp(strategy=FlowerStyle())\n"
     )
 
     result = CliRunner().invoke(
@@ -84,4 +81,4 @@ def test_pollen_serverapp_with_such_a_strategy_exits_2_in_one_line(tmp_path: Pat
 
     assert result.exit_code == 2
     [line] = result.output.strip().splitlines()
-    assert "SaveModelStrategy overrides aggregate_fit" in line
+    assert "FlowerStyle overrides configure_fit" in line

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pollen.records.context import Context
-from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.replies import Code, EvaluateRes, FitRes, Status
 from pollen.records.typing import (
     Config,
     Metrics,
@@ -39,6 +39,7 @@ def bytes_to_ndarray(tensor: bytes) -> NDArray:
 
 
 __all__ = [
+    "Code",
     "Config",
     "Context",
     "EvaluateRes",
@@ -49,6 +50,7 @@ __all__ = [
     "NDArrays",
     "Parameters",
     "Scalar",
+    "Status",
     "UserConfig",
     "bytes_to_ndarray",
     "ndarray_to_bytes",

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from pollen.aggregation.model_shape import check_fits
 from pollen.errors import ConfigurationError, RecordError
 from pollen.records.typing import NDArray, NDArrays
 
@@ -45,19 +46,9 @@ _BLOCK = 1 << 18
 """Elements per step: the scratch memory stays a few MiB whatever the model."""
 
 
-def _check_shapes(arrays: NDArrays, reference: NDArrays) -> None:
-    got = [tuple(a.shape) for a in arrays]
-    expected = [tuple(r.shape) for r in reference]
-    if got != expected:
-        raise RecordError(
-            f"returned {len(got)} arrays with shapes {', '.join(map(str, got[:6]))}; the "
-            f"global model has {len(expected)} with shapes {', '.join(map(str, expected[:6]))}"
-        )
-
-
 def _blocks(arrays: NDArrays, reference: NDArrays) -> Iterator[tuple[NDArray, NDArray]]:
     """Matching float64 blocks of ``arrays`` and ``reference`` (flattened)."""
-    _check_shapes(arrays, reference)
+    check_fits(arrays, [tuple(r.shape) for r in reference])
     for array, ref in zip(arrays, reference, strict=True):
         flat, flat_ref = np.asarray(array).reshape(-1), np.asarray(ref).reshape(-1)
         for start in range(0, flat.size, _BLOCK):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from pollen.aggregation.model_shape import check_fits
 from pollen.errors import RecordError, RunError
 from pollen.records.typing import NDArray, NDArrays
 
@@ -173,19 +174,8 @@ class SpilledUpdates:
 
     def check(self, arrays: NDArrays) -> None:
         """Refuse arrays that do not match the model's count, shapes and kinds."""
-        got = [tuple(np.shape(a)) for a in arrays]
-        expected = [slot.shape for slot in self._slots]
-        if got != expected:
-            raise RecordError(
-                f"returned {len(arrays)} arrays with shapes {_shapes(got)}; the global model "
-                f"has {len(expected)} arrays with shapes {_shapes(expected)}"
-            )
-        for index, (array, slot) in enumerate(zip(arrays, self._slots, strict=True)):
-            dtype = np.asarray(array).dtype
-            if not np.can_cast(dtype, slot.stored, "same_kind"):
-                raise RecordError(
-                    f"array {index} has dtype {dtype}; the global model's is {slot.dtype}"
-                )
+        shapes = [slot.shape for slot in self._slots]
+        check_fits(arrays, shapes, [(slot.stored, slot.dtype) for slot in self._slots])
 
     def append(self, arrays: NDArrays) -> int:
         """Write one update as the next row; its row number. A write that fails (a full
@@ -278,8 +268,3 @@ def _pread_all(fd: int, out: NDArray, position: int) -> None:
         if got == 0:
             raise RunError("a spill file ended early: it was truncated while in use")
         view, position = view[got:], position + got
-
-
-def _shapes(shapes: Sequence[tuple[int, ...]]) -> str:
-    text = ", ".join(str(shape) for shape in shapes[:6])
-    return text + (", ..." if len(shapes) > 6 else "")

@@ -7,14 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from pollen.aggregation.model_shape import check_fits
 from pollen.errors import RecordError
 from pollen.records.typing import Metrics, NDArrays, Scalar
-
-
-def _shapes(arrays: Sequence[np.ndarray]) -> str:
-    text = ", ".join(str(tuple(a.shape)) for a in arrays[:6])
-    return text + (", ..." if len(arrays) > 6 else "")
-
 
 _BLOCK = 1 << 18
 """Elements folded per step: bounds the scratch memory to a few MiB whatever the model."""
@@ -53,18 +48,9 @@ class RunningWeightedMean:
 
     def check(self, arrays: NDArrays) -> None:
         """Refuse arrays that do not match the global model's count, shapes and kinds."""
-        expected = [shape for shape, _ in self._reference]
-        got = [tuple(a.shape) for a in arrays]
-        if got != expected:
-            raise RecordError(
-                f"returned {len(arrays)} arrays with shapes {_shapes(arrays)}; the global model "
-                f"has {len(expected)} arrays with shapes {', '.join(map(str, expected[:6]))}"
-            )
-        for index, (array, (_, dtype)) in enumerate(zip(arrays, self._reference, strict=True)):
-            if not np.can_cast(array.dtype, _accumulator_dtype(dtype), "same_kind"):
-                raise RecordError(
-                    f"array {index} has dtype {array.dtype}; the global model's is {dtype}"
-                )
+        shapes = [shape for shape, _ in self._reference]
+        kinds = [(_accumulator_dtype(dtype), dtype) for _, dtype in self._reference]
+        check_fits(arrays, shapes, kinds)
 
     def add(self, arrays: NDArrays, weight: int) -> None:
         self.check(arrays)

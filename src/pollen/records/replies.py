@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from pollen.records.typing import Metrics, NDArrays
 
 
+class Code(Enum):
+    """How a node's work ended (Flower's ``flwr.common.Code``)."""
+
+    OK = 0
+    GET_PROPERTIES_NOT_IMPLEMENTED = 1
+    GET_PARAMETERS_NOT_IMPLEMENTED = 2
+    FIT_NOT_IMPLEMENTED = 3
+    EVALUATE_NOT_IMPLEMENTED = 4
+
+
+@dataclass
+class Status:
+    """A code and a message (Flower's ``flwr.common.Status``)."""
+
+    code: Code
+    message: str
+
+
+def _ok() -> Status:
+    return Status(Code.OK, "Success")
+
+
 @dataclass
 class FitRes:
-    """What local training returns: new weights, examples used, metrics."""
+    """What local training returns: new weights, examples used, metrics.
+
+    ``status`` comes last, so that both Pollen's ``FitRes(arrays, n, metrics)`` and
+    Flower's ``FitRes(status=..., parameters=..., num_examples=..., metrics=...)`` build
+    one. A strategy's ``aggregate_fit`` (Flower's signature) gets ``parameters`` as
+    `ArrayParameters`: arrays that are also Flower's `Parameters`.
+    """
 
     parameters: NDArrays
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    status: Status = field(default_factory=_ok)
 
 
 @dataclass
@@ -23,3 +53,4 @@ class EvaluateRes:
     loss: float
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    status: Status = field(default_factory=_ok)

@@ -43,16 +43,53 @@ class Parameters:
 
 def ndarrays_to_parameters(ndarrays: NDArrays) -> Parameters:
     """Serialise numpy arrays (``.npy`` each) into `Parameters`."""
-    tensors = []
-    for array in ndarrays:
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        tensors.append(buffer.getvalue())
-    return Parameters(tensors=tensors, tensor_type="numpy.ndarray")
+    return Parameters(tensors=[_npy(array) for array in ndarrays], tensor_type="numpy.ndarray")
 
 
-def parameters_to_ndarrays(parameters: Parameters) -> NDArrays:
-    """Deserialise `Parameters` back into numpy arrays."""
+class ArrayParameters(list[NDArray], Parameters):
+    """Arrays in memory that are Flower's `Parameters` too.
+
+    Code written for Flower reads ``parameters_to_ndarrays(p)`` (the arrays, no
+    copy) or ``p.tensors`` (``.npy`` bytes, serialised on first read); Pollen's own
+    code uses it as the list of arrays it is. A round's results reach a strategy's
+    ``aggregate_fit`` this way without a serialisation of each model.
+    """
+
+    def __init__(self, arrays: NDArrays) -> None:
+        list.__init__(self, arrays)
+        self.tensor_type = "numpy.ndarray"
+        self._tensors: list[bytes] | None = None
+
+    @property
+    def tensors(self) -> list[bytes]:
+        if self._tensors is None:
+            self._tensors = [_npy(array) for array in self]
+        return self._tensors
+
+    @tensors.setter
+    def tensors(self, tensors: list[bytes]) -> None:
+        self._tensors = list(tensors)
+        self[:] = [np.load(io.BytesIO(t), allow_pickle=False) for t in tensors]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Parameters):
+            return self.tensors == other.tensors and self.tensor_type == other.tensor_type
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _npy(array: NDArray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def parameters_to_ndarrays(parameters: Parameters | NDArrays) -> NDArrays:
+    """Deserialise `Parameters` back into numpy arrays (arrays already, such as
+    `ArrayParameters`: those arrays, no copy)."""
+    if isinstance(parameters, list):
+        return list(parameters)
     return [np.load(io.BytesIO(t), allow_pickle=False) for t in parameters.tensors]
 
 

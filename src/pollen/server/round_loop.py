@@ -6,22 +6,25 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pollen.aggregation import spill
-from pollen.errors import ConnectionFailed, PollenError, RunError
+from pollen.aggregation.model_shape import check_fits
+from pollen.errors import ConnectionFailed, PollenError, RecordError, RunError
 from pollen.records import fit_evaluate
 from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Message
-from pollen.records.replies import EvaluateRes
-from pollen.records.typing import Config, NDArrays
+from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.typing import ArrayParameters, Config, NDArrays, parameters_to_ndarrays
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
+from pollen.server.client_proxy import ClientProxy
 from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.server_app import ServerApp
-from pollen.server.strategy.strategy import FitAggregator, Strategy
+from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
+from pollen.server.strategy.strategy import Strategy, round_model
 
 logger = logging.getLogger(__name__)
 
@@ -156,31 +159,114 @@ class RoundLoop:
         model_bytes = sum(int(array.nbytes) for array in parameters)
         spill.check_room(self.strategy.disk_needed(model_bytes, len(instructions)), server_round)
         ref = await model.ref()
+        chosen = [(node, ins.config) for node, ins in instructions]
+        if overrides_aggregate_fit(self.strategy):
+            return await self._fit_gathered(server_round, model, parameters, ref, chosen, record)
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
         del parameters
         await model.offload()  # memory: the running sum and one result, not the model too
-        chosen = [(node, ins.config) for node, ins in instructions]
+
+        async def fold(reply: Message, fit: FitRes) -> None:
+            aggregator.add(reply.node_id, fit)
+
+        await self._receive(server_round, ref, chosen, record, fold)
+        if not self._aggregates(server_round, record):
+            return model
+        new_parameters, record.fit_metrics = aggregator.finish()
+        if new_parameters is None:
+            failures = "; ".join(record.fit_failures)
+            raise RunError(
+                f"round {server_round}: no node returned a usable fit result ({failures})"
+            )
+        return GlobalModel(self.grid, self.run_id, new_parameters)
+
+    async def _fit_gathered(
+        self,
+        server_round: int,
+        model: GlobalModel,
+        parameters: NDArrays,
+        ref: BlobRef,
+        chosen: list[tuple[int, Config]],
+        record: RoundRecord,
+    ) -> GlobalModel:
+        """A strategy that overrides Flower's ``aggregate_fit`` gets the round's results
+        together, as that signature requires: memory O(model x nodes)."""
+        results: list[tuple[ClientProxy, FitRes]] = []
+
+        async def gather(reply: Message, fit: FitRes) -> None:
+            fit.parameters = ArrayParameters(fit.parameters)
+            results.append((ClientProxy(str(reply.node_id)), fit))
+
+        await self._receive(server_round, ref, chosen, record, gather)
+        failures = [RuntimeError(failure) for failure in record.fit_failures]
+        if not self._aggregates(server_round, record):
+            return model
+        token = round_model.set(parameters)
+        try:
+            aggregated, record.fit_metrics = self.strategy.aggregate_fit(
+                server_round, results, failures
+            )
+        finally:
+            round_model.reset(token)
+        if aggregated is None:
+            logger.warning("round %d: aggregate_fit returned no model; model kept", server_round)
+            return model
+        arrays = parameters_to_ndarrays(aggregated)
+        try:
+            check_fits(
+                arrays, [a.shape for a in parameters], [(a.dtype, a.dtype) for a in parameters]
+            )
+        except RecordError as exc:
+            name = type(self.strategy).__name__
+            raise RunError(f"round {server_round}: {name}.aggregate_fit {exc}") from None
+        return GlobalModel(self.grid, self.run_id, arrays)
+
+    async def _receive(
+        self,
+        server_round: int,
+        ref: BlobRef,
+        chosen: list[tuple[int, Config]],
+        record: RoundRecord,
+        take: Callable[[Message, FitRes], Awaitable[None]],
+    ) -> None:
+        """Send the round's fit instructions and hand each usable result to ``take`` as it
+        arrives; one that cannot be taken is rejected with its reason, the round goes on."""
         failures = record.fit_failures
         results: list[BlobRef] = []
         async for reply in self.round.run(TRAIN, ref, chosen, failures):
             results.extend(reply.content.blobs())
             try:
-                await self._take(reply, aggregator, record)
+                fit = await self._download(reply)
+                await take(reply, fit)
             except ConnectionFailed:
                 raise  # the SuperLink is gone, not this node's result
             except (PollenError, MemoryError, ValueError) as exc:
                 # one node's result never ends the run, whatever is wrong with it
                 failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
-        # Folded in (or spilled) already: the SuperLink may delete them, whatever the round's
-        # outcome. A result with the model's own bytes shares its blob: that stays until the
-        # next checkpoint no longer names it.
+                continue
+            record.fit_results += 1
+            record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
+        # Taken (folded, spilled or gathered) already: the SuperLink may delete them, whatever
+        # the round's outcome. A result with the model's own bytes shares its blob: that stays
+        # until the next checkpoint no longer names it.
         await self.grid.release_blobs(self.run_id, [r for r in results if r != ref])
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
+
+    async def _download(self, reply: Message) -> FitRes:
+        weights = fit_evaluate.model_of(reply.content)
+        if weights is None:
+            raise RunError("fit result carries no arrays")
+        return fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
+
+    def _aggregates(self, server_round: int, record: RoundRecord) -> bool:
+        """Whether the round's results make a new model: False when the strategy refuses
+        the round (the model is kept); RunError when too few are usable."""
+        failures = record.fit_failures
         refusal = self.strategy.fit_round_refusal(server_round, record.fit_results, len(failures))
         if refusal is not None:
             logger.warning("round %d: %s; model kept", server_round, refusal)
-            return model
+            return False
         required = self.strategy.min_fit_clients
         if record.fit_results < required:
             raise RunError(
@@ -188,24 +274,7 @@ class RoundLoop:
                 f"{'s' if record.fit_results != 1 else ''}, {required} required "
                 f"(min_fit_clients); " + ("; ".join(failures) or "too few nodes were sampled")
             )
-        new_parameters, record.fit_metrics = aggregator.finish()
-        if new_parameters is None:
-            raise RunError(
-                f"round {server_round}: no node returned a usable fit result ("
-                + "; ".join(failures)
-                + ")"
-            )
-        return GlobalModel(self.grid, self.run_id, new_parameters)
-
-    async def _take(self, reply: Message, aggregator: FitAggregator, record: RoundRecord) -> None:
-        """Download one fit result and fold it in."""
-        weights = fit_evaluate.model_of(reply.content)
-        if weights is None:
-            raise RunError("fit result carries no arrays")
-        fit = fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
-        aggregator.add(reply.node_id, fit)
-        record.fit_results += 1
-        record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
+        return True
 
     async def evaluate(self, server_round: int, model: GlobalModel, record: RoundRecord) -> None:
         # No waiting here: the nodes that just trained are connected, and a round

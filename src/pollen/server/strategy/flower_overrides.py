@@ -1,11 +1,13 @@
 """Strategy overrides written with Flower's signatures, which the round loop does not call.
 
 Pollen's round loop calls a strategy through its own interface (`Strategy`):
-results are folded in one at a time by a `FitAggregator`. A subclass written
-for Flower that overrides ``aggregate_fit(server_round, results, failures)`` or
-``configure_fit(server_round, parameters, client_manager)`` would run to the end
-with its override never called. It is refused when the ServerApp is built,
-naming the method and what to write instead: an override is never ignored.
+results are folded in one at a time by a `FitAggregator`. An override of Flower's
+``aggregate_fit(server_round, results, failures)`` is called, with the round's
+results together (`overrides_aggregate_fit`). A subclass written for Flower that
+overrides ``configure_fit(server_round, parameters, client_manager)`` or another
+method with Flower's arguments would run to the end with its override never
+called: it is refused when the ServerApp is built, naming the method and what to
+write instead. An override is never ignored.
 """
 
 from __future__ import annotations
@@ -24,12 +26,10 @@ _OWN_ARITY = {
 }
 """Pollen's methods of the same names as Flower's, and how many arguments they take."""
 
-_FLOWER_ONLY = ("aggregate_fit", "num_fit_clients", "num_evaluation_clients")
+_FLOWER_ONLY = ("num_fit_clients", "num_evaluation_clients")
 """Flower's methods that Pollen's strategies do not have."""
 
 _INSTEAD = {
-    "aggregate_fit": "override fit_aggregator(server_round, parameters) and fold each "
-    "result in as it arrives",
     "num_fit_clients": "override configure_fit(server_round, parameters, node_ids, rng)",
     "num_evaluation_clients": "override configure_evaluate(server_round, parameters, "
     "node_ids, rng)",
@@ -48,6 +48,12 @@ def _arity(method: Callable[..., object]) -> int | None:
 
 def _users_classes(strategy: object) -> list[type]:
     return [c for c in type(strategy).__mro__ if not c.__module__.startswith("pollen.")]
+
+
+def overrides_aggregate_fit(strategy: object) -> bool:
+    """Whether a class of the user's overrides Flower's ``aggregate_fit``: the round loop
+    then hands it the round's results together, as that signature requires."""
+    return any("aggregate_fit" in cls.__dict__ for cls in _users_classes(strategy))
 
 
 def refuse_flower_overrides(strategy: object) -> None:

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from pollen.records.replies import EvaluateRes, FitRes
-from pollen.records.typing import Config, Metrics, NDArrays
+from pollen.records.typing import (
+    ArrayParameters,
+    Config,
+    Metrics,
+    NDArrays,
+    Parameters,
+    parameters_to_ndarrays,
+)
+from pollen.server.client_proxy import ClientProxy
+
+round_model: ContextVar[NDArrays | None] = ContextVar("round_model", default=None)
+"""The global model a fit round started from, while the round loop aggregates it: what
+`Strategy.aggregate_fit` hands to `fit_aggregator` (Flower's signature has no model)."""
 
 
 @dataclass
@@ -71,6 +85,34 @@ class Strategy(ABC):
         self, server_round: int, results: list[tuple[int, EvaluateRes]]
     ) -> tuple[float | None, Metrics]:
         """Combine the nodes' evaluation results into one loss and metrics."""
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: Sequence[tuple[ClientProxy, FitRes]],
+        failures: Sequence[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, Metrics]:
+        """Flower's ``aggregate_fit``: all of a round's results at once.
+
+        The round loop calls it only when a subclass overrides it (the results are
+        then gathered: memory O(model x nodes)); otherwise it folds each result in
+        as it arrives through `fit_aggregator`. This implementation, which an
+        override reaches through ``super().aggregate_fit(...)``, feeds the same
+        aggregator, so both give the same model.
+        """
+        if not results:
+            return None, {}
+        if self.fit_round_refusal(server_round, len(results), len(failures)) is not None:
+            return None, {}
+        start = round_model.get()
+        first = parameters_to_ndarrays(results[0][1].parameters)
+        aggregator = self.fit_aggregator(server_round, first if start is None else start)
+        for proxy, result in results:
+            arrays = parameters_to_ndarrays(result.parameters)
+            update = FitRes(arrays, result.num_examples, result.metrics, result.status)
+            aggregator.add(proxy.node_id, update)
+        merged, metrics = aggregator.finish()
+        return (None if merged is None else ArrayParameters(merged)), metrics
 
     def fit_round_refusal(self, server_round: int, results: int, failures: int) -> str | None:
         """Why a fit round with ``results`` usable results and ``failures`` failed nodes
