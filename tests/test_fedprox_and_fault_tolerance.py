@@ -142,13 +142,12 @@ def test_the_default_rule_is_accept_failures() -> None:
 
 def test_fault_tolerant_evaluation_below_the_rate_reports_no_loss() -> None:
     strategy = FaultTolerantFedAvg(min_completion_rate_evaluate=0.6)
-    asked = strategy.configure_evaluate(1, [np.zeros(1)], [1, 2, 3], random.Random(0))
-    assert len(asked) == 3
     one = [(1, EvaluateRes(2.0, 1))]
     two = [(1, EvaluateRes(2.0, 1)), (2, EvaluateRes(4.0, 3))]
+    failed = RuntimeError("node 3: no answer")
 
-    assert strategy.aggregate_evaluate(1, one) == (None, {})  # 1/3 < 0.6
-    loss, _ = strategy.aggregate_evaluate(1, two)  # 2/3
+    assert strategy.aggregate_evaluate(1, one, [failed, failed]) == (None, {})  # 1/3 < 0.6
+    loss, _ = strategy.aggregate_evaluate(1, two, [failed])  # 2/3
     assert loss == pytest.approx((2.0 + 12.0) / 4)
 
 

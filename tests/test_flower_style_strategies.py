@@ -9,12 +9,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pollen.common import Code, FitRes, Parameters, parameters_to_ndarrays
+from pollen.client import ClientApp, NumPyClient
+from pollen.common import (
+    Code,
+    FitRes,
+    Parameters,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
 from pollen.errors import RunError
 from pollen.server import ServerApp, ServerConfig
 from pollen.server.client_proxy import ClientProxy
 from pollen.server.run import ServerAppConfig, run_on_grid
-from pollen.server.strategy import FedAdam, FedAvg
+from pollen.server.strategy import FedAdam, FedAvg, FitIns, Strategy
 from pollen.simulation import InProcessGrid
 from pollen.transport.addresses import Address
 from tests.test_in_process_grid import client_app
@@ -130,3 +137,169 @@ def test_an_aggregate_fit_returning_other_shapes_ends_the_run_keeping_the_last_g
     assert "--resume 1" in message and "\n" not in message
     [last] = (tmp_path / "runs").glob("*/last_model.npz")
     np.testing.assert_allclose(np.load(last)["layer_0"], [14 / 6] * 3, rtol=1e-6)
+
+
+class ConfigPerNode(FedAvg):
+    """Flower's pattern: super().configure_fit, then a config of its own per client."""
+
+    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
+        pairs = super().configure_fit(server_round, parameters, client_manager)
+        assert client_manager.num_available() == 3 and len(client_manager.all()) == 3
+        return [
+            (proxy, FitIns(ins.parameters, {**ins.config, "lr": int(proxy.cid)}))
+            for proxy, ins in pairs
+        ]
+
+
+class EchoConfig(NumPyClient):
+    def fit(self, parameters: Any, config: Any) -> Any:
+        return parameters, 1, {"lr": config.get("lr", -1)}
+
+    def evaluate(self, parameters: Any, config: Any) -> Any:
+        return 0.0, 1, {}
+
+
+def test_configure_fit_with_flowers_signature_sends_each_node_its_config(
+    tmp_path: Path,
+) -> None:
+    seen: list[Any] = []
+
+    class Recording(ConfigPerNode):
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            seen.extend(sorted((p.cid, r.metrics["lr"]) for p, r in results))
+            return super().aggregate_fit(server_round, results, failures)
+
+    strategy = Recording(initial_parameters=ZEROS, min_available_clients=3)
+    app = ServerApp(config=ServerConfig(num_rounds=1), strategy=strategy)
+    grid = InProcessGrid(ClientApp(client_fn=lambda context: EchoConfig()), num_nodes=3)
+    config = ServerAppConfig(Address("unused", 1), output_root=tmp_path)
+    outcome, _ = asyncio.run(run_on_grid(app, config, grid))
+
+    assert seen == [("1", 1), ("2", 2), ("3", 3)]  # each node trained with its own lr
+    assert outcome.history.rounds[0].fit_results == 3
+
+
+def test_num_fit_clients_decides_how_many_nodes_train(tmp_path: Path) -> None:
+    class OneAtATime(FedAvg):
+        def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+            return 1, 1
+
+    strategy = OneAtATime(initial_parameters=ZEROS, min_available_clients=3, min_fit_clients=1)
+    (outcome, _) = run(strategy, tmp_path)
+
+    assert [r.fit_results for r in outcome.history.rounds] == [1, 1, 1]
+
+
+def test_initialize_parameters_and_evaluate_with_flowers_signatures(tmp_path: Path) -> None:
+    evaluated: list[float] = []
+
+    class FlowerStyle(FedAvg):
+        def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+            assert client_manager.num_available() == 3
+            return ndarrays_to_parameters([np.full(3, 10.0, np.float32)])
+
+        def evaluate(self, server_round: int, parameters: Parameters) -> Any:
+            evaluated.append(float(parameters_to_ndarrays(parameters)[0][0]))
+            return None
+
+    (outcome, _) = run(FlowerStyle(min_available_clients=3, fraction_evaluate=0.0), tmp_path, 1)
+
+    assert evaluated == pytest.approx([10.0 + 14 / 6])
+    np.testing.assert_allclose(outcome.parameters[0], [10.0 + 14 / 6] * 3, rtol=1e-6)
+
+
+def test_aggregate_evaluate_with_flowers_signature_gets_proxies_and_failures(
+    tmp_path: Path,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    class Inspecting(FedAvg):
+        def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+            seen["cids"] = sorted(proxy.cid for proxy, _ in results)
+            seen["failures"] = len(failures)
+            return super().aggregate_evaluate(server_round, results, failures)
+
+    grid = InProcessGrid(client_app, num_nodes=2)
+    app = ServerApp(
+        config=ServerConfig(num_rounds=1),
+        strategy=Inspecting(initial_parameters=ZEROS, min_available_clients=2),
+    )
+    config = ServerAppConfig(Address("unused", 1), output_root=tmp_path)
+
+    outcome, _ = asyncio.run(run_on_grid(app, config, grid))
+
+    assert seen == {"cids": ["1", "2"], "failures": 0}
+    assert outcome.history.rounds[0].evaluate_loss is not None
+
+
+def test_a_node_may_be_given_parameters_of_its_own(tmp_path: Path) -> None:
+    class OwnModel(FedAvg):
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+            pairs = super().configure_fit(server_round, parameters, client_manager)
+            special = ndarrays_to_parameters([np.full(3, 100.0, np.float32)])
+            return [
+                (proxy, FitIns(special, ins.config) if proxy.cid == "1" else ins)
+                for proxy, ins in pairs
+            ]
+
+    strategy = OwnModel(initial_parameters=ZEROS, min_available_clients=2, fraction_evaluate=0)
+    (outcome, _) = run(strategy, tmp_path, rounds=1, nodes=2)
+
+    # node 1 (1 example) started from 100 and added 1; node 2 (2 examples) from 0, added 2
+    np.testing.assert_allclose(outcome.parameters[0], [(101 * 1 + 2 * 2) / 3] * 3, rtol=1e-6)
+
+
+def test_a_strategy_written_only_in_flowers_methods_runs(tmp_path: Path) -> None:
+    class Minimal(Strategy):
+        def initialize_parameters(self, client_manager: Any) -> Parameters | None:
+            return ndarrays_to_parameters(ZEROS)
+
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+            return [(p, FitIns(parameters, {})) for p in client_manager.sample(2)]
+
+        def aggregate_fit(self, server_round: int, results: Any, failures: Any) -> Any:
+            arrays = [parameters_to_ndarrays(r.parameters) for _, r in results]
+            return ndarrays_to_parameters([np.max([a[0] for a in arrays], axis=0)]), {}
+
+        def configure_evaluate(
+            self, server_round: int, parameters: Any, client_manager: Any
+        ) -> Any:
+            return []
+
+        def aggregate_evaluate(self, server_round: int, results: Any, failures: Any) -> Any:
+            return None, {}
+
+        def evaluate(self, server_round: int, parameters: Any) -> Any:
+            return None
+
+    (outcome, _) = run(Minimal(), tmp_path, rounds=2, nodes=2)
+
+    np.testing.assert_allclose(outcome.parameters[0], [4.0] * 3)  # the larger update, twice
+
+
+def test_a_dp_wrapper_refuses_a_strategy_with_flower_style_overrides() -> None:
+    from pollen.errors import ConfigurationError
+    from pollen.server.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    with pytest.raises(ConfigurationError, match="overrides configure_fit with Flower's"):
+        DifferentialPrivacyServerSideFixedClipping(ConfigPerNode(), 1.0, 1.0, 2)
+
+
+def test_a_strategy_that_aggregates_neither_way_is_refused_when_the_server_app_is_built() -> None:
+    from pollen.errors import ConfigurationError
+
+    class Nothing(Strategy):
+        def initialize_parameters(self) -> Any:
+            return None
+
+        def configure_fit(self, *args: Any) -> Any:
+            return []
+
+        def configure_evaluate(self, *args: Any) -> Any:
+            return []
+
+        def aggregate_evaluate(self, *args: Any) -> Any:
+            return None, {}
+
+    with pytest.raises(ConfigurationError, match="implements neither fit_aggregator"):
+        ServerApp(strategy=Nothing())

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pollen.records.context import Context
-from pollen.records.replies import Code, EvaluateRes, FitRes, Status
+from pollen.records.replies import Code, EvaluateIns, EvaluateRes, FitIns, FitRes, Status
 from pollen.records.typing import (
     Config,
     Metrics,
@@ -42,7 +42,9 @@ __all__ = [
     "Code",
     "Config",
     "Context",
+    "EvaluateIns",
     "EvaluateRes",
+    "FitIns",
     "FitRes",
     "Metrics",
     "MetricsAggregationFn",

@@ -1,11 +1,12 @@
-"""What local training and evaluation return, on the node and on the server alike."""
+"""What a node is asked to do and what local training and evaluation return, on the
+node and on the server alike (the shapes of Flower's `flwr.common` types)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
 
-from pollen.records.typing import Metrics, NDArrays
+from pollen.records.typing import Config, Metrics, NDArrays, Parameters
 
 
 class Code(Enum):
@@ -54,3 +55,29 @@ class EvaluateRes:
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
     status: Status = field(default_factory=_ok)
+
+
+@dataclass(init=False)
+class _Instructions:
+    """A node's instructions: its config and, as Flower's carry it, the model it starts
+    from (None: the round's global model). Built as ``FitIns(config)`` or, as in
+    Flower, ``FitIns(parameters, config)``."""
+
+    parameters: Parameters | NDArrays | None
+    config: Config
+
+    def __init__(
+        self, parameters: Parameters | NDArrays | Config | None = None, config: Config | None = None
+    ) -> None:
+        if config is None and isinstance(parameters, dict):
+            parameters, config = None, parameters  # Pollen's FitIns(config)
+        self.parameters = parameters if not isinstance(parameters, dict) else None
+        self.config = dict(config or {})
+
+
+class FitIns(_Instructions):
+    """Instructions for one node's training."""
+
+
+class EvaluateIns(_Instructions):
+    """Instructions for one node's evaluation of the global model."""

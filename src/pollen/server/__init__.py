@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pollen.server import strategy
+from pollen.server.client_manager import ClientManager, SimpleClientManager
+from pollen.server.client_proxy import ClientProxy
 from pollen.server.grid import Grid
 from pollen.server.history import History
 from pollen.server.round_loop import RunOutcome
@@ -13,7 +15,18 @@ from pollen.server.server_app import ServerApp, ServerConfig
 if TYPE_CHECKING:
     from pollen.server.driver import DriverClient
 
-__all__ = ["DriverClient", "Grid", "History", "RunOutcome", "ServerApp", "ServerConfig", "strategy"]
+__all__ = [
+    "ClientManager",
+    "ClientProxy",
+    "DriverClient",
+    "Grid",
+    "History",
+    "RunOutcome",
+    "ServerApp",
+    "ServerConfig",
+    "SimpleClientManager",
+    "strategy",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,7 @@ from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, n
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
 from pollen.server.strategy.strategy import Strategy, round_model
+from pollen.server.strategy_calls import Instruction, StrategyCalls
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,17 @@ class _Round:
         model: BlobRef | None,
         chosen: Sequence[tuple[int, Config]],
         failures: list[str],
+        models: dict[int, BlobRef] | None = None,
     ) -> AsyncIterator[Message]:
+        """``models``: nodes that start from a model of their own instead of ``model``."""
+        own = models or {}
         messages = [
-            Message(self.run_id, node_id, message_type, fit_evaluate.instruction(model, config))
+            Message(
+                self.run_id,
+                node_id,
+                message_type,
+                fit_evaluate.instruction(own.get(node_id, model), config),
+            )
             for node_id, config in chosen
         ]
         await self.grid.send(self.run_id, messages)
@@ -121,6 +130,8 @@ class RoundLoop:
         self.run_id = run_id
         self.rng = random.Random(app.config.seed)
         self.round = _Round(grid, run_id, app.config.round_timeout)
+        self.calls = StrategyCalls(self.strategy, self.rng)
+        self._models: dict[int, BlobRef] = {}
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
@@ -131,7 +142,7 @@ class RoundLoop:
         )
 
     async def initial_parameters(self) -> NDArrays:
-        parameters = self.strategy.initialize_parameters()
+        parameters = self.calls.initialize(await self.grid.get_nodes(self.run_id))
         if parameters is not None:
             logger.info("initial parameters from the strategy")
             return parameters
@@ -153,13 +164,14 @@ class RoundLoop:
     async def _fit(self, server_round: int, model: GlobalModel, record: RoundRecord) -> GlobalModel:
         nodes = await self._nodes()
         parameters = await model.arrays()
-        instructions = self.strategy.configure_fit(server_round, parameters, nodes, self.rng)
+        instructions = self.calls.configure("configure_fit", server_round, parameters, nodes)
         if not instructions:
             return model
         model_bytes = sum(int(array.nbytes) for array in parameters)
         spill.check_room(self.strategy.disk_needed(model_bytes, len(instructions)), server_round)
         ref = await model.ref()
-        chosen = [(node, ins.config) for node, ins in instructions]
+        chosen = [(i.node_id, i.config) for i in instructions]
+        self._models = await self._own_models(instructions)
         if overrides_aggregate_fit(self.strategy):
             return await self._fit_gathered(server_round, model, parameters, ref, chosen, record)
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
@@ -221,6 +233,19 @@ class RoundLoop:
             raise RunError(f"round {server_round}: {name}.aggregate_fit {exc}") from None
         return GlobalModel(self.grid, self.run_id, arrays)
 
+    async def _own_models(self, instructions: list[Instruction]) -> dict[int, BlobRef]:
+        """Upload the models that nodes start from instead of the global one (a Flower-style
+        strategy may give each node parameters of its own), each distinct one once."""
+        refs: dict[int, BlobRef] = {}
+        uploaded: dict[int, BlobRef] = {}
+        for instruction in instructions:
+            if instruction.model is not None:
+                key = id(instruction.model[0]) if instruction.model else 0
+                if key not in uploaded:
+                    uploaded[key] = await self.grid.upload_arrays(instruction.model, self.run_id)
+                refs[instruction.node_id] = uploaded[key]
+        return refs
+
     async def _receive(
         self,
         server_round: int,
@@ -233,7 +258,7 @@ class RoundLoop:
         arrives; one that cannot be taken is rejected with its reason, the round goes on."""
         failures = record.fit_failures
         results: list[BlobRef] = []
-        async for reply in self.round.run(TRAIN, ref, chosen, failures):
+        async for reply in self.round.run(TRAIN, ref, chosen, failures, self._models):
             results.extend(reply.content.blobs())
             try:
                 fit = await self._download(reply)
@@ -249,7 +274,8 @@ class RoundLoop:
         # Taken (folded, spilled or gathered) already: the SuperLink may delete them, whatever
         # the round's outcome. A result with the model's own bytes shares its blob: that stays
         # until the next checkpoint no longer names it.
-        await self.grid.release_blobs(self.run_id, [r for r in results if r != ref])
+        own = list(self._models.values())
+        await self.grid.release_blobs(self.run_id, [r for r in results + own if r != ref])
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
 
@@ -281,13 +307,14 @@ class RoundLoop:
         # that lost a node must still be able to finish.
         nodes = await self.grid.get_nodes(self.run_id)
         parameters = await model.arrays()
-        instructions = self.strategy.configure_evaluate(server_round, parameters, nodes, self.rng)
+        instructions = self.calls.configure("configure_evaluate", server_round, parameters, nodes)
         if instructions:
             ref = await model.ref()
-            chosen = [(node, ins.config) for node, ins in instructions]
+            chosen = [(i.node_id, i.config) for i in instructions]
+            own = await self._own_models(instructions)
             results: list[tuple[int, EvaluateRes]] = []
             failures = record.evaluate_failures
-            async for reply in self.round.run(EVALUATE, ref, chosen, failures):
+            async for reply in self.round.run(EVALUATE, ref, chosen, failures, own):
                 try:
                     results.append((reply.node_id, fit_evaluate.evaluate_res(reply.content)))
                 except PollenError as exc:
@@ -296,14 +323,15 @@ class RoundLoop:
             record.evaluate_nodes = [
                 NodeEvaluate(node, r.num_examples, r.loss, dict(r.metrics)) for node, r in results
             ]
-            record.evaluate_loss, record.evaluate_metrics = self.strategy.aggregate_evaluate(
-                server_round, results
+            record.evaluate_loss, record.evaluate_metrics = self.calls.aggregate_evaluate(
+                server_round, results, failures
             )
+            await self.grid.release_blobs(self.run_id, list(own.values()))
             for failure in record.evaluate_failures:
                 logger.warning("round %d evaluate: %s", server_round, failure)
         if self.strategy.evaluates_on_server():
             self.grid.release_memory()  # its data may need the memory more than a buffer
-        centralized = self.strategy.evaluate(server_round, parameters)
+        centralized = self.calls.evaluate(server_round, parameters)
         if centralized is not None:
             record.centralized_loss, record.centralized_metrics = centralized
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pollen.errors import ConfigurationError
 from pollen.records.typing import Scalar, UserConfig
 from pollen.server.strategy.fedavg import FedAvg
-from pollen.server.strategy.flower_overrides import refuse_flower_overrides
+from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
 from pollen.server.strategy.strategy import Strategy
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class ServerApp:
     ) -> None:
         self.config = config or ServerConfig()
         self.strategy = strategy or FedAvg()
-        refuse_flower_overrides(self.strategy)
+        _check_aggregates(self.strategy)
         self.run_config: UserConfig = dict(run_config or {})
         self._warned: set[tuple[str, ...]] = set()
 
@@ -110,3 +110,15 @@ def _same_type(key: str, default: Scalar, value: Scalar, option: str) -> Scalar:
             f"{option} {key}={value!r}: expected {article} {kind} like {default!r}"
         )
     return value
+
+
+def _check_aggregates(strategy: Strategy) -> None:
+    """A strategy aggregates fit results one way or the other: by a `FitAggregator`
+    (Pollen's) or by an `aggregate_fit` override (Flower's)."""
+    own = type(strategy).fit_aggregator is not Strategy.fit_aggregator
+    if not own and not overrides_aggregate_fit(strategy):
+        raise ConfigurationError(
+            f"strategy {type(strategy).__name__} implements neither fit_aggregator (Pollen's: "
+            "results folded in as they arrive) nor aggregate_fit (Flower's: all at once); "
+            "implement one of them (see docs/strategies.md)"
+        )

@@ -1,5 +1,6 @@
 """Strategies: FedAvg and the `Strategy` interface to write others."""
 
+from pollen.records.replies import EvaluateIns, FitIns
 from pollen.server.strategy.bulyan import Bulyan
 from pollen.server.strategy.dp_adaptive_clipping import (
     DifferentialPrivacyClientSideAdaptiveClipping,
@@ -18,12 +19,7 @@ from pollen.server.strategy.fedprox import FedProx
 from pollen.server.strategy.fedtrimmedavg import FedTrimmedAvg
 from pollen.server.strategy.krum import Krum
 from pollen.server.strategy.qfedavg import QFedAvg
-from pollen.server.strategy.strategy import (
-    EvaluateIns,
-    FitAggregator,
-    FitIns,
-    Strategy,
-)
+from pollen.server.strategy.strategy import FitAggregator, Strategy
 
 __all__ = [
     "Bulyan",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,11 @@ import numpy as np
 from pollen.aggregation.dp_clipping import add_gaussian_noise, noise_stddev
 from pollen.aggregation.privacy_accountant import PrivacyAccountant
 from pollen.errors import ConfigurationError
-from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.replies import EvaluateIns, EvaluateRes, FitIns, FitRes
 from pollen.records.typing import Metrics, NDArrays
+from pollen.server.client_proxy import ClientProxy
 from pollen.server.strategy.flower_overrides import refuse_flower_overrides
-from pollen.server.strategy.strategy import EvaluateIns, FitAggregator, FitIns, Strategy
+from pollen.server.strategy.strategy import FitAggregator, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ class DPWrapper(Strategy):
                 f"{owner}(strategy={type(strategy).__name__}): wrap a Pollen strategy "
                 "(FedAvg, or a subclass of pollen.server.strategy.Strategy)"
             )
-        refuse_flower_overrides(strategy)  # the ServerApp checks only the outer strategy
+        refuse_flower_overrides(strategy, f"{owner}, which calls it Pollen's way,")
         if noise_multiplier < 0:
             raise ConfigurationError(
                 f"{owner}(noise_multiplier={noise_multiplier}): must be >= 0 "
@@ -251,9 +253,12 @@ class DPWrapper(Strategy):
         return self.strategy.configure_evaluate(server_round, parameters, node_ids, rng)
 
     def aggregate_evaluate(
-        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+        self,
+        server_round: int,
+        results: Sequence[tuple[ClientProxy, EvaluateRes]],
+        failures: Sequence[BaseException] = (),
     ) -> tuple[float | None, Metrics]:
-        return self.strategy.aggregate_evaluate(server_round, results)
+        return self.strategy.aggregate_evaluate(server_round, results, failures)
 
     def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
         return self.strategy.evaluate(server_round, parameters)

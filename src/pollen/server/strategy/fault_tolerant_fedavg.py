@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from pollen.records.replies import EvaluateRes
 from pollen.records.typing import Metrics, NDArray, NDArrays, Parameters
 from pollen.server.strategy.arguments import unit_interval
 from pollen.server.strategy.fedavg import ConfigFn, EvaluateFn, FedAvg, MetricsAggregationFn
-from pollen.server.strategy.strategy import EvaluateIns
 
 
 def _rate(results: int, failures: int) -> float:
@@ -66,7 +65,6 @@ class FaultTolerantFedAvg(FedAvg):
         )
         self.completion_rate_fit = min_completion_rate_fit
         self.completion_rate_evaluate = min_completion_rate_evaluate
-        self._evaluations_asked: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return (
@@ -85,19 +83,12 @@ class FaultTolerantFedAvg(FedAvg):
             )
         return None
 
-    def configure_evaluate(
-        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
-    ) -> list[tuple[int, EvaluateIns]]:
-        # Pollen's aggregate_evaluate gets the results only: the nodes asked give the failures
-        instructions = super().configure_evaluate(server_round, parameters, node_ids, rng)
-        self._evaluations_asked = {server_round: len(instructions)}
-        return instructions
-
     def aggregate_evaluate(
-        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+        self,
+        server_round: int,
+        results: Sequence[tuple[Any, EvaluateRes]],
+        failures: Sequence[object] = (),
     ) -> tuple[float | None, Metrics]:
-        asked = self._evaluations_asked.get(server_round, len(results))
-        failures = max(asked - len(results), 0)
-        if not results or _rate(len(results), failures) < self.completion_rate_evaluate:
+        if not results or _rate(len(results), len(failures)) < self.completion_rate_evaluate:
             return None, {}
-        return super().aggregate_evaluate(server_round, results)
+        return super().aggregate_evaluate(server_round, results, failures)

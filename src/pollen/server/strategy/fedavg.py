@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pollen.aggregation.weighted_mean import (
     RunningWeightedMean,
@@ -11,8 +12,9 @@ from pollen.aggregation.weighted_mean import (
     weighted_metrics_avg,
 )
 from pollen.errors import ConfigurationError
-from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.replies import EvaluateIns, EvaluateRes, FitIns, FitRes
 from pollen.records.typing import (
+    ArrayParameters,
     Config,
     Metrics,
     NDArray,
@@ -20,7 +22,9 @@ from pollen.records.typing import (
     Parameters,
     parameters_to_ndarrays,
 )
-from pollen.server.strategy.strategy import EvaluateIns, FitAggregator, FitIns, Strategy
+from pollen.server.client_manager import ClientManager, SimpleClientManager
+from pollen.server.client_proxy import ClientProxy
+from pollen.server.strategy.strategy import FitAggregator, Strategy
 
 MetricsAggregationFn = Callable[[list[tuple[int, Metrics]]], Metrics]
 ConfigFn = Callable[[int], Config]
@@ -109,21 +113,28 @@ class FedAvg(Strategy):
             f"FedAvg(fraction_fit={self.fraction_fit}, fraction_evaluate={self.fraction_evaluate})"
         )
 
-    def initialize_parameters(self) -> NDArrays | None:
+    def initialize_parameters(self, client_manager: ClientManager | None = None) -> Any:
+        """The initial model (None: ask a node), as `ArrayParameters`: arrays that are
+        Flower's `Parameters` too, for an override calling it with a ``client_manager``."""
         initial = self.initial_parameters
         self.initial_parameters = None  # do not keep a second copy of the model alive
-        if isinstance(initial, Parameters):
-            return parameters_to_ndarrays(initial)
-        return initial
+        if initial is None:
+            return None
+        return ArrayParameters(parameters_to_ndarrays(initial))
 
     def array_names(self) -> list[str] | None:
         return self._array_names
 
-    def _sample(
-        self, fraction: float, minimum: int, nodes: list[int], rng: random.Random
-    ) -> list[int]:
-        size = min(len(nodes), max(int(fraction * len(nodes)), minimum))
-        return rng.sample(sorted(nodes), size)
+    def num_fit_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """How many nodes train (Flower's rule): ``fraction_fit`` of the available, at
+        least ``min_fit_clients``; and how many must be available."""
+        sample = int(num_available_clients * self.fraction_fit)
+        return max(sample, self.min_fit_clients), self.min_available_clients
+
+    def num_evaluation_clients(self, num_available_clients: int) -> tuple[int, int]:
+        """How many nodes evaluate: as `num_fit_clients`, with ``fraction_evaluate``."""
+        sample = int(num_available_clients * self.fraction_evaluate)
+        return max(sample, self.min_evaluate_clients), self.min_available_clients
 
     def fit_config(self, server_round: int) -> Config:
         """The config every node trains with this round: ``on_fit_config_fn``'s.
@@ -131,27 +142,49 @@ class FedAvg(Strategy):
         return dict(self.on_fit_config_fn(server_round)) if self.on_fit_config_fn else {}
 
     def configure_fit(
-        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
-    ) -> list[tuple[int, FitIns]]:
+        self,
+        server_round: int,
+        parameters: Any,
+        node_ids: Any,
+        rng: random.Random | None = None,
+    ) -> Any:
+        """Which nodes train, and with what config. Called as Pollen's round loop does
+        (node ids and its seeded generator: ``[(node_id, FitIns)]``) or, from an override
+        with Flower's signature, with a `ClientManager` (``[(ClientProxy, FitIns)]``)."""
+        manager = _manager(node_ids, rng)
+        size, minimum = self.num_fit_clients(manager.num_available())
+        chosen = manager.sample(size, minimum)
         config = self.fit_config(server_round)
-        chosen = self._sample(self.fraction_fit, self.min_fit_clients, node_ids, rng)
-        return [(node_id, FitIns(dict(config))) for node_id in chosen]
+        return _paired(node_ids, chosen, lambda: FitIns(parameters, dict(config)))
 
     def fit_aggregator(self, server_round: int, parameters: NDArrays) -> FitAggregator:
         return _FedAvgAggregator(parameters, self.fit_metrics_aggregation_fn)
 
     def configure_evaluate(
-        self, server_round: int, parameters: NDArrays, node_ids: list[int], rng: random.Random
-    ) -> list[tuple[int, EvaluateIns]]:
+        self,
+        server_round: int,
+        parameters: Any,
+        node_ids: Any,
+        rng: random.Random | None = None,
+    ) -> Any:
+        """Which nodes evaluate this round (none to skip): called as `configure_fit`."""
         if self.fraction_evaluate == 0.0:
             return []
+        manager = _manager(node_ids, rng)
+        size, minimum = self.num_evaluation_clients(manager.num_available())
+        chosen = manager.sample(size, minimum)
         config = self.on_evaluate_config_fn(server_round) if self.on_evaluate_config_fn else {}
-        chosen = self._sample(self.fraction_evaluate, self.min_evaluate_clients, node_ids, rng)
-        return [(node_id, EvaluateIns(dict(config))) for node_id in chosen]
+        return _paired(node_ids, chosen, lambda: EvaluateIns(parameters, dict(config)))
 
     def aggregate_evaluate(
-        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+        self,
+        server_round: int,
+        results: Sequence[tuple[Any, EvaluateRes]],
+        failures: Sequence[object] = (),
     ) -> tuple[float | None, Metrics]:
+        """The loss averaged by examples, and the metrics by the aggregation function;
+        ``results`` pair a node id (or, from Flower's signature, a `ClientProxy`) with
+        its result."""
         if not results:
             return None, {}
         loss = weighted_loss_avg([(r.num_examples, r.loss) for _, r in results])
@@ -160,10 +193,27 @@ class FedAvg(Strategy):
         )
         return loss, metrics
 
-    def evaluate(self, server_round: int, parameters: NDArrays) -> tuple[float, Metrics] | None:
+    def evaluate(self, server_round: int, parameters: Any) -> tuple[float, Metrics] | None:
         if self.evaluate_fn is None:
             return None
-        return self.evaluate_fn(server_round, parameters, {})
+        return self.evaluate_fn(server_round, parameters_to_ndarrays(parameters), {})
 
     def evaluates_on_server(self) -> bool:
         return self.evaluate_fn is not None or type(self).evaluate is not FedAvg.evaluate
+
+
+def _manager(node_ids: Any, rng: random.Random | None) -> ClientManager:
+    """The nodes to sample from: a Flower-style caller's `ClientManager`, or Pollen's node
+    ids sampled with the round loop's seeded generator (the same draws either way)."""
+    if isinstance(node_ids, ClientManager):
+        return node_ids
+    return SimpleClientManager(node_ids, rng)
+
+
+def _paired(node_ids: Any, chosen: list[ClientProxy], instructions: Callable[[], Any]) -> Any:
+    """``[(ClientProxy, ins)]`` sharing one instructions object, as Flower's strategies
+    return them, for a `ClientManager` caller; ``[(node_id, ins)]`` for the round loop."""
+    if isinstance(node_ids, ClientManager):
+        shared = instructions()
+        return [(proxy, shared) for proxy in chosen]
+    return [(proxy.node_id, instructions()) for proxy in chosen]

@@ -6,12 +6,10 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 
-from pollen.records.replies import EvaluateRes, FitRes
+from pollen.records.replies import EvaluateIns, EvaluateRes, FitIns, FitRes
 from pollen.records.typing import (
     ArrayParameters,
-    Config,
     Metrics,
     NDArrays,
     Parameters,
@@ -22,20 +20,6 @@ from pollen.server.client_proxy import ClientProxy
 round_model: ContextVar[NDArrays | None] = ContextVar("round_model", default=None)
 """The global model a fit round started from, while the round loop aggregates it: what
 `Strategy.aggregate_fit` hands to `fit_aggregator` (Flower's signature has no model)."""
-
-
-@dataclass
-class FitIns:
-    """Instructions for one node's training: the global model goes along implicitly."""
-
-    config: Config = field(default_factory=dict)
-
-
-@dataclass
-class EvaluateIns:
-    """Instructions for one node's evaluation of the global model."""
-
-    config: Config = field(default_factory=dict)
 
 
 class FitAggregator(ABC):
@@ -70,9 +54,12 @@ class Strategy(ABC):
     ) -> list[tuple[int, FitIns]]:
         """Which nodes train this round, and with what config."""
 
-    @abstractmethod
     def fit_aggregator(self, server_round: int, parameters: NDArrays) -> FitAggregator:
-        """A fresh aggregator for this round's fit results."""
+        """A fresh aggregator for this round's fit results. A strategy implements this
+        (results folded in as they arrive) or Flower's `aggregate_fit` (all at once)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} implements neither fit_aggregator nor aggregate_fit"
+        )
 
     @abstractmethod
     def configure_evaluate(
@@ -82,9 +69,13 @@ class Strategy(ABC):
 
     @abstractmethod
     def aggregate_evaluate(
-        self, server_round: int, results: list[tuple[int, EvaluateRes]]
+        self,
+        server_round: int,
+        results: Sequence[tuple[ClientProxy, EvaluateRes]],
+        failures: Sequence[BaseException] = (),
     ) -> tuple[float | None, Metrics]:
-        """Combine the nodes' evaluation results into one loss and metrics."""
+        """Combine the nodes' evaluation results into one loss and metrics (Flower's
+        signature: ``failures`` are the nodes that did not evaluate, each saying why)."""
 
     def aggregate_fit(
         self,
