@@ -157,3 +157,30 @@ def test_a_round_that_keeps_its_model_still_lets_go_of_its_results() -> None:
     [record] = outcome.history.rounds
     assert record.fit_results == 1 and len(record.fit_failures) == 1
     assert len(released) == 1  # the one usable result's blob, released all the same
+
+
+def test_each_result_is_let_go_before_the_next_is_downloaded() -> None:
+    """The Grid writes a download over the previous one's memory only when no array of it
+    is alive: the round loop must hold none once a result is folded in (else each result
+    of a large model takes fresh memory)."""
+    from pollen.records.arrays import buffer_in_use, decode_arrays
+
+    held: list[bool] = []
+
+    class Watched(InProcessGrid):
+        last: bytearray | None = None
+
+        async def download_arrays(self, ref: Any) -> Any:
+            if self.last is not None:
+                held.append(buffer_in_use(self.last))
+            self.last = bytearray(self._blobs[ref.digest])
+            return decode_arrays(self.last)
+
+    grid = Watched(client_app, num_nodes=3)
+
+    run(
+        server_app(2, [np.zeros(3, np.float32)], min_available_clients=3, fraction_evaluate=0.0),
+        grid,
+    )
+
+    assert len(held) == 5 and not any(held)

@@ -261,16 +261,12 @@ class RoundLoop:
         async for reply in self.round.run(TRAIN, ref, chosen, failures, self._models):
             results.extend(reply.content.blobs())
             try:
-                fit = await self._download(reply)
-                await take(reply, fit)
+                await self._take(reply, take, record)
             except ConnectionFailed:
                 raise  # the SuperLink is gone, not this node's result
             except (PollenError, MemoryError, ValueError) as exc:
                 # one node's result never ends the run, whatever is wrong with it
                 failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
-                continue
-            record.fit_results += 1
-            record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
         # Taken (folded, spilled or gathered) already: the SuperLink may delete them, whatever
         # the round's outcome. A result with the model's own bytes shares its blob: that stays
         # until the next checkpoint no longer names it.
@@ -279,11 +275,21 @@ class RoundLoop:
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
 
-    async def _download(self, reply: Message) -> FitRes:
+    async def _take(
+        self,
+        reply: Message,
+        take: Callable[[Message, FitRes], Awaitable[None]],
+        record: RoundRecord,
+    ) -> None:
+        """Download one result and hand it to ``take``. Its arrays are this frame's only:
+        once ``take`` has folded them in, the next download may reuse their memory."""
         weights = fit_evaluate.model_of(reply.content)
         if weights is None:
             raise RunError("fit result carries no arrays")
-        return fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
+        fit = fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
+        await take(reply, fit)
+        record.fit_results += 1
+        record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
 
     def _aggregates(self, server_round: int, record: RoundRecord) -> bool:
         """Whether the round's results make a new model: False when the strategy refuses
