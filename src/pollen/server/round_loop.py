@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +21,13 @@ from pollen.server.client_proxy import ClientProxy
 from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
+from pollen.server.instruction_round import InstructionRound, wait_for_nodes
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
 from pollen.server.strategy.strategy import Strategy, round_model
 from pollen.server.strategy_calls import Instruction, StrategyCalls
 
 logger = logging.getLogger(__name__)
-
-_WAIT_POLL = 0.05
-_WAIT_REPORT = 5.0
 
 
 @dataclass
@@ -40,69 +37,6 @@ class RunOutcome:
     run_id: int
     parameters: NDArrays
     history: History
-
-
-async def wait_for_nodes(grid: Grid, run_id: int, minimum: int, timeout: float) -> list[int]:
-    """Online nodes once at least ``minimum`` are connected; RunError after ``timeout``."""
-    started = last_report = time.monotonic()
-    while True:
-        nodes = await grid.get_nodes(run_id)
-        if len(nodes) >= minimum:
-            return nodes
-        now = time.monotonic()
-        if now - started >= timeout:
-            raise RunError(
-                f"only {len(nodes)} of {minimum} required nodes connected after {timeout:g} s; "
-                "start more SuperNodes or lower min_available_clients"
-            )
-        if now - last_report >= _WAIT_REPORT or now == started:
-            logger.info("waiting for nodes: %d of %d connected", len(nodes), minimum)
-            last_report = now
-        await asyncio.sleep(_WAIT_POLL)
-
-
-class _Round:
-    """Sends one type of instruction to chosen nodes and yields their replies as they arrive."""
-
-    def __init__(self, grid: Grid, run_id: int, timeout: float | None) -> None:
-        self.grid = grid
-        self.run_id = run_id
-        self.timeout = timeout
-
-    async def run(
-        self,
-        message_type: str,
-        model: BlobRef | None,
-        chosen: Sequence[tuple[int, Config]],
-        failures: list[str],
-        models: dict[int, BlobRef] | None = None,
-    ) -> AsyncIterator[Message]:
-        """``models``: nodes that start from a model of their own instead of ``model``."""
-        own = models or {}
-        messages = [
-            Message(
-                self.run_id,
-                node_id,
-                message_type,
-                fit_evaluate.instruction(own.get(node_id, model), config),
-            )
-            for node_id, config in chosen
-        ]
-        await self.grid.send(self.run_id, messages)
-        missing = {m.message_id: m.node_id for m in messages}
-        try:
-            async with asyncio.timeout(self.timeout):
-                async for reply in self.grid.replies(self.run_id, list(missing)):
-                    missing.pop(reply.reply_to, None)
-                    if reply.ok:
-                        yield reply
-                    else:
-                        failures.append(f"node {reply.node_id}: {reply.error}")
-        except TimeoutError:
-            failures.extend(
-                f"node {node}: no result within round_timeout={self.timeout:g} s"
-                for node in missing.values()
-            )
 
 
 class RoundLoop:
@@ -129,7 +63,7 @@ class RoundLoop:
         self.grid = grid
         self.run_id = run_id
         self.rng = random.Random(app.config.seed)
-        self.round = _Round(grid, run_id, app.config.round_timeout)
+        self.round = InstructionRound(grid, run_id, app.config.round_timeout)
         self.calls = StrategyCalls(self.strategy, self.rng)
         self._models: dict[int, BlobRef] = {}
 
