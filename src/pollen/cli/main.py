@@ -14,6 +14,7 @@ from pollen.cli.log_lines import install as install_logging
 from pollen.cli.log_lines import one_line
 from pollen.cli.runs_cmd import runs
 from pollen.cli.serverapp_cmd import serverapp
+from pollen.cli.simulation_cmd import simulation
 from pollen.cli.superlink_cmd import superlink
 from pollen.cli.supernode_cmd import supernode
 from pollen.errors import PollenError
@@ -51,6 +52,7 @@ cli.add_command(serverapp, name="server-app")
 cli.add_command(demo)
 cli.add_command(keys)
 cli.add_command(runs)
+cli.add_command(simulation)
 
 
 def main() -> None:

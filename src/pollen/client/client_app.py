@@ -40,6 +40,13 @@ def _wants_cid(client_fn: ClientFn) -> bool:
     return first.name == "cid" or first.annotation in (str, "str")
 
 
+def _cid(context: Context) -> str:
+    """What a ``client_fn(cid)`` gets: the node's partition in a simulation ("0".."N-1",
+    as Flower's), else its node id."""
+    partition = context.node_config.get("partition-id")
+    return str(partition if partition is not None else context.node_id)
+
+
 def _through(mod: Mod, message_type: str, call_next: Handler) -> Handler:
     return lambda content, context: mod(message_type, content, context, call_next)
 
@@ -49,7 +56,9 @@ class ClientApp:
 
     ``ClientApp(client_fn=...)`` registers the 1.8-era handlers: ``client_fn(context)``
     receives the node's `Context` (``context.node_config`` holds ``--node-config``)
-    and returns a `NumPyClient` or `Client`, whose ``fit``, ``evaluate`` and
+    and returns a `NumPyClient` or `Client` (an older ``client_fn(cid: str)`` gets the
+    node's ``partition-id`` as cid where its node_config has one, as in a simulation,
+    else its node id), whose ``fit``, ``evaluate`` and
     ``get_parameters`` answer ``train``, ``evaluate`` and ``query.get_parameters``
     messages.
 
@@ -99,7 +108,7 @@ class ClientApp:
     # The 1.8-era handlers: a fresh client per message, as Flower builds one.
     def _client(self, context: Context) -> Client:
         assert self.client_fn is not None, "registered with a client_fn only"
-        made: Any = self.client_fn(str(context.node_id) if self._wants_cid else context)
+        made: Any = self.client_fn(_cid(context) if self._wants_cid else context)
         if isinstance(made, NumPyClient):
             made.context = context
             return made.to_client()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pollen.records.typing import Metrics, UserConfig
+from pollen.records.typing import Metrics, Scalar, UserConfig
+
+RoundValues = list[tuple[int, Scalar]]
 
 
 def now_iso() -> str:
@@ -87,6 +90,34 @@ class History:
             array_names=[str(n) for n in names] if isinstance(names, list) else None,
         )
 
+    # Flower's History fields, computed from the rounds (metrics.json keeps its own form)
+    @property
+    def losses_distributed(self) -> list[tuple[int, float]]:
+        """(round, loss aggregated over the nodes' evaluations), rounds that had one."""
+        return [(r.round, r.evaluate_loss) for r in self.rounds if r.evaluate_loss is not None]
+
+    @property
+    def losses_centralized(self) -> list[tuple[int, float]]:
+        """(round, the strategy's ``evaluate_fn`` loss), rounds that had one."""
+        return [
+            (r.round, r.centralized_loss) for r in self.rounds if r.centralized_loss is not None
+        ]
+
+    @property
+    def metrics_distributed_fit(self) -> dict[str, RoundValues]:
+        """{name: [(round, value)]} of the aggregated fit metrics."""
+        return _by_name((r.round, r.fit_metrics) for r in self.rounds)
+
+    @property
+    def metrics_distributed(self) -> dict[str, RoundValues]:
+        """{name: [(round, value)]} of the aggregated evaluation metrics."""
+        return _by_name((r.round, r.evaluate_metrics) for r in self.rounds)
+
+    @property
+    def metrics_centralized(self) -> dict[str, RoundValues]:
+        """{name: [(round, value)]} of the strategy's ``evaluate_fn`` metrics."""
+        return _by_name((r.round, r.centralized_metrics) for r in self.rounds)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for record in out["rounds"]:
@@ -96,6 +127,14 @@ class History:
                 node["metrics"] = _plain(node["metrics"])
         out["run_config"] = _plain(out["run_config"])
         return out
+
+
+def _by_name(rounds: Iterable[tuple[int, Metrics]]) -> dict[str, RoundValues]:
+    out: dict[str, RoundValues] = {}
+    for round_, metrics in rounds:
+        for name, value in metrics.items():
+            out.setdefault(name, []).append((round_, value))
+    return out
 
 
 def _plain(values: dict[str, Any]) -> dict[str, Any]:

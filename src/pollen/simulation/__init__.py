@@ -1,5 +1,7 @@
 """Federations of virtual nodes in one process: the same apps, no network."""
 
+from pollen.simulation.backends import BACKENDS
 from pollen.simulation.in_process_grid import InProcessGrid, partition_config
+from pollen.simulation.simulate import run_simulation, start_simulation
 
-__all__ = ["InProcessGrid", "partition_config"]
+__all__ = ["BACKENDS", "InProcessGrid", "partition_config", "run_simulation", "start_simulation"]
