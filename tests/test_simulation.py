@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from pollen.cli.main import cli
 from pollen.client import ClientApp, NumPyClient
 from pollen.common import Config, Context, Metrics, NDArrays
-from pollen.errors import ConfigurationError
+from pollen.errors import ConfigurationError, PollenError
 from pollen.server import ServerApp, ServerConfig
 from pollen.server.strategy import FedAvg
 from pollen.simulation import run_simulation, start_simulation
@@ -273,3 +273,21 @@ def test_bad_input_is_one_line_and_exit_code_2(
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
     assert not output.exists()  # refused before any round
+
+
+def test_a_stopped_simulation_keeps_its_last_model_and_offers_no_resume(tmp_path: Path) -> None:
+    def evaluate_fn(
+        server_round: int, parameters: NDArrays, config: Config
+    ) -> tuple[float, Metrics] | None:
+        if server_round == 2:
+            raise ValueError("the server-side evaluation broke")
+        return None
+
+    app = server_app(3, fraction_evaluate=0.0, evaluate_fn=evaluate_fn)
+
+    with pytest.raises(PollenError) as raised:
+        run_simulation(app, ClientApp(client_fn=from_context), 2, output_dir=tmp_path)
+
+    message = str(raised.value)
+    assert "stopped after round 1 of 3" in message and "--resume" not in message, message
+    assert "last_model.npz" in message

@@ -65,7 +65,8 @@ class ServerAppConfig:
     resume: int | None = None
     """Take up this run from its last checkpoint instead of starting a new one."""
     command: str = "pollen serverapp"
-    """How the user started this ServerApp: a stopped run's message ends with it + --resume."""
+    """How the user started this ServerApp: a stopped run's message ends with it + --resume
+    (empty: the run cannot be resumed, as a simulation's, and the message says no more)."""
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None, when: str) -> T:
@@ -200,6 +201,8 @@ async def _stopped(loop: RoundLoop, config: ServerAppConfig, error: Exception) -
     if saved is None:
         return kind(f"{head} before its first round: {reason}; start a new run")
     rounds = f"after round {loop.completed_rounds} of {loop.app.config.num_rounds}"
+    if not config.command:  # nothing can take it up again (a simulation's nodes are gone)
+        return kind(f"{head} {rounds}: {reason}; {saved}")
     return kind(
         f"{head} {rounds}: {reason}; {saved}; to go on from there: "
         f"{config.command} --resume {loop.run_id}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -72,7 +73,7 @@ async def simulate(
         app_name=app_name,
         run_config=server_app.merged_run_config(dict(run_config or {})),
         output_root=Path(output_dir),
-        command="pollen simulation",
+        command="",  # the virtual nodes end with the run: no --resume to offer
     )
     grid = InProcessGrid(client_app, num_supernodes)
     return await run_on_grid(server_app, config, grid, stop)
@@ -84,6 +85,8 @@ def run_simulation(
     num_supernodes: int,
     backend_name: str = IN_PROCESS,
     backend_config: Mapping[str, Any] | None = None,
+    enable_tf_gpu_growth: bool = False,
+    verbose_logging: bool = False,
     *,
     run_config: UserConfig | None = None,
     output_dir: Path = DEFAULT_OUTPUT_DIR,
@@ -100,8 +103,18 @@ def run_simulation(
     in-process backend does not use it yet. ``run_config`` overrides the ServerApp's
     declared settings, as ``--run-config`` does.
 
-    Works from a notebook too: under a running event loop it runs in a thread of its own.
+    ``verbose_logging`` lets Pollen's debug messages through (to the handlers the
+    caller installed); ``enable_tf_gpu_growth`` is refused, this backend has no GPU
+    settings yet. Works from a notebook too: under a running event loop it runs in a
+    thread of its own.
     """
+    if enable_tf_gpu_growth:
+        raise ConfigurationError(
+            "run_simulation(enable_tf_gpu_growth=True): the in-process backend has no GPU "
+            "settings yet; leave it out and set TensorFlow's memory growth in the ClientApp"
+        )
+    if verbose_logging:
+        logging.getLogger("pollen").setLevel(logging.DEBUG)
     return _blocking(
         lambda: simulate(
             server_app,
