@@ -7,6 +7,7 @@ import pollen.client
 import pollen.common
 import pollen.server
 import pollen.server.strategy
+import pollen.simulation
 
 
 def test_top_level_exports() -> None:
@@ -22,11 +23,13 @@ def test_top_level_exports() -> None:
         "client",
         "common",
         "server",
+        "simulation",
     ]
 
 
 def test_every_exported_name_exists() -> None:
-    for module in (pollen, pollen.client, pollen.common, pollen.server, pollen.server.strategy):
+    modules = (pollen, pollen.client, pollen.common, pollen.server, pollen.server.strategy)
+    for module in (*modules, pollen.simulation):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.{name}"
 

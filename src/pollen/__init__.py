@@ -11,7 +11,7 @@ from pollen.errors import PollenError
 from pollen.records.context import Context
 
 if TYPE_CHECKING:
-    from pollen import server
+    from pollen import server, simulation
     from pollen.server import ServerApp, ServerConfig
     from pollen.server.strategy import FedAvg
 
@@ -29,6 +29,7 @@ __all__ = [
     "client",
     "common",
     "server",
+    "simulation",
 ]
 
 # The server side loads gRPC, which reads its logging settings once, when it is
@@ -36,6 +37,7 @@ __all__ = [
 # them before (see pollen.cli).
 _LAZY = {
     "server": ("pollen.server", None),
+    "simulation": ("pollen.simulation", None),
     "ServerApp": ("pollen.server", "ServerApp"),
     "ServerConfig": ("pollen.server", "ServerConfig"),
     "FedAvg": ("pollen.server.strategy", "FedAvg"),
