@@ -411,6 +411,19 @@ def test_client_fn_with_one_str_parameter_gets_the_node_id_as_cid() -> None:
     assert received == ["42"]
 
 
+def test_client_fn_of_a_cid_gets_the_partition_id_where_the_node_has_one() -> None:
+    received: list[object] = []
+
+    def client_fn(cid: str) -> NumPyClient:
+        received.append(cid)
+        return NumPyClient()
+
+    app = ClientApp(client_fn=client_fn)
+    with pytest.raises(NotImplementedError):
+        run_task(app, "get_parameters", [], {}, Context(42, {"partition-id": 0}))
+    assert received == ["0"]  # as Flower's simulation numbers its clients
+
+
 # --- the handler registry ---------------------------------------------------------------------
 
 
