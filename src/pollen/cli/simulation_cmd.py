@@ -32,7 +32,10 @@ from pollen.simulation.simulate import DEFAULT_OUTPUT_DIR, check_num_supernodes,
     "--backend",
     default=BACKENDS[0],
     show_default=True,
-    help=f"What runs the virtual nodes: {', '.join(BACKENDS)} (threads of this process).",
+    help=(
+        f"What runs the virtual nodes: {', '.join(BACKENDS)} (threads of this process, "
+        "or forked worker processes: available CPUs / client_resources.num_cpus)."
+    ),
 )
 @click.option(
     "--backend-config",

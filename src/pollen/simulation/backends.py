@@ -9,11 +9,13 @@ from typing import Any
 from pollen.errors import ConfigurationError
 
 IN_PROCESS = "in-process"
-BACKENDS = (IN_PROCESS,)
+PROCESS_POOL = "process-pool"
+BACKENDS = (IN_PROCESS, PROCESS_POOL)
 """The backends of this version: ``in-process`` runs every virtual node in a thread
-of the simulation's own process."""
+of the simulation's own process; ``process-pool`` runs them in a pool of forked
+worker processes (available CPUs / ``client_resources.num_cpus`` of them)."""
 
-_PLANNED = {"ray": "not available yet in this version", "process-pool": "not available yet"}
+_PLANNED = {"ray": "not available yet in this version"}
 _CONFIG_KEYS = {"client_resources": {"num_cpus", "num_gpus"}}
 
 

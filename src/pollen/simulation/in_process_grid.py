@@ -181,7 +181,7 @@ class InProcessGrid(Grid):
             self._answer(run, message.reply(error=reason))
 
     # arrays
-    def _store(self, arrays: ArrayBytes, run_id: int) -> BlobRef:
+    def _store(self, arrays: ArrayBytes | bytes, run_id: int) -> BlobRef:
         data = bytes(arrays)
         digest = content_digest(data)
         self._blobs.setdefault(digest, data)

@@ -25,8 +25,14 @@ from pollen.server.round_loop import RunOutcome
 from pollen.server.run import ServerAppConfig, run_on_grid
 from pollen.server.server_app import ServerApp, ServerConfig
 from pollen.server.strategy.strategy import Strategy
-from pollen.simulation.backends import IN_PROCESS, check_backend, check_backend_config
+from pollen.simulation.backends import (
+    IN_PROCESS,
+    PROCESS_POOL,
+    check_backend,
+    check_backend_config,
+)
 from pollen.simulation.in_process_grid import InProcessGrid
+from pollen.simulation.pool_grid import ProcessPoolGrid, available_cpus, pool_size
 from pollen.transport.addresses import Address
 
 T = TypeVar("T")
@@ -66,7 +72,13 @@ async def simulate(
     the outcome and the folder its outputs went to. Everything is checked before any
     round (ConfigurationError); setting ``stop`` ends the run as a signal does."""
     check_backend(backend_name)
-    check_backend_config(backend_config or {})
+    resources = check_backend_config(backend_config or {}).get("client_resources", {})
+    num_cpus = float(resources.get("num_cpus", 1))
+    if backend_name == PROCESS_POOL and num_cpus > available_cpus():
+        raise ConfigurationError(
+            f"client_resources.num_cpus={num_cpus:g}: more than the {available_cpus()} CPUs "
+            "this process may use; ask for at most that many"
+        )
     check_num_supernodes(num_supernodes, server_app.strategy)
     config = ServerAppConfig(
         _NO_SUPERLINK,
@@ -75,8 +87,14 @@ async def simulate(
         output_root=Path(output_dir),
         command="",  # the virtual nodes end with the run: no --resume to offer
     )
-    grid = InProcessGrid(client_app, num_supernodes)
-    return await run_on_grid(server_app, config, grid, stop)
+    if backend_name != PROCESS_POOL:
+        grid = InProcessGrid(client_app, num_supernodes)
+        return await run_on_grid(server_app, config, grid, stop)
+    pool = ProcessPoolGrid(client_app, num_supernodes, workers=pool_size(num_cpus, num_supernodes))
+    try:
+        return await run_on_grid(server_app, config, pool, stop)
+    finally:  # cancelled or not: no worker process and no shared blob outlives the run
+        pool.close()
 
 
 def run_simulation(
@@ -98,9 +116,10 @@ def run_simulation(
     ``{"partition-id": i, "num-partitions": N}`` and its own ``Context.state``, kept
     across rounds. Outputs (``final_model.npz``, ``metrics.json``, checkpoints) go to
     ``output_dir/RUN_ID/`` as a deployed run's do. ``backend_name``: ``"in-process"``
-    (threads of this process), the only one in this version. ``backend_config``:
-    ``{"client_resources": {"num_cpus": .., "num_gpus": ..}}``, checked; the
-    in-process backend does not use it yet. ``run_config`` overrides the ServerApp's
+    (threads of this process, the default) or ``"process-pool"`` (forked worker
+    processes, available CPUs / ``num_cpus`` of them). ``backend_config``:
+    ``{"client_resources": {"num_cpus": .., "num_gpus": ..}}``, checked; ``num_cpus``
+    sizes the process pool, ``num_gpus`` is not used yet. ``run_config`` overrides the ServerApp's
     declared settings, as ``--run-config`` does.
 
     ``verbose_logging`` lets Pollen's debug messages through (to the handlers the

@@ -1,0 +1,299 @@
+"""`ProcessPoolGrid`: virtual nodes executed by a pool of worker processes.
+
+It is an `InProcessGrid` (runs, replies, blobs and each node's `Context` are
+kept in the simulation's process, the same bookkeeping) that replaces only how
+one message is executed: a free worker process runs it through the same
+`execute` rule. Workers are forked, so they inherit the ClientApp (a
+``client_fn`` lambda cannot be pickled). The model reaches them by reference:
+each blob an instruction names is written once to a file in shared memory
+(``/dev/shm``), keyed by its digest, and each worker reads it into a buffer of
+its own; the file goes when no open instruction names it any more, and at
+`close`. A worker that dies fails its in-flight task ("worker process died")
+and is replaced; `close` ends every worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from pollen.client.client_app import ClientApp
+from pollen.client.message_execution import execute
+from pollen.records.arrays import decode_arrays
+from pollen.records.context import Context
+from pollen.records.messages import BlobRef, Message, Records
+from pollen.records.typing import NDArrays
+from pollen.simulation.in_process_grid import (
+    InProcessGrid,
+    NodeConfigFn,
+    _Node,
+    _Run,
+    partition_config,
+)
+
+_SHM = Path("/dev/shm")
+_DIED = "worker process died"
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def pool_size(num_cpus: float = 1.0, num_nodes: int | None = None) -> int:
+    """Available CPUs / ``num_cpus`` workers (at least 1, at most ``num_nodes``)."""
+    cpus = available_cpus()
+    size = max(1, int(cpus / num_cpus)) if num_cpus > 0 else cpus
+    return min(size, num_nodes) if num_nodes else size
+
+
+@dataclass
+class _Task:
+    message: Message
+    context: Context
+    blobs: dict[str, str]  # array record name -> path of its blob in shared memory
+
+
+@dataclass
+class _Result:
+    arrays: dict[str, bytes] = field(default_factory=dict)
+    content: Records[BlobRef] = field(default_factory=Records)
+    error: str = ""
+    state: dict[str, Any] | None = None  # None: the app did not run
+
+
+def _run_task(app: ClientApp, task: _Task) -> _Result:
+    arrays: dict[str, NDArrays] = {}
+    for name, path in task.blobs.items():
+        with open(path, "rb") as blob:
+            arrays[name] = decode_arrays(bytearray(blob.read()))  # the app's own copy
+    execution = execute(app, task.message, arrays, task.context)
+    encoded = {name: bytes(values) for name, values in execution.arrays.items()}
+    return _Result(encoded, execution.content, execution.error, task.context.state)
+
+
+def _worker_main(conn: Connection, app: ClientApp, inherited: list[Connection]) -> None:
+    # the parent's handlers (and its event loop's wakeup fd) are not the worker's: Ctrl-C
+    # reaches the whole process group, and the simulation's process ends the pool
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for other in inherited:  # other workers' ends: they must see EOF when the parent dies
+        other.close()
+    parent = os.getppid()
+    while True:
+        try:
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return  # orphaned
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        try:
+            result = _run_task(app, task)
+        except Exception as exc:  # a blob that cannot be read, say
+            result = _Result(error=f"worker failed: {type(exc).__name__}: {exc}")
+        try:
+            conn.send(result)
+        except Exception as exc:  # a state that cannot be pickled
+            conn.send(_Result(error=f"the reply cannot be sent back: {exc}"))
+
+
+class _Worker:
+    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+        self.process = process
+        self.conn = conn
+        self._closing = threading.Lock()
+
+    def close_conn(self) -> None:
+        """Close our end once (the pool's `close` and a thread that saw it die may race)."""
+        with self._closing:
+            if not self.conn.closed:
+                with contextlib.suppress(OSError):
+                    self.conn.close()
+
+
+class WorkerPool:
+    """``size`` forked worker processes running ``app``; `run` hands a task to a free one."""
+
+    def __init__(self, app: ClientApp, size: int) -> None:
+        self.app = app
+        self.size = size
+        self._context = multiprocessing.get_context("fork")
+        self._workers: list[_Worker] = []
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._lock = threading.Lock()
+        self.closed = False
+        for _ in range(size):
+            self._idle.put(self._start())
+
+    def _start(self) -> _Worker:
+        with self._lock:
+            ours, theirs = self._context.Pipe()
+            inherited = [worker.conn for worker in self._workers]
+            process = self._context.Process(
+                target=_worker_main,
+                args=(theirs, self.app, inherited),
+                name="pollen-simulation-worker",
+                daemon=True,
+            )
+            process.start()
+            theirs.close()
+            worker = _Worker(process, ours)
+            self._workers.append(worker)
+            return worker
+
+    def run(self, task: _Task) -> _Result:
+        """Run ``task`` on the next free worker (blocking); a worker that dies meanwhile
+        fails the task and is replaced."""
+        while True:
+            if self.closed:
+                return _Result(error="the simulation ended")
+            try:
+                worker = self._idle.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        try:
+            worker.conn.send(task)
+            result: _Result = worker.conn.recv()
+        except (EOFError, OSError):
+            return self._died(worker)
+        except Exception as exc:  # a task that cannot be pickled
+            self._idle.put(worker)
+            return _Result(error=f"the task cannot be sent to a worker: {exc}")
+        self._idle.put(worker)
+        return result
+
+    def _died(self, worker: _Worker) -> _Result:
+        worker.process.join(1.0)
+        code = worker.process.exitcode
+        with self._lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
+        worker.close_conn()
+        if self.closed:
+            return _Result(error="the simulation ended")
+        self._idle.put(self._start())
+        return _Result(error=f"{_DIED} (exit code {code})")
+
+    def close(self) -> None:
+        """End every worker, at once (a task in flight fails)."""
+        self.closed = True
+        with self._lock:
+            workers = list(self._workers)
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        for worker in workers:
+            worker.process.join(2.0)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1.0)
+            worker.close_conn()
+
+
+class ProcessPoolGrid(InProcessGrid):
+    """`InProcessGrid` whose messages run in a pool of ``workers`` processes
+    (default: one per available CPU). Call `close` when the run is over."""
+
+    def __init__(
+        self,
+        app: ClientApp,
+        num_nodes: int,
+        node_config: NodeConfigFn = partition_config,
+        workers: int | None = None,
+    ) -> None:
+        super().__init__(app, num_nodes, node_config)
+        self._shm_dir = Path(
+            tempfile.mkdtemp(prefix="pollen-sim-", dir=_SHM if _SHM.is_dir() else None)
+        )
+        self._shared: dict[str, Path] = {}
+        self._named: dict[str, list[str]] = {}  # open instruction -> digests it names
+        self._naming: dict[str, int] = {}  # digest -> open instructions naming it
+        self._shared_lock = threading.Lock()
+        self.pool = WorkerPool(app, workers or pool_size(num_nodes=num_nodes))
+
+    async def send(self, run_id: int, messages: Sequence[Message]) -> None:
+        with self._shared_lock:
+            for message in messages:
+                digests = [ref.digest for ref in message.content.blobs()]
+                self._named[message.message_id] = digests
+                for digest in digests:
+                    self._naming[digest] = self._naming.get(digest, 0) + 1
+        await super().send(run_id, messages)
+
+    def _answer(self, run: _Run, reply: Message) -> None:
+        super()._answer(run, reply)
+        with self._shared_lock:
+            for digest in self._named.pop(reply.reply_to, []):
+                left = self._naming.get(digest, 1) - 1
+                if left > 0:
+                    self._naming[digest] = left
+                    continue
+                self._naming.pop(digest, None)
+                path = self._shared.pop(digest, None)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+
+    def _share(self, ref: BlobRef) -> str:
+        with self._shared_lock:
+            path = self._shared.get(ref.digest)
+            if path is None:
+                path = self._shm_dir / ref.digest
+                path.write_bytes(self._blobs[ref.digest])
+                self._shared[ref.digest] = path
+            return str(path)
+
+    def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
+        context = node.contexts.get(message.run_id)
+        if context is None:
+            context = Context(node.node_id, dict(node.node_config), message.run_id, run.run_config)
+            node.contexts[message.run_id] = context
+        try:
+            blobs = {name: self._share(ref) for name, ref in message.content.arrays.items()}
+        except KeyError as exc:
+            return message.reply(error=f"blob {str(exc)[:14]} is not stored")
+        result = self.pool.run(_Task(message, context, blobs))
+        if result.state is not None:
+            context.state = result.state
+        if result.error:
+            return message.reply(error=result.error)
+        reply = message.reply(result.content)
+        for name, encoded in result.arrays.items():
+            reply.content.arrays[name] = self._store(encoded, message.run_id)
+        return reply
+
+    def shared_files(self) -> list[Path]:
+        """The blobs in shared memory now."""
+        return sorted(self._shm_dir.iterdir()) if self._shm_dir.is_dir() else []
+
+    def close(self) -> None:
+        """End the workers and remove every blob from shared memory."""
+        self.pool.close()
+        with self._shared_lock:
+            for path in self._shared.values():
+                path.unlink(missing_ok=True)
+            self._shared.clear()
+            self._named.clear()
+            self._naming.clear()
+        for path in self.shared_files():
+            path.unlink(missing_ok=True)
+        if self._shm_dir.is_dir():
+            self._shm_dir.rmdir()
