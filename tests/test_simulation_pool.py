@@ -6,6 +6,11 @@ import asyncio
 import json
 import multiprocessing
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,13 @@ from pollen.simulation import run_simulation
 from pollen.simulation.in_process_grid import _Run
 from pollen.simulation.pool_grid import ProcessPoolGrid, pool_size
 from pollen.simulation.simulate import simulate
-from tests.test_simulation import from_context, server_app, simulation, weighted_step
+from tests.test_simulation import (
+    from_context,
+    server_app,
+    simulation,
+    weighted_step,
+    write_apps,
+)
 
 POOL = "process-pool"
 
@@ -244,3 +255,62 @@ def test_the_command_runs_on_the_process_pool(tmp_path: Path) -> None:
     assert json.loads((run / "metrics.json").read_text())["finished"] is True
     final = np.load(run / "final_model.npz")["layer_0"]
     np.testing.assert_allclose(final, [2 * 2.0 * weighted_step(4)] * 2, rtol=1e-6)
+
+
+def test_ctrl_c_stops_the_command_within_2_s_and_leaves_no_worker(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    server, _ = write_apps(tmp_path)
+    (tmp_path / "slow_pool_client.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pollen.client import ClientApp, NumPyClient
+
+            class Slow(NumPyClient):
+                def fit(self, parameters, config):
+                    open(os.path.join({str(pids)!r}, str(os.getpid())), "w").close()
+                    time.sleep(60)
+                    return parameters, 1, {{}}
+
+            app = ClientApp(client_fn=lambda context: Slow())
+            """
+        )
+    )
+    command = [
+        sys.executable,
+        "-c",
+        "from pollen.cli.main import cli; cli()",
+        "simulation",
+        "--server-app",
+        server,
+        "--client-app",
+        "slow_pool_client:app",
+        "--num-supernodes",
+        "4",
+        "--backend",
+        POOL,
+        "--app-dir",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "runs"),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(pids.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(pids.iterdir()), "no worker started"
+        started = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        process.wait(timeout=10)
+        assert time.monotonic() - started < 2.0, process.stdout.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    workers = [int(p.name) for p in pids.iterdir()]
+    time.sleep(0.2)
+    assert [pid for pid in workers if Path(f"/proc/{pid}").exists()] == []

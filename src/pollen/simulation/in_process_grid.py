@@ -148,8 +148,12 @@ class InProcessGrid(Grid):
         async with node.busy:  # a node runs one message at a time, as a SuperNode does
             if message.message_id not in run.open:
                 return  # the run ended while this one waited
-            reply = await asyncio.to_thread(self._execute, node, run, message)
+            reply = await self._execute_off_loop(node, run, message)
         self._answer(run, reply)
+
+    async def _execute_off_loop(self, node: _Node, run: _Run, message: Message) -> Message:
+        """`_execute` in a thread of the event loop's default executor."""
+        return await asyncio.to_thread(self._execute, node, run, message)
 
     def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
         context = node.contexts.get(message.run_id)

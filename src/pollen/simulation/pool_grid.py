@@ -14,6 +14,7 @@ and is replaced; `close` ends every worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ import signal
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -229,6 +231,8 @@ class ProcessPoolGrid(InProcessGrid):
         self._naming: dict[str, int] = {}  # digest -> open instructions naming it
         self._shared_lock = threading.Lock()
         self.pool = WorkerPool(app, workers or pool_size(num_nodes=num_nodes))
+        # one thread per worker waits on its task: as many in flight as there are workers
+        self._threads = ThreadPoolExecutor(self.pool.size, thread_name_prefix="pollen-pool")
 
     async def send(self, run_id: int, messages: Sequence[Message]) -> None:
         with self._shared_lock:
@@ -261,6 +265,10 @@ class ProcessPoolGrid(InProcessGrid):
                 self._shared[ref.digest] = path
             return str(path)
 
+    async def _execute_off_loop(self, node: _Node, run: _Run, message: Message) -> Message:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, self._execute, node, run, message)
+
     def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
         context = node.contexts.get(message.run_id)
         if context is None:
@@ -287,6 +295,7 @@ class ProcessPoolGrid(InProcessGrid):
     def close(self) -> None:
         """End the workers and remove every blob from shared memory."""
         self.pool.close()
+        self._threads.shutdown(wait=False, cancel_futures=True)
         with self._shared_lock:
             for path in self._shared.values():
                 path.unlink(missing_ok=True)
