@@ -8,8 +8,9 @@ one message is executed: a free worker process runs it through the same
 each blob an instruction names is written once to a file in shared memory
 (``/dev/shm``), keyed by its digest, and each worker reads it into a buffer of
 its own; the file goes when no open instruction names it any more, and at
-`close`. A worker that dies fails its in-flight task ("worker process died")
-and is replaced; `close` ends every worker.
+`close`. A reply's arrays come back the same way, one file each, read once.
+A worker that dies fails its in-flight task ("worker process died") and is
+replaced; `close` ends every worker.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import queue
 import signal
 import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from typing import Any
 
 from pollen.client.client_app import ClientApp
 from pollen.client.message_execution import execute
+from pollen.errors import ConfigurationError
 from pollen.records.arrays import decode_arrays
 from pollen.records.context import Context
 from pollen.records.messages import BlobRef, Message, Records
@@ -68,11 +71,12 @@ class _Task:
     message: Message
     context: Context
     blobs: dict[str, str]  # array record name -> path of its blob in shared memory
+    replies: str  # the folder in shared memory the reply's arrays are written to
 
 
 @dataclass
 class _Result:
-    arrays: dict[str, bytes] = field(default_factory=dict)
+    arrays: dict[str, str] = field(default_factory=dict)  # name -> path in shared memory
     content: Records[BlobRef] = field(default_factory=Records)
     error: str = ""
     state: dict[str, Any] | None = None  # None: the app did not run
@@ -81,11 +85,19 @@ class _Result:
 def _run_task(app: ClientApp, task: _Task) -> _Result:
     arrays: dict[str, NDArrays] = {}
     for name, path in task.blobs.items():
-        with open(path, "rb") as blob:
-            arrays[name] = decode_arrays(bytearray(blob.read()))  # the app's own copy
+        with open(path, "rb", buffering=0) as blob:
+            buffer = bytearray(os.fstat(blob.fileno()).st_size)  # the app's own copy
+            blob.readinto(buffer)
+        arrays[name] = decode_arrays(buffer)
     execution = execute(app, task.message, arrays, task.context)
-    encoded = {name: bytes(values) for name, values in execution.arrays.items()}
-    return _Result(encoded, execution.content, execution.error, task.context.state)
+    written: dict[str, str] = {}
+    for name, values in execution.arrays.items():  # each byte copied once, to shared memory
+        path = os.path.join(task.replies, f"reply-{os.getpid()}-{uuid.uuid4().hex}")
+        with open(path, "wb", buffering=0) as out:
+            for piece in values.slice(0, len(values)):
+                out.write(piece)
+        written[name] = path
+    return _Result(written, execution.content, execution.error, task.context.state)
 
 
 def _worker_main(conn: Connection, app: ClientApp, inherited: list[Connection]) -> None:
@@ -135,6 +147,11 @@ class WorkerPool:
     """``size`` forked worker processes running ``app``; `run` hands a task to a free one."""
 
     def __init__(self, app: ClientApp, size: int) -> None:
+        if "fork" not in multiprocessing.get_all_start_methods():
+            raise ConfigurationError(
+                "backend process-pool: this platform cannot fork worker processes; "
+                "use the in-process backend"
+            )
         self.app = app
         self.size = size
         self._context = multiprocessing.get_context("fork")
@@ -278,13 +295,16 @@ class ProcessPoolGrid(InProcessGrid):
             blobs = {name: self._share(ref) for name, ref in message.content.arrays.items()}
         except KeyError as exc:
             return message.reply(error=f"blob {str(exc)[:14]} is not stored")
-        result = self.pool.run(_Task(message, context, blobs))
+        result = self.pool.run(_Task(message, context, blobs, str(self._shm_dir)))
         if result.state is not None:
             context.state = result.state
         if result.error:
             return message.reply(error=result.error)
         reply = message.reply(result.content)
-        for name, encoded in result.arrays.items():
+        for name, written in result.arrays.items():
+            path = Path(written)
+            encoded = path.read_bytes()
+            path.unlink()
             reply.content.arrays[name] = self._store(encoded, message.run_id)
         return reply
 
