@@ -46,9 +46,12 @@ def check_num_supernodes(num: int, strategy: Strategy, option: str = "num_supern
     simulation knows before any round (a deployment waits for nodes instead)."""
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ConfigurationError(f"{option} {num!r}: give at least 1 virtual node")
-    for minimum in ("min_available_clients", "min_fit_clients"):
-        needed = getattr(strategy, minimum, 1)
-        if isinstance(needed, int) and needed > num:
+    minimums = {
+        "min_available_clients": strategy.min_available_clients,
+        "min_fit_clients": strategy.min_fit_clients,
+    }
+    for minimum, needed in minimums.items():  # the Strategy interface's, no FedAvg attribute
+        if needed > num:
             raise ConfigurationError(
                 f"{option} {num}: fewer virtual nodes than the strategy's {minimum} "
                 f"({needed}); give at least {needed} or lower {minimum}"
