@@ -155,11 +155,18 @@ class InProcessGrid(Grid):
         """`_execute` in a thread of the event loop's default executor."""
         return await asyncio.to_thread(self._execute, node, run, message)
 
-    def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
-        context = node.contexts.get(message.run_id)
+    @staticmethod
+    def _context(node: _Node, run: _Run, run_id: int) -> Context:
+        """The node's `Context` for ``run_id``, made on its first message: its ``state``
+        lives as long as the run, as a SuperNode's does."""
+        context = node.contexts.get(run_id)
         if context is None:
-            context = Context(node.node_id, dict(node.node_config), message.run_id, run.run_config)
-            node.contexts[message.run_id] = context
+            context = Context(node.node_id, dict(node.node_config), run_id, run.run_config)
+            node.contexts[run_id] = context
+        return context
+
+    def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
+        context = self._context(node, run, message.run_id)
         try:
             arrays = {
                 name: decode_arrays(bytearray(self._blobs[ref.digest]))  # the app's own copy

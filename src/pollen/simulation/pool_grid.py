@@ -287,10 +287,7 @@ class ProcessPoolGrid(InProcessGrid):
         return await loop.run_in_executor(self._threads, self._execute, node, run, message)
 
     def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
-        context = node.contexts.get(message.run_id)
-        if context is None:
-            context = Context(node.node_id, dict(node.node_config), message.run_id, run.run_config)
-            node.contexts[message.run_id] = context
+        context = self._context(node, run, message.run_id)
         try:
             blobs = {name: self._share(ref) for name, ref in message.content.arrays.items()}
         except KeyError as exc:
