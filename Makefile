@@ -38,4 +38,6 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 2 $(PEER)
 	$(PY) benchmarks/memory.py --model-mb 500 --nodes 8
 	$(PY) benchmarks/cifar_round.py
+	$(PY) benchmarks/simulation.py $(PEER)
+	$(PY) benchmarks/simulation.py --backend process-pool
 	$(PY) benchmarks/load.py --nodes 1000 --soak 600

@@ -15,6 +15,9 @@ or by hand (``install`` only creates the venv)::
 **Installation.** ``ensure_flower_venv()`` creates, once, a virtual environment with
 ``flwr==1.42.0`` and numpy in ``.pollen/peers/flower-1.42.0/`` (about 20 s and
 300 MB here; flwr 1.42 does not depend on PyTorch, so none is installed).
+``ensure_flower_simulation_venv()`` creates another, with ``flwr[simulation]==1.42.0``
+(Ray) for ``benchmarks/simulation.py --peer flower`` (``flower_simulation.py`` runs
+there), so that this one stays quick to create.
 
 **What runs.** Every call starts a fresh federation in a temporary folder, all on
 127.0.0.1 with OS-chosen ports, and stops it before returning:
@@ -96,6 +99,7 @@ from pollen.transport.keygen import generate
 FLOWER_VERSION = "1.42.0"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO / ".pollen" / "peers" / f"flower-{FLOWER_VERSION}"
+SIMULATION_VENV = REPO / ".pollen" / "peers" / f"flower-{FLOWER_VERSION}-simulation"
 APP_SOURCES = Path(__file__).resolve().parent / "flower_app"
 MB = 1_000_000
 LAYERS = 4
@@ -160,6 +164,33 @@ def ensure_flower_venv(root: Path | None = None) -> Path:
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", f"flwr=={FLOWER_VERSION}", "numpy"],
             check=True,
+        )
+        marker.write_text(FLOWER_VERSION + "\n")
+    return python
+
+
+def ensure_flower_simulation_venv(root: Path | None = None) -> Path:
+    """The Python of a venv at ``root`` (default ``SIMULATION_VENV``) with
+    ``flwr[simulation]==1.42.0`` (Flower's simulation engine, which brings Ray) and numpy,
+    for ``benchmarks/simulation.py --peer flower``.
+
+    A venv of its own, so that the other benchmarks' venv (``ensure_flower_venv``) stays
+    small and quick to create; created on first use (about 1 minute here, Ray is a large
+    wheel), then reused, under the same kind of lock.
+    """
+    root = (root or SIMULATION_VENV).resolve()
+    python = root / "bin" / "python"
+    marker = root / ".installed"
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text().strip() == FLOWER_VERSION:
+            return python
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
+        requirement = f"flwr[simulation]=={FLOWER_VERSION}"
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", requirement, "numpy"], check=True
         )
         marker.write_text(FLOWER_VERSION + "\n")
     return python

@@ -1,0 +1,327 @@
+"""Simulation: wall time per round on virtual nodes, peak RSS, and start-up to the first round.
+
+Each workload runs ``pollen.simulation.run_simulation`` in a child process of its own
+(this script with ``--child``), so that its peak RSS is its own; a sampler reads
+``VmHWM`` of the child and of every process under it (the process pool's workers)
+every 50 ms and adds up each process's peak. The ServerApp is FedAvg (``fraction_fit``,
+no federated evaluation) over the model, the ClientApp hands the model straight back
+(``apps/noop_client.py``), so what is measured is the simulation's own overhead.
+
+Per round: ``evaluate_fn`` is called at the end of every round; the figure is the median
+gap between two calls (rounds 2..N: everything a round costs, its checkpoint included),
+or, for a one-round run, the round's own ``seconds``.
+
+Workloads (issue 16): tiny model (4x2 and 2 float32), 100 nodes, fraction 0.1, 50 rounds;
+tiny model, 1000 nodes, every node, 4 rounds; a 4 MB model (4 float32 arrays of random
+values), 100 nodes, every node, 4 rounds; tiny model, 10 000 nodes, fraction 0.01, one
+round (peak RSS). Start-up: ``pollen simulation`` (``apps/noop_server.py``, 2 nodes) run
+as a subprocess; the figure is from just before the subprocess starts to the end of
+round 1 (``started_at`` + ``seconds`` in its ``metrics.json``): Flower's engine starts
+its nodes during round 1, so the start of round 1 would leave that out.
+
+``--peer flower`` runs the same workloads on Flower 1.42's simulation engine
+(``flwr.simulation.run_simulation``, Ray) in its own venv (``peers/flower_simulation.py``,
+venv from ``peers.flower.ensure_flower_simulation_venv``), timed the same way, and
+prints both and the ratio; Flower's start-up is from the start of its process to the
+end of round 1 of the first workload (100 nodes, 10 per round).
+
+    .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool] [--peer flower]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE / "apps"))
+
+from peers.process_tree import PeakRssSampler  # noqa: E402
+
+MB = 1_000_000
+FLOWER_RECORDED = "recorded in the issue, not measured in this run"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    label: str
+    nodes: int
+    fraction: float
+    rounds: int
+    model_bytes: int
+    target: str
+    flower_recorded: str
+
+
+WORKLOADS = [
+    Workload(
+        "tiny100",
+        "tiny model, 100 nodes, fraction 0.1, 50 rounds: wall per round",
+        100,
+        0.1,
+        50,
+        0,
+        "≤ 5 ms, ≥ 20x faster than Flower",
+        "0.10 s (10 clients per round)",
+    ),
+    Workload(
+        "tiny1000",
+        "tiny model, 1000 nodes, fraction 1.0, 4 rounds: wall per round",
+        1000,
+        1.0,
+        4,
+        0,
+        "≤ 0.35 s, ≥ 20x faster than Flower",
+        "about 7 s",
+    ),
+    Workload(
+        "model4mb",
+        "4 MB model, 100 nodes, fraction 1.0, 4 rounds: wall per round",
+        100,
+        1.0,
+        4,
+        4 * MB,
+        "≥ 10x faster than Flower",
+        "1.6-2.5 s",
+    ),
+    Workload(
+        "nodes10000",
+        "tiny model, 10 000 nodes, fraction 0.01, 1 round: the round",
+        10_000,
+        0.01,
+        1,
+        0,
+        "completes",
+        "",
+    ),
+]
+
+
+def build_model(model_bytes: int, layers: int = 4) -> list[object]:
+    import numpy as np
+
+    if model_bytes == 0:
+        return [np.zeros((4, 2), dtype=np.float32), np.zeros(2, dtype=np.float32)]
+    count = model_bytes // 4
+    sizes = [count // layers] * layers
+    sizes[-1] += count - sum(sizes)
+    rng = np.random.default_rng(0)
+    return [rng.random(size, dtype=np.float32) for size in sizes]
+
+
+def child(workload: Workload, backend: str, out: Path) -> None:
+    """Run one workload in this process; write the per-round times to ``out``."""
+    from noop_client import app as client_app
+
+    from pollen import FedAvg, ServerApp, ServerConfig
+    from pollen.simulation import run_simulation
+
+    stamps: list[float] = []
+
+    def clock(server_round: int, parameters: object, config: object) -> None:
+        stamps.append(time.perf_counter())
+
+    app = ServerApp(
+        config=ServerConfig(num_rounds=workload.rounds, seed=1),
+        strategy=FedAvg(
+            fraction_fit=workload.fraction,
+            fraction_evaluate=0.0,
+            min_fit_clients=max(1, int(workload.nodes * workload.fraction)),
+            min_available_clients=workload.nodes,
+            initial_parameters=build_model(workload.model_bytes),  # type: ignore[arg-type]
+            evaluate_fn=clock,  # type: ignore[arg-type]
+        ),
+    )
+    with tempfile.TemporaryDirectory() as runs:
+        started = time.perf_counter()
+        outcome = run_simulation(
+            app, client_app, workload.nodes, backend_name=backend, output_dir=Path(runs)
+        )
+        wall = time.perf_counter() - started
+    gaps = [later - earlier for earlier, later in itertools.pairwise(stamps)]
+    out.write_text(
+        json.dumps(
+            {
+                "round_seconds": gaps or [r.seconds for r in outcome.history.rounds],
+                "wall": wall,
+                "fit_nodes": [len(r.fit_nodes) for r in outcome.history.rounds],
+            }
+        )
+    )
+
+
+def run_tree(argv: list[str], timeout: float) -> tuple[float, int]:
+    """Run ``argv``; its wall time and the sum of the peak RSS of every process in its tree."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with PeakRssSampler({"run": process.pid}, lambda root, pid, program: str(pid)) as sampler:
+        try:
+            _, err = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    wall = time.perf_counter() - started
+    if process.returncode != 0:
+        tail = err.decode(errors="replace")[-3000:]
+        raise RuntimeError(f"{argv[1]} failed ({process.returncode}):\n{tail}")
+    return wall, sum(sampler.peaks.values())
+
+
+@dataclass
+class Result:
+    round_seconds: list[float]
+    wall: float
+    rss: int
+    first_round: float | None = None  # from the start of the process, Flower only
+
+    @property
+    def per_round(self) -> float:
+        return statistics.median(self.round_seconds)
+
+
+def pollen_workload(workload: Workload, backend: str, tmp: Path) -> Result:
+    out = tmp / f"pollen-{workload.name}.json"
+    argv = [sys.executable, __file__, "--child", workload.name, "--backend", backend]
+    wall, rss = run_tree([*argv, "--out", str(out)], timeout=600)
+    data = json.loads(out.read_text())
+    return Result(data["round_seconds"], wall, rss)
+
+
+def pollen_first_round(backend: str, tmp: Path) -> float:
+    """Seconds from just before ``pollen simulation`` starts to the end of round 1
+    (its ``started_at`` plus its ``seconds`` in ``metrics.json``)."""
+    runs = tmp / "first-round"
+    pollen = Path(sys.executable).with_name("pollen")
+    argv = [
+        str(pollen),
+        "simulation",
+        "--server-app",
+        "noop_server:app",
+        "--client-app",
+        "noop_client:app",
+        "--num-supernodes",
+        "2",
+        "--app-dir",
+        str(HERE / "apps"),
+        "--backend",
+        backend,
+        "--output-dir",
+        str(runs),
+    ]
+    started = time.time()
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    [run] = list(runs.iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    round_1 = metrics["rounds"][0]
+    first = datetime.fromisoformat(round_1["started_at"]).timestamp() + round_1["seconds"]
+    return first - started
+
+
+def flower_workload(python: Path, workload: Workload, tmp: Path) -> Result:
+    out = tmp / f"flower-{workload.name}.json"
+    argv = [
+        str(python),
+        str(HERE / "peers" / "flower_simulation.py"),
+        "--nodes",
+        str(workload.nodes),
+        "--fraction",
+        str(workload.fraction),
+        "--rounds",
+        str(workload.rounds),
+        "--model-bytes",
+        str(workload.model_bytes),
+        "--out",
+        str(out),
+    ]
+    started = time.time()
+    wall, rss = run_tree(argv, timeout=900)
+    data = json.loads(out.read_text())
+    seconds = data["round_seconds"]
+    measured = seconds[1:] if len(seconds) > 1 else seconds  # rounds 2..N, as Pollen's
+    return Result(measured, wall, rss, data["stamps"][1] - started)  # end of round 1
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def fmt_gb(value: int) -> str:
+    return f"{value / 2**30:.2f} GiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="in-process", help="in-process or process-pool")
+    parser.add_argument("--peer", choices=["flower"], help="run Flower 1.42's simulation too")
+    parser.add_argument(
+        "--only", nargs="+", choices=[w.name for w in WORKLOADS], help="these workloads only"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    by_name = {w.name: w for w in WORKLOADS}
+    if args.child:
+        child(by_name[args.child], args.backend, args.out)
+        return 0
+
+    workloads = [by_name[name] for name in args.only] if args.only else WORKLOADS
+    python = None
+    if args.peer == "flower":
+        from peers.flower import ensure_flower_simulation_venv
+
+        python = ensure_flower_simulation_venv()
+    print(f"Pollen simulation, backend {args.backend}; ClientApp hands the model back")
+    with tempfile.TemporaryDirectory() as name:
+        tmp = Path(name)
+        flower_first: float | None = None
+        for workload in workloads:
+            ours = pollen_workload(workload, args.backend, tmp)
+            print(f"\n{workload.label}")
+            print(
+                f"  Pollen: {fmt_s(ours.per_round)} (median of {len(ours.round_seconds)}; "
+                f"process wall {ours.wall:.2f} s, peak RSS of all processes "
+                f"{fmt_gb(ours.rss)})   target: {workload.target}"
+            )
+            if workload.name == "nodes10000":
+                print(
+                    f"  Pollen peak RSS, all processes together: {fmt_gb(ours.rss)}"
+                    "   target: ≤ 2 GB"
+                )
+            if python is not None:
+                theirs = flower_workload(python, workload, tmp)
+                if flower_first is None:
+                    flower_first = theirs.first_round
+                print(
+                    f"  Flower 1.42 (Ray), this run: {fmt_s(theirs.per_round)} (median of "
+                    f"{len(theirs.round_seconds)}; process wall {theirs.wall:.2f} s, peak RSS "
+                    f"{fmt_gb(theirs.rss)}); Flower / Pollen "
+                    f"{theirs.per_round / ours.per_round:.1f}x"
+                )
+            elif workload.flower_recorded:
+                print(f"  Flower 1.42: {workload.flower_recorded} ({FLOWER_RECORDED})")
+        first = pollen_first_round(args.backend, tmp)
+        print("\nstart of `pollen simulation` (subprocess, 2 nodes) to the end of round 1")
+        print(f"  Pollen: {first:.2f} s   target: ≤ 1 s")
+        if flower_first is not None:
+            print(
+                f"  Flower 1.42 (Ray), this run, start of its process to the end of round 1: "
+                f"{flower_first:.2f} s; Flower / Pollen {flower_first / first:.1f}x"
+            )
+        else:
+            print(f"  Flower 1.42: 7-24 s ({FLOWER_RECORDED})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
