@@ -77,3 +77,18 @@ def test_metrics_json_says_what_ran_when_and_what_each_node_reported(tmp_path: P
     # each node evaluates the averaged model of round 1: every weight 1, six weights
     assert [n["loss"] for n in first["evaluate_nodes"]] == [6.0, 6.0]
     assert document["finished"] and document["final_model"] == "final_model.npz"
+
+
+def test_metrics_json_holds_one_round_per_line_and_reads_back_exactly(tmp_path: Path) -> None:
+    from pollen.server.checkpoint import write_metrics
+
+    rounds = [{"round": r, "fit_nodes": [{"node_id": 1, "metrics": {"loss": 0.5}}]} for r in (1, 2)]
+    document = {"run_id": 3, "rounds": rounds, "run_config": {"lr": 0.1}, "fit_failures": []}
+
+    write_metrics(tmp_path, document)
+
+    text = (tmp_path / "metrics.json").read_text()
+    assert json.loads(text) == document
+    assert [line.strip() for line in text.splitlines() if '"round"' in line] == [
+        json.dumps(r) + "," for r in rounds[:1]
+    ] + [json.dumps(rounds[1])]
