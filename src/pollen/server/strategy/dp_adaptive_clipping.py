@@ -45,21 +45,22 @@ continue a resumed run with it)."""
 
 
 class _AdaptiveClipping(DPWrapper):
-    """The bound's adaptation and the split of the noise budget, for both sides."""
+    """The bound's adaptation and the split of the noise budget, for both sides, with
+    Flower's arguments and defaults."""
 
     def __init__(
         self,
         strategy: Strategy,
         noise_multiplier: float,
         num_sampled_clients: int,
-        initial_clipping_norm: float,
-        target_clipped_quantile: float,
-        clip_norm_lr: float,
-        clipped_count_stddev: float | None,
+        initial_clipping_norm: float = 0.1,
+        target_clipped_quantile: float = 0.5,
+        clip_norm_lr: float = 0.2,
+        clipped_count_stddev: float | None = None,
         *,
-        target_delta: float | None,
-        sampling_rate: float | None,
-        noise_generator: np.random.Generator | None,
+        target_delta: float | None = None,
+        sampling_rate: float | None = None,
+        noise_generator: np.random.Generator | None = None,
     ) -> None:
         owner = type(self).__name__
         if initial_clipping_norm <= 0:
@@ -151,33 +152,6 @@ class DifferentialPrivacyServerSideAdaptiveClipping(_AdaptiveClipping):
     continue with it.
     """
 
-    def __init__(
-        self,
-        strategy: Strategy,
-        noise_multiplier: float,
-        num_sampled_clients: int,
-        initial_clipping_norm: float = 0.1,
-        target_clipped_quantile: float = 0.5,
-        clip_norm_lr: float = 0.2,
-        clipped_count_stddev: float | None = None,
-        *,
-        target_delta: float | None = None,
-        sampling_rate: float | None = None,
-        noise_generator: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            strategy,
-            noise_multiplier,
-            num_sampled_clients,
-            initial_clipping_norm,
-            target_clipped_quantile,
-            clip_norm_lr,
-            clipped_count_stddev,
-            target_delta=target_delta,
-            sampling_rate=sampling_rate,
-            noise_generator=noise_generator,
-        )
-
     def admit(self, state: DPRound, result: FitRes) -> tuple[FitRes, bool]:
         arrays, clipped = clip_update(result.parameters, state.reference, state.clipping_norm)
         return FitRes(arrays, result.num_examples, result.metrics), not clipped
@@ -200,33 +174,6 @@ class DifferentialPrivacyClientSideAdaptiveClipping(_AdaptiveClipping):
     Arguments and defaults as Flower 1.42's class, plus ``target_delta``,
     ``sampling_rate`` and ``noise_generator``.
     """
-
-    def __init__(
-        self,
-        strategy: Strategy,
-        noise_multiplier: float,
-        num_sampled_clients: int,
-        initial_clipping_norm: float = 0.1,
-        target_clipped_quantile: float = 0.5,
-        clip_norm_lr: float = 0.2,
-        clipped_count_stddev: float | None = None,
-        *,
-        target_delta: float | None = None,
-        sampling_rate: float | None = None,
-        noise_generator: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            strategy,
-            noise_multiplier,
-            num_sampled_clients,
-            initial_clipping_norm,
-            target_clipped_quantile,
-            clip_norm_lr,
-            clipped_count_stddev,
-            target_delta=target_delta,
-            sampling_rate=sampling_rate,
-            noise_generator=noise_generator,
-        )
 
     def fit_config_extra(self) -> dict[str, float]:
         return {KEY_CLIPPING_NORM: self.clipping_norm}

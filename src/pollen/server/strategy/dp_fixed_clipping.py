@@ -11,7 +11,32 @@ from pollen.server.strategy.dp_wrapper import DPRound, DPWrapper
 from pollen.server.strategy.strategy import Strategy
 
 
-class DifferentialPrivacyServerSideFixedClipping(DPWrapper):
+class _FixedClipping(DPWrapper):
+    """A fixed bound, for both sides: Flower's arguments, in Flower's order."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_clients: int,
+        *,
+        target_delta: float | None = None,
+        sampling_rate: float | None = None,
+        noise_generator: np.random.Generator | None = None,
+    ) -> None:
+        super().__init__(
+            strategy,
+            noise_multiplier,
+            num_sampled_clients,
+            clipping_norm,
+            target_delta=target_delta,
+            sampling_rate=sampling_rate,
+            noise_generator=noise_generator,
+        )
+
+
+class DifferentialPrivacyServerSideFixedClipping(_FixedClipping):
     """Central DP with server-side fixed clipping, around any Pollen strategy.
 
     Each node's update (its weights minus the round's global model) is clipped to an
@@ -48,33 +73,12 @@ class DifferentialPrivacyServerSideFixedClipping(DPWrapper):
     state and one result: O(model) whatever the number of nodes.
     """
 
-    def __init__(
-        self,
-        strategy: Strategy,
-        noise_multiplier: float,
-        clipping_norm: float,
-        num_sampled_clients: int,
-        *,
-        target_delta: float | None = None,
-        sampling_rate: float | None = None,
-        noise_generator: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            strategy,
-            noise_multiplier,
-            num_sampled_clients,
-            clipping_norm,
-            target_delta=target_delta,
-            sampling_rate=sampling_rate,
-            noise_generator=noise_generator,
-        )
-
     def admit(self, state: DPRound, result: FitRes) -> tuple[FitRes, bool]:
         arrays, clipped = clip_update(result.parameters, state.reference, state.clipping_norm)
         return FitRes(arrays, result.num_examples, result.metrics), not clipped
 
 
-class DifferentialPrivacyClientSideFixedClipping(DPWrapper):
+class DifferentialPrivacyClientSideFixedClipping(_FixedClipping):
     """Central DP with fixed clipping on the nodes: their ClientApp runs
     ``pollen.client.mod.fixedclipping_mod``, the server adds the noise.
 
@@ -88,27 +92,6 @@ class DifferentialPrivacyClientSideFixedClipping(DPWrapper):
     Arguments as `DifferentialPrivacyServerSideFixedClipping`'s (Flower's, plus
     ``target_delta``, ``sampling_rate`` and ``noise_generator``).
     """
-
-    def __init__(
-        self,
-        strategy: Strategy,
-        noise_multiplier: float,
-        clipping_norm: float,
-        num_sampled_clients: int,
-        *,
-        target_delta: float | None = None,
-        sampling_rate: float | None = None,
-        noise_generator: np.random.Generator | None = None,
-    ) -> None:
-        super().__init__(
-            strategy,
-            noise_multiplier,
-            num_sampled_clients,
-            clipping_norm,
-            target_delta=target_delta,
-            sampling_rate=sampling_rate,
-            noise_generator=noise_generator,
-        )
 
     def fit_config_extra(self) -> dict[str, float]:
         return {KEY_CLIPPING_NORM: self.clipping_norm}
