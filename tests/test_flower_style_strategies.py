@@ -303,3 +303,28 @@ def test_a_strategy_that_aggregates_neither_way_is_refused_when_the_server_app_i
 
     with pytest.raises(ConfigurationError, match="implements neither fit_aggregator"):
         ServerApp(strategy=Nothing())
+
+
+def test_parameters_given_to_several_nodes_are_uploaded_once(tmp_path: Path) -> None:
+    uploads: list[int] = []
+
+    class Counting(InProcessGrid):
+        async def upload_arrays(self, arrays: Any, run_id: int = 0) -> Any:
+            uploads.append(len(arrays))
+            return await super().upload_arrays(arrays, run_id)
+
+    class SharedModel(FedAvg):
+        def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> Any:
+            shared = ndarrays_to_parameters([np.full(3, 100.0, np.float32)])
+            pairs = super().configure_fit(server_round, parameters, client_manager)
+            return [(proxy, FitIns(shared, ins.config)) for proxy, ins in pairs]
+
+    strategy = SharedModel(initial_parameters=ZEROS, min_available_clients=3, fraction_evaluate=0)
+    app = ServerApp(config=ServerConfig(num_rounds=1), strategy=strategy)
+    config = ServerAppConfig(Address("unused", 1), output_root=tmp_path)
+
+    outcome, _ = asyncio.run(run_on_grid(app, config, Counting(client_app, num_nodes=3)))
+
+    # the round's global model, the one model all three nodes were given, the new model
+    assert len(uploads) == 3
+    np.testing.assert_allclose(outcome.parameters[0], [100 + 14 / 6] * 3, rtol=1e-6)

@@ -29,6 +29,10 @@ from pollen.server.strategy_calls import Instruction, StrategyCalls
 
 logger = logging.getLogger(__name__)
 
+Sending = tuple[BlobRef, list[tuple[int, Config]], dict[int, BlobRef]]
+"""A fit round's instructions: the global model's blob, each chosen node with its config,
+and the blobs of the nodes that start from a model of their own."""
+
 
 @dataclass
 class RunOutcome:
@@ -65,7 +69,6 @@ class RoundLoop:
         self.rng = random.Random(app.config.seed)
         self.round = InstructionRound(grid, run_id, app.config.round_timeout)
         self.calls = StrategyCalls(self.strategy, self.rng)
-        self._models: dict[int, BlobRef] = {}
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
@@ -76,7 +79,9 @@ class RoundLoop:
         )
 
     async def initial_parameters(self) -> NDArrays:
-        parameters = self.calls.initialize(await self.grid.get_nodes(self.run_id))
+        needs_nodes = self.calls.initialize_needs_nodes
+        nodes = await self.grid.get_nodes(self.run_id) if needs_nodes else []
+        parameters = self.calls.initialize(nodes)
         if parameters is not None:
             logger.info("initial parameters from the strategy")
             return parameters
@@ -105,9 +110,11 @@ class RoundLoop:
         spill.check_room(self.strategy.disk_needed(model_bytes, len(instructions)), server_round)
         ref = await model.ref()
         chosen = [(i.node_id, i.config) for i in instructions]
-        self._models = await self._own_models(instructions)
+        own = await self._own_models(instructions)
         if overrides_aggregate_fit(self.strategy):
-            return await self._fit_gathered(server_round, model, parameters, ref, chosen, record)
+            return await self._fit_gathered(
+                server_round, model, parameters, (ref, chosen, own), record
+            )
         aggregator = self.strategy.fit_aggregator(server_round, parameters)
         del parameters
         await model.offload()  # memory: the running sum and one result, not the model too
@@ -115,7 +122,7 @@ class RoundLoop:
         async def fold(reply: Message, fit: FitRes) -> None:
             aggregator.add(reply.node_id, fit)
 
-        await self._receive(server_round, ref, chosen, record, fold)
+        await self._receive(server_round, (ref, chosen, own), record, fold)
         if not self._aggregates(server_round, record):
             return model
         new_parameters, record.fit_metrics = aggregator.finish()
@@ -131,8 +138,7 @@ class RoundLoop:
         server_round: int,
         model: GlobalModel,
         parameters: NDArrays,
-        ref: BlobRef,
-        chosen: list[tuple[int, Config]],
+        sending: Sending,
         record: RoundRecord,
     ) -> GlobalModel:
         """A strategy that overrides Flower's ``aggregate_fit`` gets the round's results
@@ -143,7 +149,7 @@ class RoundLoop:
             fit.parameters = ArrayParameters(fit.parameters)
             results.append((ClientProxy(str(reply.node_id)), fit))
 
-        await self._receive(server_round, ref, chosen, record, gather)
+        await self._receive(server_round, sending, record, gather)
         failures = [RuntimeError(failure) for failure in record.fit_failures]
         if not self._aggregates(server_round, record):
             return model
@@ -174,7 +180,7 @@ class RoundLoop:
         uploaded: dict[int, BlobRef] = {}
         for instruction in instructions:
             if instruction.model is not None:
-                key = id(instruction.model[0]) if instruction.model else 0
+                key = id(instruction.model)  # StrategyCalls gives one list per FitIns model
                 if key not in uploaded:
                     uploaded[key] = await self.grid.upload_arrays(instruction.model, self.run_id)
                 refs[instruction.node_id] = uploaded[key]
@@ -183,16 +189,16 @@ class RoundLoop:
     async def _receive(
         self,
         server_round: int,
-        ref: BlobRef,
-        chosen: list[tuple[int, Config]],
+        sending: Sending,
         record: RoundRecord,
         take: Callable[[Message, FitRes], Awaitable[None]],
     ) -> None:
         """Send the round's fit instructions and hand each usable result to ``take`` as it
         arrives; one that cannot be taken is rejected with its reason, the round goes on."""
+        ref, chosen, own = sending
         failures = record.fit_failures
         results: list[BlobRef] = []
-        async for reply in self.round.run(TRAIN, ref, chosen, failures, self._models):
+        async for reply in self.round.run(TRAIN, ref, chosen, failures, own):
             results.extend(reply.content.blobs())
             try:
                 await self._take(reply, take, record)
@@ -204,8 +210,8 @@ class RoundLoop:
         # Taken (folded, spilled or gathered) already: the SuperLink may delete them, whatever
         # the round's outcome. A result with the model's own bytes shares its blob: that stays
         # until the next checkpoint no longer names it.
-        own = list(self._models.values())
-        await self.grid.release_blobs(self.run_id, [r for r in results + own if r != ref])
+        taken = results + list(own.values())
+        await self.grid.release_blobs(self.run_id, [r for r in taken if r != ref])
         for failure in failures:
             logger.warning("round %d fit: %s", server_round, failure)
 

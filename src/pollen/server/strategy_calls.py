@@ -49,9 +49,15 @@ class StrategyCalls:
     def _manager(self, nodes: Sequence[int]) -> SimpleClientManager:
         return SimpleClientManager(nodes, self.rng)
 
+    @property
+    def initialize_needs_nodes(self) -> bool:
+        """Whether `initialize` wants the connected nodes (a ClientManager for an override
+        with Flower's signature); Pollen's ``initialize_parameters()`` takes none."""
+        return flower_style(self.strategy, "initialize_parameters")
+
     def initialize(self, nodes: Sequence[int]) -> NDArrays | None:
         strategy: Any = self.strategy
-        if flower_style(strategy, "initialize_parameters"):
+        if self.initialize_needs_nodes:
             initial = strategy.initialize_parameters(self._manager(nodes))
         else:
             initial = strategy.initialize_parameters()
@@ -67,7 +73,8 @@ class StrategyCalls:
             return [Instruction(node, dict(ins.config)) for node, ins in pairs]
         model = ArrayParameters(parameters)
         pairs = call(server_round, model, self._manager(nodes))
-        return [_instruction(method, proxy, ins, model) for proxy, ins in pairs]
+        converted: dict[int, NDArrays] = {}  # one list per FitIns model, whoever gets it
+        return [_instruction(method, proxy, ins, model, converted) for proxy, ins in pairs]
 
     def aggregate_evaluate(
         self, server_round: int, results: Sequence[tuple[int, EvaluateRes]], failures: list[str]
@@ -84,15 +91,19 @@ class StrategyCalls:
         return self.strategy.evaluate(server_round, ArrayParameters(parameters))
 
 
-def _instruction(method: str, proxy: Any, ins: Any, model: ArrayParameters) -> Instruction:
+def _instruction(
+    method: str, proxy: Any, ins: Any, model: ArrayParameters, converted: dict[int, NDArrays]
+) -> Instruction:
     if not isinstance(proxy, ClientProxy):
         raise RunError(f"{method} returned {proxy!r:.60} where a ClientProxy belongs")
-    own = ins.parameters
-    if own is None or own is model or (isinstance(own, list) and _same(own, model)):
+    given = ins.parameters
+    if given is None or given is model or (isinstance(given, list) and _same(given, model)):
         return Instruction(proxy.node_id, dict(ins.config))
-    if not isinstance(own, Parameters | list):
-        raise RunError(f"{method} gave node {proxy.cid} parameters of type {type(own).__name__}")
-    return Instruction(proxy.node_id, dict(ins.config), parameters_to_ndarrays(own))
+    if not isinstance(given, Parameters | list):
+        raise RunError(f"{method} gave node {proxy.cid} parameters of type {type(given).__name__}")
+    if id(given) not in converted:  # deserialised once, however many nodes get it
+        converted[id(given)] = parameters_to_ndarrays(given)
+    return Instruction(proxy.node_id, dict(ins.config), converted[id(given)])
 
 
 def _same(arrays: list[Any], model: ArrayParameters) -> bool:
