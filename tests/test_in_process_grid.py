@@ -184,3 +184,28 @@ def test_each_result_is_let_go_before_the_next_is_downloaded() -> None:
     )
 
     assert len(held) == 5 and not any(held)
+
+
+def test_send_and_receive_returns_the_replies_and_what_got_none_in_time() -> None:
+    import time
+
+    from pollen.records.messages import Message, Records
+
+    app = ClientApp()
+    app.register("query", lambda content, ctx: Records(configs={"c": {"node": ctx.node_id}}))
+    app.register("query.slow", lambda content, ctx: time.sleep(1.0) or Records())
+
+    async def scenario() -> tuple[Any, Any]:
+        grid = InProcessGrid(app, num_nodes=2)
+        run_id, _ = await grid.create_run("test", {})
+        quick = [Message(run_id, node, "query") for node in (1, 2)]
+        answered, waiting = await grid.send_and_receive(run_id, quick)
+        assert waiting == []
+        slow = [Message(run_id, 1, "query.slow")]
+        return answered, await grid.send_and_receive(run_id, slow, timeout=0.1)
+
+    answered, (late, waiting) = asyncio.run(scenario())
+
+    assert sorted(r.content.configs["c"]["node"] for r in answered) == [1, 2]
+    assert all(r.is_reply and r.ok for r in answered)
+    assert late == [] and [m.message_type for m in waiting] == ["query.slow"]
