@@ -151,22 +151,7 @@ def ensure_flower_venv(root: Path | None = None) -> Path:
     Created on first use (about 20 s from the package index), then reused; a lock
     keeps two benchmarks from installing at once.
     """
-    root = (root or DEFAULT_VENV).resolve()
-    python = root / "bin" / "python"
-    marker = root / ".installed"
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and marker.read_text().strip() == FLOWER_VERSION:
-            return python
-        shutil.rmtree(root, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", f"flwr=={FLOWER_VERSION}", "numpy"],
-            check=True,
-        )
-        marker.write_text(FLOWER_VERSION + "\n")
-    return python
+    return _ensure_venv(root or DEFAULT_VENV, f"flwr=={FLOWER_VERSION}")
 
 
 def ensure_flower_simulation_venv(root: Path | None = None) -> Path:
@@ -178,7 +163,13 @@ def ensure_flower_simulation_venv(root: Path | None = None) -> Path:
     small and quick to create; created on first use (about 1 minute here, Ray is a large
     wheel), then reused, under the same kind of lock.
     """
-    root = (root or SIMULATION_VENV).resolve()
+    return _ensure_venv(root or SIMULATION_VENV, f"flwr[simulation]=={FLOWER_VERSION}")
+
+
+def _ensure_venv(root: Path, requirement: str) -> Path:
+    """The Python of a venv at ``root`` with ``requirement`` and numpy, created once (a
+    marker names the Flower version installed) under a lock."""
+    root = root.resolve()
     python = root / "bin" / "python"
     marker = root / ".installed"
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +179,6 @@ def ensure_flower_simulation_venv(root: Path | None = None) -> Path:
             return python
         shutil.rmtree(root, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(root)], check=True)
-        requirement = f"flwr[simulation]=={FLOWER_VERSION}"
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", requirement, "numpy"], check=True
         )
