@@ -22,6 +22,7 @@ from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.instruction_round import InstructionRound, wait_for_nodes
+from pollen.server.round_progress import NO_PROGRESS, Phase, RoundProgress, reporting
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
 from pollen.server.strategy.strategy import Strategy, round_model
@@ -54,6 +55,7 @@ class RoundLoop:
         directory: Path | None = None,
         start: Checkpoint | None = None,
         history: History | None = None,
+        progress: RoundProgress = NO_PROGRESS,
     ) -> None:
         self.directory = directory
         """Where checkpoints (and outputs) are written; None: nowhere."""
@@ -69,6 +71,8 @@ class RoundLoop:
         self.rng = random.Random(app.config.seed)
         self.round = InstructionRound(grid, run_id, app.config.round_timeout)
         self.calls = StrategyCalls(self.strategy, self.rng)
+        self.progress = progress
+        """Told of each phase's tasks as replies arrive (a live display); ignored by default."""
 
     async def _nodes(self) -> list[int]:
         return await wait_for_nodes(
@@ -198,7 +202,11 @@ class RoundLoop:
         ref, chosen, own = sending
         failures = record.fit_failures
         results: list[BlobRef] = []
-        async for reply in self.round.run(TRAIN, ref, chosen, failures, own):
+        replies = self.round.run(TRAIN, ref, chosen, failures, own)
+        phase = Phase(server_round, self.app.config.num_rounds, "fit", len(chosen))
+        async for reply in reporting(
+            self.progress, phase, replies, lambda: record.fit_results, failures
+        ):
             results.extend(reply.content.blobs())
             try:
                 await self._take(reply, take, record)
@@ -260,7 +268,9 @@ class RoundLoop:
             own = await self._own_models(instructions)
             results: list[tuple[int, EvaluateRes]] = []
             failures = record.evaluate_failures
-            async for reply in self.round.run(EVALUATE, ref, chosen, failures, own):
+            replies = self.round.run(EVALUATE, ref, chosen, failures, own)
+            phase = Phase(server_round, self.app.config.num_rounds, "evaluate", len(chosen))
+            async for reply in reporting(self.progress, phase, replies, results.__len__, failures):
                 try:
                     results.append((reply.node_id, fit_evaluate.evaluate_res(reply.content)))
                 except PollenError as exc:

@@ -34,6 +34,7 @@ from pollen.server.outputs import (
     write_model,
 )
 from pollen.server.round_loop import RoundLoop, RunOutcome
+from pollen.server.round_progress import NO_PROGRESS, RoundProgress
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
 
@@ -67,6 +68,8 @@ class ServerAppConfig:
     command: str = "pollen serverapp"
     """How the user started this ServerApp: a stopped run's message ends with it + --resume
     (empty: the run cannot be resumed, as a simulation's, and the message says no more)."""
+    progress: RoundProgress = NO_PROGRESS
+    """Told of each round's tasks as they finish (the CLI's live line on a terminal)."""
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None, when: str) -> T:
@@ -167,7 +170,7 @@ async def _drive(
             run_config=run_config,
             started_at=now_iso(),
         )
-    loop = RoundLoop(app, grid, run_id, directory, start, history)
+    loop = RoundLoop(app, grid, run_id, directory, start, history, config.progress)
     try:
         outcome = await _unless_stopped(loop.run(), stop, "")
     except PollenError as exc:  # a Grid raises nothing else
