@@ -22,6 +22,7 @@ from pollen.records.context import Context
 from pollen.records.typing import UserConfig
 from pollen.server.history import History
 from pollen.server.round_loop import RunOutcome
+from pollen.server.round_progress import NO_PROGRESS, RoundProgress
 from pollen.server.run import ServerAppConfig, run_on_grid
 from pollen.server.server_app import ServerApp, ServerConfig
 from pollen.server.strategy.strategy import Strategy
@@ -70,10 +71,12 @@ async def simulate(
     output_dir: Path = DEFAULT_OUTPUT_DIR,
     app_name: str = "simulation",
     stop: asyncio.Event | None = None,
+    progress: RoundProgress = NO_PROGRESS,
 ) -> tuple[RunOutcome, Path]:
     """One run of ``server_app`` on ``num_supernodes`` virtual nodes running ``client_app``;
     the outcome and the folder its outputs went to. Everything is checked before any
-    round (ConfigurationError); setting ``stop`` ends the run as a signal does."""
+    round (ConfigurationError); setting ``stop`` ends the run as a signal does;
+    ``progress`` is told of each round's tasks as they finish."""
     check_backend(backend_name)
     resources = check_backend_config(backend_config or {}).get("client_resources", {})
     num_cpus = float(resources.get("num_cpus", 1))
@@ -89,6 +92,7 @@ async def simulate(
         run_config=server_app.merged_run_config(dict(run_config or {})),
         output_root=Path(output_dir),
         command="",  # the virtual nodes end with the run: no --resume to offer
+        progress=progress,
     )
     if backend_name != PROCESS_POOL:
         grid = InProcessGrid(client_app, num_supernodes)
