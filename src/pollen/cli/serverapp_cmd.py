@@ -12,6 +12,7 @@ import click
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
 from pollen.cli.options import app_options
+from pollen.cli.progress_line import terminal_progress
 from pollen.cli.security_options import client_credentials, client_identity
 from pollen.records.config_string import parse_config_string
 from pollen.server.run import ServerAppConfig, run_server_app
@@ -59,7 +60,8 @@ def serverapp(
 
     `pollen serverapp` and `pollen server-app` are the same command.
     --auth-private-key is the operator key for a Driver API started with
-    --operator-keys.
+    --operator-keys. On a terminal, a live line shows the current round's tasks
+    done, elapsed time and ETA.
     """
     credentials = client_credentials(insecure, root_certificates)
     config = ServerAppConfig(
@@ -78,7 +80,9 @@ def serverapp(
     config.command = _resume_command(sys.argv[1:])
 
     async def drive(stop: asyncio.Event) -> None:
-        await run_server_app(server_app, config, stop)
+        with terminal_progress(sys.stderr) as progress:
+            config.progress = progress
+            await run_server_app(server_app, config, stop)
 
     run_until_signalled(drive, holds_models=True, one_run=True)
 

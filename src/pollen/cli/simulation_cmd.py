@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
 
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
+from pollen.cli.progress_line import terminal_progress
 from pollen.client.client_app import ClientApp
 from pollen.errors import ConfigurationError
 from pollen.records.config_string import parse_config_string
@@ -64,13 +66,14 @@ def simulation(
 
     Virtual node i (0..N-1) gets node_config partition-id=i, num-partitions=N.
     The round loop, strategies, checkpoints and outputs are a deployment's.
+    On a terminal, a live line shows the current round's tasks done, elapsed time and ETA.
     """
     if not app_dir.is_dir():
         raise ConfigurationError(
             f"--app-dir {app_dir}: no such directory; point it at the folder holding your apps"
         )
     check_backend(backend, "--backend")
-    resources = parse_backend_config(backend_config)
+    resources = parse_backend_config(backend_config, backend=backend)
     overrides = parse_config_string(run_config, "--run-config")
     server = load_app(server_app, app_dir, ServerApp)
     client = load_app(client_app, app_dir, ClientApp)
@@ -78,16 +81,18 @@ def simulation(
     overrides = server.merged_run_config(overrides)  # a wrong key fails before any round
 
     async def drive(stop: asyncio.Event) -> None:
-        await simulate(
-            server,
-            client,
-            num_supernodes,
-            backend_name=backend,
-            backend_config=resources,
-            run_config=overrides,
-            output_dir=output_dir,
-            app_name=server_app,
-            stop=stop,
-        )
+        with terminal_progress(sys.stderr) as progress:
+            await simulate(
+                server,
+                client,
+                num_supernodes,
+                backend_name=backend,
+                backend_config=resources,
+                run_config=overrides,
+                output_dir=output_dir,
+                app_name=server_app,
+                stop=stop,
+                progress=progress,
+            )
 
     run_until_signalled(drive, holds_models=True, one_run=True)
