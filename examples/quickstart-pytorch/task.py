@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 
 import numpy as np
@@ -40,6 +41,17 @@ def new_model() -> Net:
     return Net()
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_split() -> list[np.ndarray]:
+    # Read once per process: a node builds its client for every task, and a simulation
+    # runs many nodes in one process (re-reading took most of a 100-node round).
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    return train_test_split(
+        images, digits.target, test_size=0.2, random_state=SEED, stratify=digits.target
+    )
+
+
 def load_data(partition_id: int, num_partitions: int, batch_size: int = 32):
     """This node's share of the digits: a train and a test loader (IID, fixed seed)."""
     if not 0 <= partition_id < num_partitions:
@@ -47,11 +59,7 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int = 32):
             f"partition-id {partition_id} is outside 0..{num_partitions - 1}; "
             "set --node-config partition-id=K,num-partitions=N with K < N"
         )
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    x_train, x_test, y_train, y_test = train_test_split(
-        images, digits.target, test_size=0.2, random_state=SEED, stratify=digits.target
-    )
+    x_train, x_test, y_train, y_test = _digits_split()
     order = np.random.default_rng(SEED).permutation(len(x_train))
     mine = np.array_split(order, num_partitions)[partition_id]
     test_mine = np.array_split(np.arange(len(x_test)), num_partitions)[partition_id]
