@@ -1,7 +1,8 @@
 """CIFAR-10 without torchvision: the official "python version" archive, checked, read, split.
 
 The archive (``cifar-10-python.tar.gz``, 163 MiB) is found, in this order, at
-``--node-config data-path=PATH``, at ``$POLLEN_CIFAR10``, or at the default
+``--node-config data-path=PATH`` (else ``--run-config data-path=PATH``, which is how
+a simulation's virtual nodes get it), at ``$POLLEN_CIFAR10``, or at the default
 location ``~/.cache/pollen/cifar-10-python.tar.gz`` (``$XDG_CACHE_HOME`` is
 honoured); only in the last case is it downloaded when missing. PATH may be the
 archive itself or a folder holding it. Every archive is checked against the
@@ -50,7 +51,10 @@ MD5_ENV = "POLLEN_CIFAR10_MD5"
 DOWNLOAD_TIMEOUT = 10.0
 """Seconds to wait to connect and for each read; past that the node counts as offline."""
 
-_HINT = f"pass --node-config data-path=PATH (or set {PATH_ENV}=PATH)"
+_HINT = (
+    f"pass --node-config data-path=PATH (in a simulation --run-config data-path=PATH) "
+    f"or set {PATH_ENV}=PATH"
+)
 
 
 class DataError(PollenError):

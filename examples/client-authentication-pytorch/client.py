@@ -40,8 +40,9 @@ class CifarClient(NumPyClient):
 
 
 def client_fn(context: Context):
-    """A client for this node: its data from --node-config, its epochs from --run-config."""
-    trainloader, valloader, testloader = load_data(context.node_config)
+    """A client for this node: its partition from --node-config, its data settings from
+    --node-config or else --run-config, its epochs from --run-config."""
+    trainloader, valloader, testloader = load_data(context.node_config, context.run_config)
     local_epochs = int(context.run_config.get("local-epochs", 1))
     return CifarClient(trainloader, valloader, testloader, local_epochs).to_client()
 

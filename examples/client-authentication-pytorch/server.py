@@ -1,6 +1,8 @@
 """The ServerApp: FedAvg over two SuperNodes for three rounds, training only.
 
-Run it with ``pollen server-app server:app --root-certificates certificates/ca.crt --dir ./``.
+Run it with ``pollen server-app server:app --root-certificates certificates/ca.crt --dir ./``,
+or in simulation with ``pollen simulation --server-app server:app --client-app client:app
+--num-supernodes 2``.
 """
 
 from pollen.common import Metrics
@@ -28,7 +30,8 @@ strategy = FedAvg(
 
 # The settings --run-config may change, with their defaults; any other key is refused
 # (a misspelt `epochs=2` would otherwise be ignored). client.py reads them from
-# context.run_config.
-run_config = {"local-epochs": 1}
+# context.run_config. The data settings apply to nodes whose --node-config does not
+# set them: every node of a simulation ("" for data-path: $POLLEN_CIFAR10, else the cache).
+run_config = {"local-epochs": 1, "data-path": "", "partitioning": "iid", "alpha": 0.5}
 
 app = ServerApp(config=ServerConfig(num_rounds=3), strategy=strategy, run_config=run_config)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TypeVar
 
 import numpy as np
 import torch
-from cifar10 import DataError, load, partition
+from cifar10 import Cifar10, DataError, load, partition
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -58,24 +59,39 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 # --- data ---------------------------------------------------------------------------------
 
 
-def _setting(config: Mapping[str, object], key: str, default: T) -> T:
-    value = config.get(key, default)
+def _setting(key: str, default: T, *configs: tuple[str, Mapping[str, object]]) -> T:
+    """``key`` from the first of ``configs`` (option name, settings) that has it, else
+    ``default``; as the type of ``default``."""
+    option, value = next(((name, c[key]) for name, c in configs if key in c), ("", default))
     try:
         return type(default)(value)  # type: ignore[call-arg]
     except (TypeError, ValueError):
         raise DataError(
-            f"--node-config {key}={value}: expected {_KINDS[type(default)]}, e.g. {key}={default}"
+            f"{option} {key}={value}: expected {_KINDS[type(default)]}, e.g. {key}={default}"
         ) from None
 
 
+_READING = threading.Lock()
+
+
+def _archive(data_path: str) -> Cifar10:
+    # Read once per process: a simulation runs many nodes in one process, each cutting its
+    # own partition out of the same archive; its threads wait for one read, not each do one.
+    with _READING:
+        return _read_once(data_path)
+
+
 @functools.lru_cache(maxsize=1)
+def _read_once(data_path: str) -> Cifar10:
+    return load(data_path or None)
+
+
+@functools.cache
 def _partition(
     data_path: str, partition_id: int, num_partitions: int, partitioning: str, alpha: float
 ) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
-    # Read once per process: every task of every run on this node reuses it.
-    part = partition(
-        load(data_path or None), partition_id, num_partitions, partitioning, alpha, SEED
-    )
+    # Cut once per node: every task of every run on this node (or virtual node) reuses it.
+    part = partition(_archive(data_path), partition_id, num_partitions, partitioning, alpha, SEED)
 
     def dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
@@ -88,19 +104,26 @@ def _partition(
 
 
 def load_data(
-    node_config: Mapping[str, object], batch_size: int = BATCH_SIZE
+    node_config: Mapping[str, object],
+    run_config: Mapping[str, object] | None = None,
+    batch_size: int = BATCH_SIZE,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """This node's train, validation and test loaders, from its ``--node-config``:
+    """This node's train, validation and test loaders.
 
-    ``partition-id`` (0), ``num-partitions`` (1), ``data-path`` (see cifar10.py),
-    ``partitioning`` (``iid`` or ``dirichlet``) and ``alpha`` (0.5, for dirichlet).
+    Its partition comes from its ``--node-config``: ``partition-id`` (0) and
+    ``num-partitions`` (1). The data settings, ``data-path`` (see cifar10.py),
+    ``partitioning`` (``iid`` or ``dirichlet``) and ``alpha`` (0.5, for dirichlet),
+    come from its ``--node-config``, else from the run's ``--run-config`` (a
+    simulation's virtual nodes have no node config but their partition).
     """
+    node = ("--node-config", node_config)
+    either = (node, ("--run-config", run_config or {}))
     train, val, test = _partition(
-        _setting(node_config, "data-path", ""),
-        _setting(node_config, "partition-id", 0),
-        _setting(node_config, "num-partitions", 1),
-        _setting(node_config, "partitioning", "iid").lower(),
-        _setting(node_config, "alpha", 0.5),
+        _setting("data-path", "", *either),
+        _setting("partition-id", 0, node),
+        _setting("num-partitions", 1, node),
+        _setting("partitioning", "iid", *either).lower(),
+        _setting("alpha", 0.5, *either),
     )
     return (
         DataLoader(train, batch_size=batch_size, shuffle=True, generator=_SHUFFLE),
