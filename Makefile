@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -e '.[torch,demo,dev,dp]'
+	$(PIP) install --quiet -e '.[torch,demo,dev,dp,ray]'
 	touch $@
 
 install: $(VENV)/.installed

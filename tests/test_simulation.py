@@ -250,7 +250,16 @@ def test_the_command_runs_the_apps_and_writes_the_outputs(tmp_path: Path) -> Non
         (["--num-supernodes", "0"], ["--num-supernodes 0", "at least 1"]),
         (["--num-supernodes", "1"], ["min_available_clients (2)", "give at least 2"]),
         (["--backend", "threads"], ["no such backend", "in-process"]),
-        (["--backend", "ray"], ["not available yet in this version", "in-process"]),
+        (["--backend-config", '{"init_args": {}}'], ["init_args", "for the ray backend only"]),
+        (
+            ["--backend-config", '{"client_resources": {"num_cpus": 10000}}'],
+            ["num_cpus=10000: more than the", "CPUs this machine has"],
+        ),
+        (
+            ["--backend-config", '{"client_resources": {"num_gpus": 1000}}'],
+            ["num_gpus=1000: more than the", "GPUs this machine has"],
+        ),
+        (["--backend-config", '{"client_resources": {"num_gpus": 1.5}}'], ["whole number"]),
         (["--backend-config", "{num_cpus: 1}"], ["not JSON"]),
         (["--backend-config", '{"num_cpus": 1}'], ["unknown key 'num_cpus'", "client_resources"]),
         (["--backend-config", '{"client_resources": {"cpus": 1}}'], ["client_resources.cpus"]),

@@ -22,7 +22,7 @@ from pollen.errors import ConfigurationError
 from pollen.records.messages import Message
 from pollen.simulation import run_simulation
 from pollen.simulation.in_process_grid import _Run
-from pollen.simulation.pool_grid import ProcessPoolGrid, pool_size
+from pollen.simulation.pool_grid import ProcessPoolGrid
 from pollen.simulation.simulate import simulate
 from tests.test_simulation import (
     from_context,
@@ -214,14 +214,6 @@ def test_blobs_in_shared_memory_go_when_no_open_instruction_names_them(
     )
 
     assert seen and set(seen) == {0}
-
-
-def test_pool_size_is_available_cpus_over_num_cpus() -> None:
-    cpus = len(os.sched_getaffinity(0))
-    assert pool_size() == cpus
-    assert pool_size(0.5) == 2 * cpus
-    assert pool_size(1, num_nodes=1) == 1
-    assert pool_size(cpus + 0.5) == 1
 
 
 def test_more_cpus_per_client_than_the_machine_has_is_refused(tmp_path: Path) -> None:

@@ -39,31 +39,17 @@ from pollen.records.arrays import decode_arrays
 from pollen.records.context import Context
 from pollen.records.messages import BlobRef, Message, Records
 from pollen.records.typing import NDArrays
-from pollen.simulation.in_process_grid import (
-    InProcessGrid,
-    NodeConfigFn,
-    _Node,
-    _Run,
-    partition_config,
+from pollen.simulation.in_process_grid import NodeConfigFn, _Node, _Run, partition_config
+from pollen.simulation.resources import (
+    ClientResources,
+    available_cpus,
+    gpu_slots,
+    visible_gpus,
 )
+from pollen.simulation.shared_blobs import SharedBlobGrid
 
 _SHM = Path("/dev/shm")
 _DIED = "worker process died"
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def pool_size(num_cpus: float = 1.0, num_nodes: int | None = None) -> int:
-    """Available CPUs / ``num_cpus`` workers (at least 1, at most ``num_nodes``)."""
-    cpus = available_cpus()
-    size = max(1, int(cpus / num_cpus)) if num_cpus > 0 else cpus
-    return min(size, num_nodes) if num_nodes else size
 
 
 @dataclass
@@ -100,7 +86,11 @@ def _run_task(app: ClientApp, task: _Task) -> _Result:
     return _Result(written, execution.content, execution.error, task.context.state)
 
 
-def _worker_main(conn: Connection, app: ClientApp, inherited: list[Connection]) -> None:
+def _worker_main(
+    conn: Connection, app: ClientApp, inherited: list[Connection], gpus: str | None
+) -> None:
+    if gpus is not None:  # before the app touches CUDA: this worker's share of the GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     # the parent's handlers (and its event loop's wakeup fd) are not the worker's: Ctrl-C
     # reaches the whole process group, and the simulation's process ends the pool
     signal.set_wakeup_fd(-1)
@@ -130,9 +120,10 @@ def _worker_main(conn: Connection, app: ClientApp, inherited: list[Connection]) 
 
 
 class _Worker:
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, gpus: str | None) -> None:
         self.process = process
         self.conn = conn
+        self.gpus = gpus  # its CUDA_VISIBLE_DEVICES, which a replacement takes over
         self._closing = threading.Lock()
 
     def close_conn(self) -> None:
@@ -144,9 +135,10 @@ class _Worker:
 
 
 class WorkerPool:
-    """``size`` forked worker processes running ``app``; `run` hands a task to a free one."""
+    """``size`` forked worker processes running ``app``; `run` hands a task to a free one.
+    Worker ``i`` sees the GPUs ``gpus[i]`` (`resources.gpu_slots`; None: as inherited)."""
 
-    def __init__(self, app: ClientApp, size: int) -> None:
+    def __init__(self, app: ClientApp, size: int, gpus: Sequence[str | None] = ()) -> None:
         if "fork" not in multiprocessing.get_all_start_methods():
             raise ConfigurationError(
                 "backend process-pool: this platform cannot fork worker processes; "
@@ -159,22 +151,22 @@ class WorkerPool:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()
         self.closed = False
-        for _ in range(size):
-            self._idle.put(self._start())
+        for slot in list(gpus) + [None] * (size - len(gpus)):
+            self._idle.put(self._start(slot))
 
-    def _start(self) -> _Worker:
+    def _start(self, gpus: str | None) -> _Worker:
         with self._lock:
             ours, theirs = self._context.Pipe()
             inherited = [worker.conn for worker in self._workers]
             process = self._context.Process(
                 target=_worker_main,
-                args=(theirs, self.app, inherited),
+                args=(theirs, self.app, inherited, gpus),
                 name="pollen-simulation-worker",
                 daemon=True,
             )
             process.start()
             theirs.close()
-            worker = _Worker(process, ours)
+            worker = _Worker(process, ours, gpus)
             self._workers.append(worker)
             return worker
 
@@ -209,7 +201,7 @@ class WorkerPool:
         worker.close_conn()
         if self.closed:
             return _Result(error="the simulation ended")
-        self._idle.put(self._start())
+        self._idle.put(self._start(worker.gpus))
         return _Result(error=f"{_DIED} (exit code {code})")
 
     def close(self) -> None:
@@ -228,9 +220,10 @@ class WorkerPool:
             worker.close_conn()
 
 
-class ProcessPoolGrid(InProcessGrid):
-    """`InProcessGrid` whose messages run in a pool of ``workers`` processes
-    (default: one per available CPU). Call `close` when the run is over."""
+class ProcessPoolGrid(SharedBlobGrid[Path]):
+    """`InProcessGrid` whose messages run in a pool of worker processes, as many as
+    ``resources`` allow on this machine (`ClientResources.concurrency`), each seeing its
+    share of the GPUs. Call `close` when the run is over."""
 
     def __init__(
         self,
@@ -238,49 +231,26 @@ class ProcessPoolGrid(InProcessGrid):
         num_nodes: int,
         node_config: NodeConfigFn = partition_config,
         workers: int | None = None,
+        resources: ClientResources | None = None,
     ) -> None:
         super().__init__(app, num_nodes, node_config)
         self._shm_dir = Path(
             tempfile.mkdtemp(prefix="pollen-sim-", dir=_SHM if _SHM.is_dir() else None)
         )
-        self._shared: dict[str, Path] = {}
-        self._named: dict[str, list[str]] = {}  # open instruction -> digests it names
-        self._naming: dict[str, int] = {}  # digest -> open instructions naming it
-        self._shared_lock = threading.Lock()
-        self.pool = WorkerPool(app, workers or pool_size(num_nodes=num_nodes))
+        resources = resources or ClientResources()
+        gpus = visible_gpus()
+        size = workers or resources.concurrency(available_cpus(), len(gpus), num_nodes)
+        self.pool = WorkerPool(app, size, gpu_slots(size, resources.num_gpus, gpus))
         # one thread per worker waits on its task: as many in flight as there are workers
         self._threads = ThreadPoolExecutor(self.pool.size, thread_name_prefix="pollen-pool")
 
-    async def send(self, run_id: int, messages: Sequence[Message]) -> None:
-        with self._shared_lock:
-            for message in messages:
-                digests = [ref.digest for ref in message.content.blobs()]
-                self._named[message.message_id] = digests
-                for digest in digests:
-                    self._naming[digest] = self._naming.get(digest, 0) + 1
-        await super().send(run_id, messages)
+    def _publish(self, digest: str, blob: bytes) -> Path:
+        path = self._shm_dir / digest
+        path.write_bytes(blob)
+        return path
 
-    def _answer(self, run: _Run, reply: Message) -> None:
-        super()._answer(run, reply)
-        with self._shared_lock:
-            for digest in self._named.pop(reply.reply_to, []):
-                left = self._naming.get(digest, 1) - 1
-                if left > 0:
-                    self._naming[digest] = left
-                    continue
-                self._naming.pop(digest, None)
-                path = self._shared.pop(digest, None)
-                if path is not None:
-                    path.unlink(missing_ok=True)
-
-    def _share(self, ref: BlobRef) -> str:
-        with self._shared_lock:
-            path = self._shared.get(ref.digest)
-            if path is None:
-                path = self._shm_dir / ref.digest
-                path.write_bytes(self._blobs[ref.digest])
-                self._shared[ref.digest] = path
-            return str(path)
+    def _withdraw(self, handle: Path) -> None:
+        handle.unlink(missing_ok=True)
 
     async def _execute_off_loop(self, node: _Node, run: _Run, message: Message) -> Message:
         loop = asyncio.get_running_loop()
@@ -289,7 +259,7 @@ class ProcessPoolGrid(InProcessGrid):
     def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
         context = self._context(node, run, message.run_id)
         try:
-            blobs = {name: self._share(ref) for name, ref in message.content.arrays.items()}
+            blobs = {name: str(self._share(ref)) for name, ref in message.content.arrays.items()}
         except KeyError as exc:
             return message.reply(error=f"blob {str(exc)[:14]} is not stored")
         result = self.pool.run(_Task(message, context, blobs, str(self._shm_dir)))
@@ -313,12 +283,7 @@ class ProcessPoolGrid(InProcessGrid):
         """End the workers and remove every blob from shared memory."""
         self.pool.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
-        with self._shared_lock:
-            for path in self._shared.values():
-                path.unlink(missing_ok=True)
-            self._shared.clear()
-            self._named.clear()
-            self._naming.clear()
+        self._withdraw_all()
         for path in self.shared_files():
             path.unlink(missing_ok=True)
         if self._shm_dir.is_dir():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Mapping
+import os
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,16 +31,20 @@ from pollen.server.strategy.strategy import Strategy
 from pollen.simulation.backends import (
     IN_PROCESS,
     PROCESS_POOL,
+    RAY,
     check_backend,
     check_backend_config,
 )
 from pollen.simulation.in_process_grid import InProcessGrid
-from pollen.simulation.pool_grid import ProcessPoolGrid, available_cpus, pool_size
+from pollen.simulation.pool_grid import ProcessPoolGrid
+from pollen.simulation.ray_grid import RayGrid
+from pollen.simulation.resources import ClientResources, available_cpus, visible_gpus
 from pollen.transport.addresses import Address
 
 T = TypeVar("T")
 
 DEFAULT_OUTPUT_DIR = Path(".pollen") / "runs"
+_TF_GROWTH = "TF_FORCE_GPU_ALLOW_GROWTH"
 _NO_SUPERLINK = Address("in-process", 0)  # run_on_grid never connects to it
 
 
@@ -78,13 +84,10 @@ async def simulate(
     round (ConfigurationError); setting ``stop`` ends the run as a signal does;
     ``progress`` is told of each round's tasks as they finish."""
     check_backend(backend_name)
-    resources = check_backend_config(backend_config or {}).get("client_resources", {})
-    num_cpus = float(resources.get("num_cpus", 1))
-    if backend_name == PROCESS_POOL and num_cpus > available_cpus():
-        raise ConfigurationError(
-            f"client_resources.num_cpus={num_cpus:g}: more than the {available_cpus()} CPUs "
-            "this process may use; ask for at most that many"
-        )
+    settings = check_backend_config(backend_config or {}, backend=backend_name)
+    resources = ClientResources.from_config(settings.get("client_resources", {}))
+    if backend_name != RAY:  # a Ray cluster's machines are checked once it is joined
+        resources.check_fits(available_cpus(), len(visible_gpus()), "this machine has")
     check_num_supernodes(num_supernodes, server_app.strategy)
     config = ServerAppConfig(
         _NO_SUPERLINK,
@@ -94,14 +97,27 @@ async def simulate(
         command="",  # the virtual nodes end with the run: no --resume to offer
         progress=progress,
     )
-    if backend_name != PROCESS_POOL:
-        grid = InProcessGrid(client_app, num_supernodes)
-        return await run_on_grid(server_app, config, grid, stop)
-    pool = ProcessPoolGrid(client_app, num_supernodes, workers=pool_size(num_cpus, num_supernodes))
+    grid = _grid(backend_name, client_app, num_supernodes, resources, settings)
     try:
-        return await run_on_grid(server_app, config, pool, stop)
-    finally:  # cancelled or not: no worker process and no shared blob outlives the run
-        pool.close()
+        return await run_on_grid(server_app, config, grid, stop)
+    finally:  # cancelled or not: no worker and no shared blob outlives the run
+        if isinstance(grid, ProcessPoolGrid | RayGrid):
+            grid.close()
+
+
+def _grid(
+    backend_name: str,
+    client_app: ClientApp,
+    num_supernodes: int,
+    resources: ClientResources,
+    settings: Mapping[str, Any],
+) -> InProcessGrid:
+    if backend_name == PROCESS_POOL:
+        return ProcessPoolGrid(client_app, num_supernodes, resources=resources)
+    if backend_name == RAY:
+        init_args = settings.get("init_args", {})
+        return RayGrid(client_app, num_supernodes, resources=resources, init_args=init_args)
+    return InProcessGrid(client_app, num_supernodes)
 
 
 def run_simulation(
@@ -123,35 +139,35 @@ def run_simulation(
     ``{"partition-id": i, "num-partitions": N}`` and its own ``Context.state``, kept
     across rounds. Outputs (``final_model.npz``, ``metrics.json``, checkpoints) go to
     ``output_dir/RUN_ID/`` as a deployed run's do. ``backend_name``: ``"in-process"``
-    (threads of this process, the default) or ``"process-pool"`` (forked worker
-    processes, available CPUs / ``num_cpus`` of them). ``backend_config``:
-    ``{"client_resources": {"num_cpus": .., "num_gpus": ..}}``, checked; ``num_cpus``
-    sizes the process pool, ``num_gpus`` is not used yet. ``run_config`` overrides the ServerApp's
-    declared settings, as ``--run-config`` does.
+    (threads of this process, the default), ``"process-pool"`` (forked worker
+    processes) or ``"ray"`` (Ray actors; ``pip install 'pollen[ray]'``).
+    ``backend_config``: ``{"client_resources": {"num_cpus": .., "num_gpus": ..},
+    "init_args": {..}}``, checked: ``client_resources`` is what each virtual node in
+    flight holds (the process pool and Ray run CPUs / ``num_cpus`` and GPUs /
+    ``num_gpus`` at once, each on its share of the GPUs); ``init_args`` go to
+    ``ray.init`` (``address`` joins a cluster, as ``RAY_ADDRESS`` does). ``run_config``
+    overrides the ServerApp's declared settings, as ``--run-config`` does.
 
     ``verbose_logging`` lets Pollen's debug messages through (to the handlers the
-    caller installed); ``enable_tf_gpu_growth`` is refused, this backend has no GPU
-    settings yet. Works from a notebook too: under a running event loop it runs in a
-    thread of its own.
+    caller installed); ``enable_tf_gpu_growth`` sets ``TF_FORCE_GPU_ALLOW_GROWTH`` for
+    the run, which the virtual nodes' TensorFlow reads (on Ray: the local cluster's).
+    Works from a notebook too: under a running event loop it runs in a thread of its
+    own.
     """
-    if enable_tf_gpu_growth:
-        raise ConfigurationError(
-            "run_simulation(enable_tf_gpu_growth=True): the in-process backend has no GPU "
-            "settings yet; leave it out and set TensorFlow's memory growth in the ClientApp"
-        )
     if verbose_logging:
         logging.getLogger("pollen").setLevel(logging.DEBUG)
-    return _blocking(
-        lambda: simulate(
-            server_app,
-            client_app,
-            num_supernodes,
-            backend_name=backend_name,
-            backend_config=backend_config,
-            run_config=run_config,
-            output_dir=output_dir,
-        )
-    )[0]
+    with _tf_gpu_growth(enable_tf_gpu_growth):
+        return _blocking(
+            lambda: simulate(
+                server_app,
+                client_app,
+                num_supernodes,
+                backend_name=backend_name,
+                backend_config=backend_config,
+                run_config=run_config,
+                output_dir=output_dir,
+            )
+        )[0]
 
 
 def start_simulation(
@@ -172,15 +188,15 @@ def start_simulation(
     ``str(num_clients - 1)``; ``config`` and ``strategy`` as a ServerApp's. Returns the
     run's `History`, whose ``losses_distributed``, ``losses_centralized``,
     ``metrics_distributed_fit``, ``metrics_distributed`` and ``metrics_centralized``
-    are Flower's. ``client_resources`` is checked; the in-process backend does not
-    use it yet. Flower's ``server``, ``client_manager``, ``clients_ids`` and
-    ``ray_init_args`` have no counterpart here and are refused.
+    are Flower's. It runs on the in-process backend, or on Ray when ``ray_init_args``
+    are given (``ray.init``'s arguments, as in Flower); ``client_resources`` as
+    `run_simulation`'s. Flower's ``server``, ``client_manager`` and ``clients_ids``
+    have no counterpart here and are refused.
     """
     for name, value in (
         ("server", server),
         ("client_manager", client_manager),
         ("clients_ids", clients_ids),
-        ("ray_init_args", ray_init_args),
     ):
         if value is not None:
             raise ConfigurationError(
@@ -189,7 +205,11 @@ def start_simulation(
             )
     if num_clients is None:
         raise ConfigurationError("start_simulation: give num_clients, the number of clients")
-    resources = {"client_resources": dict(client_resources)} if client_resources else {}
+    settings: dict[str, Any] = {}
+    if client_resources:
+        settings["client_resources"] = dict(client_resources)
+    if ray_init_args is not None:
+        settings["init_args"] = dict(ray_init_args)
 
     def from_context(context: Context) -> Client | NumPyClient:
         return client_fn(str(context.node_config["partition-id"]))
@@ -200,12 +220,30 @@ def start_simulation(
             app,
             ClientApp(client_fn=from_context),
             num_clients,
-            backend_config=resources,
+            backend_name=RAY if ray_init_args is not None else IN_PROCESS,
+            backend_config=settings,
             output_dir=output_dir,
             app_name="start_simulation",
         )
     )[0]
     return outcome.history
+
+
+@contextlib.contextmanager
+def _tf_gpu_growth(enabled: bool) -> Iterator[None]:
+    """``TF_FORCE_GPU_ALLOW_GROWTH=true`` while the run lasts, when ``enabled``."""
+    if not enabled:
+        yield
+        return
+    before = os.environ.get(_TF_GROWTH)
+    os.environ[_TF_GROWTH] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_TF_GROWTH, None)
+        else:
+            os.environ[_TF_GROWTH] = before
 
 
 def _blocking(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
