@@ -31,16 +31,20 @@ end of round 1 of the first workload (100 nodes, 10 per round).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,6 +52,12 @@ sys.path.insert(0, str(HERE / "apps"))
 
 from peers.process_tree import PeakRssSampler  # noqa: E402
 
+if TYPE_CHECKING:
+    from pollen import ClientApp
+    from pollen.records.typing import Config, NDArrays
+
+T = TypeVar("T")
+EXAMPLE = HERE.parent / "examples" / "quickstart-pytorch"
 MB = 1_000_000
 FLOWER_RECORDED = "recorded in the issue, not measured in this run"
 
@@ -62,6 +72,8 @@ class Workload:
     model_bytes: int
     target: str
     flower_recorded: str
+    app: str = "noop"
+    """``noop``: the ClientApp hands the model back; ``cnn``: the quickstart's digits CNN."""
 
 
 WORKLOADS = [
@@ -105,6 +117,18 @@ WORKLOADS = [
         "completes",
         "",
     ),
+    Workload(
+        "cnn100",
+        "quickstart CNN on digits, 100 nodes, fraction 0.1, 2 local epochs, 20 rounds: "
+        "time outside training",
+        100,
+        0.1,
+        20,
+        0,
+        "≤ 10% of the round",
+        "",
+        "cnn",
+    ),
 ]
 
 
@@ -120,18 +144,78 @@ def build_model(model_bytes: int, layers: int = 4) -> list[object]:
     return [rng.random(size, dtype=np.float32) for size in sizes]
 
 
+Span = tuple[float, float]
+
+
+class Spans:
+    """``(start, end)`` of every call of the functions wrapped, from any thread."""
+
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def wrap(self, function: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(function)
+        def timed(*args: object, **kwargs: object) -> T:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.spans.append((start, time.perf_counter()))  # list.append: thread-safe
+
+        return timed
+
+
+def covered(spans: list[Span], start: float, end: float) -> float:
+    """Seconds of ``start..end`` during which at least one span was running."""
+    total, reach = 0.0, start
+    for first, last in sorted(spans):
+        first, last = max(first, reach), min(last, end)
+        if last > first:
+            total += last - first
+            reach = last
+    return total
+
+
+def outside(stamps: list[float], spans: list[Span]) -> list[float]:
+    """Per round (between two consecutive stamps): its wall minus `covered` by ``spans``."""
+    return [
+        later - earlier - covered(spans, earlier, later)
+        for earlier, later in itertools.pairwise(stamps)
+    ]
+
+
+def cnn_client(fits: Spans, apps: Spans) -> tuple[ClientApp, NDArrays, Callable[[int], Config]]:
+    """The quickstart's ClientApp (examples/quickstart-pytorch, imported, not copied), its
+    ``client_fn`` timed into ``apps`` and its ``NumPyClient.fit`` into ``fits``; the initial
+    model and the fit config (2 local epochs) of its ServerApp."""
+    from pollen import ClientApp
+
+    sys.path.insert(0, str(EXAMPLE))
+    import client  # the example's client.py
+    import task
+
+    client.DigitsClient.fit = fits.wrap(client.DigitsClient.fit)  # in this process only
+    app = ClientApp(client_fn=apps.wrap(client.client_fn))
+    return app, task.get_weights(task.new_model()), lambda server_round: {"local-epochs": 2}
+
+
 def child(workload: Workload, backend: str, out: Path) -> None:
     """Run one workload in this process; write the per-round times to ``out``."""
-    from noop_client import app as client_app
+    from noop_client import app as noop_app
 
     from pollen import FedAvg, ServerApp, ServerConfig
     from pollen.simulation import run_simulation
 
     stamps: list[float] = []
+    fits, apps = Spans(), Spans()
 
     def clock(server_round: int, parameters: object, config: object) -> None:
         stamps.append(time.perf_counter())
 
+    if workload.app == "cnn":
+        client_app, model, fit_config = cnn_client(fits, apps)
+    else:
+        client_app, model, fit_config = noop_app, build_model(workload.model_bytes), None
     app = ServerApp(
         config=ServerConfig(num_rounds=workload.rounds, seed=1),
         strategy=FedAvg(
@@ -139,7 +223,8 @@ def child(workload: Workload, backend: str, out: Path) -> None:
             fraction_evaluate=0.0,
             min_fit_clients=max(1, int(workload.nodes * workload.fraction)),
             min_available_clients=workload.nodes,
-            initial_parameters=build_model(workload.model_bytes),  # type: ignore[arg-type]
+            initial_parameters=model,  # type: ignore[arg-type]
+            on_fit_config_fn=fit_config,  # type: ignore[arg-type]
             evaluate_fn=clock,  # type: ignore[arg-type]
         ),
     )
@@ -156,15 +241,19 @@ def child(workload: Workload, backend: str, out: Path) -> None:
                 "round_seconds": gaps or [r.seconds for r in outcome.history.rounds],
                 "wall": wall,
                 "fit_nodes": [len(r.fit_nodes) for r in outcome.history.rounds],
+                "outside_training": outside(stamps, fits.spans),
+                "outside_app": outside(stamps, fits.spans + apps.spans),
             }
         )
     )
 
 
-def run_tree(argv: list[str], timeout: float) -> tuple[float, int]:
+def run_tree(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[float, int]:
     """Run ``argv``; its wall time and the sum of the peak RSS of every process in its tree."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     with PeakRssSampler({"run": process.pid}, lambda root, pid, program: str(pid)) as sampler:
         try:
             _, err = process.communicate(timeout=timeout)
@@ -184,10 +273,28 @@ class Result:
     wall: float
     rss: int
     first_round: float | None = None  # from the start of the process, Flower only
+    outside_training: list[float] = field(default_factory=list)
+    """Per round: its wall minus the wall during which at least one node's fit ran."""
+    outside_app: list[float] = field(default_factory=list)
+    """The same with the ClientApp's ``client_fn`` counted as running too."""
 
     @property
     def per_round(self) -> float:
         return statistics.median(self.round_seconds)
+
+    def outside(self, training_only: bool = True) -> tuple[float, float]:
+        """Median over rounds of the time outside (seconds) and of its share of the round."""
+        seconds = self.outside_training if training_only else self.outside_app
+        shares = [out / wall for out, wall in zip(seconds, self.round_seconds, strict=True)]
+        return statistics.median(seconds), statistics.median(shares)
+
+    def describe_outside(self) -> str:
+        training, share = self.outside()
+        app, app_share = self.outside(training_only=False)
+        return (
+            f"outside training {fmt_s(training)} = {share:.1%} of the round "
+            f"(outside the ClientApp's client_fn and fit: {fmt_s(app)} = {app_share:.1%})"
+        )
 
 
 def pollen_workload(workload: Workload, backend: str, tmp: Path) -> Result:
@@ -195,7 +302,13 @@ def pollen_workload(workload: Workload, backend: str, tmp: Path) -> Result:
     argv = [sys.executable, __file__, "--child", workload.name, "--backend", backend]
     wall, rss = run_tree([*argv, "--out", str(out)], timeout=600)
     data = json.loads(out.read_text())
-    return Result(data["round_seconds"], wall, rss)
+    return Result(
+        data["round_seconds"],
+        wall,
+        rss,
+        outside_training=data["outside_training"],
+        outside_app=data["outside_app"],
+    )
 
 
 def pollen_first_round(backend: str, tmp: Path) -> float:
@@ -228,6 +341,41 @@ def pollen_first_round(backend: str, tmp: Path) -> float:
     return first - started
 
 
+def borrowed_packages(python: Path, folder: Path) -> Path:
+    """``folder`` with links to PyTorch and scikit-learn, and what they need, from this
+    venv, leaving out what ``python``'s venv has: Flower's venv runs the quickstart's
+    task.py on ``PYTHONPATH=folder`` without installing them (both venvs: Python 3.11,
+    the same numpy)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+
+    script = (
+        "import importlib.metadata as m; print(*(d.metadata['Name'] for d in m.distributions()))"
+    )
+    theirs = subprocess.run([python, "-c", script], capture_output=True, text=True, check=True)
+    have = {name.lower().replace("_", "-") for name in theirs.stdout.split()}
+    folder.mkdir(exist_ok=True)
+    wanted, seen = ["torch", "scikit-learn"], set()
+    while wanted:
+        name = wanted.pop().lower().replace("_", "-")
+        if name in seen or name in have:
+            continue
+        seen.add(name)
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+        for top in {Path(str(file)).parts[0] for file in dist.files or []}:
+            link = folder / top
+            if top not in ("..", "__pycache__") and not link.exists():
+                link.symlink_to(Path(str(dist.locate_file(top))))
+    return folder
+
+
 def flower_workload(python: Path, workload: Workload, tmp: Path) -> Result:
     out = tmp / f"flower-{workload.name}.json"
     argv = [
@@ -241,15 +389,30 @@ def flower_workload(python: Path, workload: Workload, tmp: Path) -> Result:
         str(workload.rounds),
         "--model-bytes",
         str(workload.model_bytes),
+        "--app",
+        workload.app,
         "--out",
         str(out),
     ]
+    env = None
+    if workload.app == "cnn":  # Ray's workers import the example's task.py too
+        borrowed = borrowed_packages(python, tmp / "borrowed")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(borrowed), str(EXAMPLE)])}
     started = time.time()
-    wall, rss = run_tree(argv, timeout=900)
+    wall, rss = run_tree(argv, timeout=900, env=env)
     data = json.loads(out.read_text())
-    seconds = data["round_seconds"]
-    measured = seconds[1:] if len(seconds) > 1 else seconds  # rounds 2..N, as Pollen's
-    return Result(measured, wall, rss, data["stamps"][1] - started)  # end of round 1
+    stamps = data["stamps"]
+    measured = data["round_seconds"]
+    if len(measured) > 1:  # rounds 2..N, as Pollen's
+        measured, stamps = measured[1:], stamps[1:]
+    return Result(
+        measured,
+        wall,
+        rss,
+        data["stamps"][1] - started,  # end of round 1
+        outside(stamps, [tuple(span) for span in data["fit_spans"]]),
+        outside(stamps, [tuple(span) for span in data["fit_spans"] + data["app_spans"]]),
+    )
 
 
 def fmt_s(seconds: float) -> str:
@@ -281,7 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         from peers.flower import ensure_flower_simulation_venv
 
         python = ensure_flower_simulation_venv()
-    print(f"Pollen simulation, backend {args.backend}; ClientApp hands the model back")
+    print(
+        f"Pollen simulation, backend {args.backend}; ClientApp hands the model back "
+        "(the CNN workload: the quickstart's ClientApp trains)"
+    )
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         flower_first: float | None = None
@@ -289,10 +455,12 @@ def main(argv: list[str] | None = None) -> int:
             ours = pollen_workload(workload, args.backend, tmp)
             print(f"\n{workload.label}")
             print(
-                f"  Pollen: {fmt_s(ours.per_round)} (median of {len(ours.round_seconds)}; "
+                f"  Pollen: {fmt_s(ours.per_round)} a round (median of {len(ours.round_seconds)}; "
                 f"process wall {ours.wall:.2f} s, peak RSS of all processes "
                 f"{fmt_gb(ours.rss)})   target: {workload.target}"
             )
+            if workload.app == "cnn":
+                print(f"    round {fmt_s(ours.per_round)}: {ours.describe_outside()}")
             if workload.name == "nodes10000":
                 print(
                     f"  Pollen peak RSS, all processes together: {fmt_gb(ours.rss)}"
@@ -308,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{fmt_gb(theirs.rss)}); Flower / Pollen "
                     f"{theirs.per_round / ours.per_round:.1f}x"
                 )
+                if workload.app == "cnn":
+                    print(f"    round {fmt_s(theirs.per_round)}: {theirs.describe_outside()}")
             elif workload.flower_recorded:
                 print(f"  Flower 1.42: {workload.flower_recorded} ({FLOWER_RECORDED})")
         first = pollen_first_round(args.backend, tmp)
