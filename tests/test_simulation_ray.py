@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -257,3 +258,54 @@ def test_start_simulation_with_ray_init_args_runs_on_ray(local_ray: str, tmp_pat
     np.testing.assert_allclose(
         [loss for _, loss in history.losses_distributed], [step, 2 * step], rtol=1e-6
     )
+
+
+def start_ray_head(folder: str) -> tuple[subprocess.Popen[str], str]:
+    """``ray start --head --block`` (2 CPUs, ports the OS picks) and its address."""
+    ray_command = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_command, "start", "--head", "--port=0", "--num-cpus=2", "--block",
+         f"--temp-dir={folder}", "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    assert head.stdout is not None
+    for line in head.stdout:
+        found = re.search(r"ray start --address='([^']+)'", line)
+        if found:
+            return head, found.group(1)
+    raise AssertionError(f"the Ray head did not start (exit code {head.wait()})")
+
+
+def stop_ray_head(head: subprocess.Popen[str], folder: str) -> None:
+    """Ctrl-C the head (SIGTERM drains for 30 s); kill by PID whatever is left of it."""
+    if head.poll() is None:
+        os.killpg(head.pid, signal.SIGINT)
+        head.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while ray_processes(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = ray_processes(folder)
+    for entry in left:
+        os.kill(int(entry.split(":")[0]), signal.SIGKILL)
+    assert left == []
+
+
+def test_the_command_joins_a_running_cluster_at_ray_address(tmp_path: Path) -> None:
+    server, client = write_apps(tmp_path)
+    folder = tempfile.mkdtemp(prefix="pray", dir="/tmp")
+    head, address = start_ray_head(folder)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pollen", "simulation", "--server-app", server,
+             "--client-app", client, "--num-supernodes", "4", "--app-dir", str(tmp_path),
+             "--backend", RAY, "--output-dir", str(tmp_path / "runs")],
+            capture_output=True, text=True, timeout=90, cwd=tmp_path,
+            env={**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"},
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        (run,) = (tmp_path / "runs").iterdir()
+        assert json.loads((run / "metrics.json").read_text())["finished"] is True
+        assert head.poll() is None  # a cluster the simulation joined keeps running
+    finally:
+        stop_ray_head(head, folder)
+        shutil.rmtree(folder, ignore_errors=True)
