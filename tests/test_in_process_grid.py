@@ -15,6 +15,7 @@ import pytest
 
 from pollen.client import ClientApp, NumPyClient
 from pollen.common import Config, Context, Metrics, NDArrays
+from pollen.records.arrays import ArrayBytes
 from pollen.server import ServerApp, ServerConfig
 from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.strategy import FedAvg
@@ -209,3 +210,42 @@ def test_send_and_receive_returns_the_replies_and_what_got_none_in_time() -> Non
     assert sorted(r.content.configs["c"]["node"] for r in answered) == [1, 2]
     assert all(r.is_reply and r.ok for r in answered)
     assert late == [] and [m.message_type for m in waiting] == ["query.slow"]
+
+
+def test_a_reply_keeps_its_own_bytes_and_one_that_hands_the_model_back_shares_its_blob() -> None:
+    from pollen.records.content_address import content_digest
+    from pollen.records.messages import Message, Records
+
+    kept: list[np.ndarray] = []
+
+    def train(content: Any, context: Context) -> Any:
+        [model] = content.arrays["arrays"]
+        if context.node_id == 1:
+            return Records(arrays={"arrays": [model]})  # the model, unchanged
+        kept.append(model + 1)
+        return Records(arrays={"arrays": [kept[-1]]})
+
+    app = ClientApp()
+    app.register("train", train)
+
+    async def scenario() -> tuple[Any, list[NDArrays], NDArrays]:
+        grid = InProcessGrid(app, num_nodes=2)
+        run_id, _ = await grid.create_run("test", {})
+        model = await grid.upload_arrays([np.arange(4, dtype=np.float32)], run_id)
+        sent = [
+            Message(run_id, node, "train", Records(arrays={"arrays": model})) for node in (1, 2)
+        ]
+        replies, _ = await grid.send_and_receive(run_id, sent)
+        refs = {r.node_id: r.content.arrays["arrays"] for r in replies}
+        kept[0][:] = -1  # the app changes its arrays after replying
+        downloads = [await grid.download_arrays(refs[node]) for node in (1, 2)]
+        downloads[0][0][:] = 7  # a download is the caller's own, writable copy
+        return (model, refs), downloads, await grid.download_arrays(model)
+
+    (model, refs), downloads, again = asyncio.run(scenario())
+
+    assert model.digest == content_digest(bytes(ArrayBytes([np.arange(4, dtype=np.float32)])))
+    assert refs[1] == model  # handed back: the model's blob, no second copy
+    assert refs[2] != model and refs[2].size == model.size
+    np.testing.assert_array_equal(downloads[1][0], np.arange(4) + 1)  # as replied, not as changed
+    np.testing.assert_array_equal(again[0], np.arange(4))  # the stored model is unchanged
