@@ -13,12 +13,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pollen.cli.local_federation import LocalFederation
 from pollen.cli.progress_line import (
     ProgressLine,
     describe_progress,
@@ -34,6 +34,7 @@ from pollen.server.run import ServerAppConfig, run_on_grid
 from pollen.server.strategy import FedAvg
 from pollen.simulation import InProcessGrid
 from pollen.transport.addresses import Address
+from tests.conftest import APPS_DIR
 
 
 class Recorded(RoundProgress):
@@ -280,44 +281,65 @@ def read_until_closed(fd: int, timeout: float) -> str:
     return b"".join(chunks).decode()
 
 
-@pytest.fixture
-def terminal() -> Iterator[tuple[int, int]]:
+def run_on_a_terminal(command: list[str], timeout: float = 120) -> str:
+    """Run ``command`` with a pseudo-terminal as its stdin, stdout and stderr; what it
+    wrote there. It must exit 0; it is stopped by its PID whatever happens."""
     parent, child = pty.openpty()
-    yield parent, child
-    for fd in (parent, child):
-        with contextlib.suppress(OSError):  # closed already
-            os.close(fd)
+    try:
+        process = subprocess.Popen(
+            command, stdin=child, stdout=child, stderr=child, env={**os.environ, "TERM": "xterm"}
+        )
+        os.close(child)
+        try:
+            output = read_until_closed(parent, timeout)
+            assert process.wait(timeout=30) == 0, output
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        for fd in (parent, child):
+            with contextlib.suppress(OSError):  # closed already
+                os.close(fd)
+    return output
+
+
+def assert_live_lines_then_clean_summaries(output: str, num_rounds: int, tasks: int) -> None:
+    assert f"\rround 1/{num_rounds} fit 0/{tasks} tasks" in output
+    assert f"\rround {num_rounds}/{num_rounds} evaluate {tasks}/{tasks} tasks" in output
+    lines = output.replace("\r\n", "\n").split("\n")
+    summaries = [line for line in lines if "INFO    round " in line]
+    assert len(summaries) == num_rounds
+    for summary in summaries:  # what the terminal shows: what follows the last clearing
+        shown = summary.rsplit("\r\x1b[K", 1)[-1]
+        assert "INFO    round " in shown and "tasks" not in shown
 
 
 def test_pollen_simulation_on_a_terminal_shows_the_live_line_then_each_summary(
-    tmp_path: Path, terminal: tuple[int, int]
+    tmp_path: Path,
 ) -> None:
-    parent, child = terminal
     server, client = write_tiny_apps(tmp_path)
     command = [sys.executable, "-m", "pollen", "simulation"]
     command += ["--server-app", server, "--client-app", client, "--num-supernodes", "4"]
     command += ["--app-dir", str(tmp_path), "--output-dir", str(tmp_path / "runs")]
-    process = subprocess.Popen(
-        command,
-        stdin=child,
-        stdout=child,
-        stderr=child,
-        env={**os.environ, "TERM": "xterm"},
-    )
-    os.close(child)
-    try:
-        output = read_until_closed(parent, timeout=120)
-        assert process.wait(timeout=30) == 0, output
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
-    assert "\rround 1/2 fit 0/4 tasks" in output
-    assert "\rround 2/2 evaluate 4/4 tasks" in output
-    lines = output.replace("\r\n", "\n").split("\n")
-    summaries = [line for line in lines if "INFO    round " in line]
-    assert len(summaries) == 2
-    for summary in summaries:  # what the terminal shows: what follows the last clearing
-        shown = summary.rsplit("\r\x1b[K", 1)[-1]
-        assert "INFO    round " in shown and "tasks" not in shown
+    output = run_on_a_terminal(command)
+
+    assert_live_lines_then_clean_summaries(output, num_rounds=2, tasks=4)
+
+
+def test_pollen_serverapp_on_a_terminal_shows_the_live_line_then_each_summary(
+    tmp_path: Path,
+) -> None:
+    federation = LocalFederation(tmp_path / "fed")
+    federation.start_superlink()
+    try:
+        for _ in range(2):
+            federation.start_supernode("numpy_apps:app", APPS_DIR)
+        command = federation.serverapp_command("numpy_apps:two_rounds_both_nodes", APPS_DIR)
+
+        output = run_on_a_terminal(command)
+    finally:
+        federation.stop()
+
+    assert_live_lines_then_clean_summaries(output, num_rounds=2, tasks=2)
