@@ -249,7 +249,11 @@ def test_the_command_runs_on_the_process_pool(tmp_path: Path) -> None:
     np.testing.assert_allclose(final, [2 * 2.0 * weighted_step(4)] * 2, rtol=1e-6)
 
 
-def test_ctrl_c_stops_the_command_within_2_s_and_leaves_no_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["in-process", POOL])
+def test_ctrl_c_stops_the_command_within_2_s_and_leaves_no_worker(
+    tmp_path: Path, backend: str
+) -> None:
+    # in-process: a ClientApp thread still in its fit once held the process open for 60 s
     pids = tmp_path / "pids"
     pids.mkdir()
     server, _ = write_apps(tmp_path)
@@ -281,7 +285,7 @@ def test_ctrl_c_stops_the_command_within_2_s_and_leaves_no_worker(tmp_path: Path
         "--num-supernodes",
         "4",
         "--backend",
-        POOL,
+        backend,
         "--app-dir",
         str(tmp_path),
         "--output-dir",

@@ -9,6 +9,8 @@ gRPC: the round loop, strategies, checkpoints and outputs run unchanged on it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,12 +18,14 @@ from dataclasses import dataclass, field
 from pollen.client.client_app import ClientApp
 from pollen.client.message_execution import execute
 from pollen.errors import CallRefused
-from pollen.records.arrays import ArrayBytes, decode_arrays
+from pollen.records.arrays import ArrayBytes, Layout, decode_arrays, read_specs
 from pollen.records.content_address import DIGEST_HEX_LENGTH, content_digest
 from pollen.records.context import Context
 from pollen.records.messages import BlobRef, Message
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.server.grid import Grid
+from pollen.simulation.daemon_threads import DaemonThreadPool
+from pollen.simulation.resources import available_cpus
 
 NodeConfigFn = Callable[[int, int], UserConfig]
 """``(partition_id, num_partitions)`` → a virtual node's ``node_config``."""
@@ -59,13 +63,20 @@ class InProcessGrid(Grid):
     ``node_config(i, num_nodes)`` (by default its partition: `partition_config`)."""
 
     def __init__(
-        self, app: ClientApp, num_nodes: int, node_config: NodeConfigFn = partition_config
+        self,
+        app: ClientApp,
+        num_nodes: int,
+        node_config: NodeConfigFn = partition_config,
+        threads: int | None = None,
     ) -> None:
         self.app = app
+        self._thread_count = threads or available_cpus()
+        self._worker_threads: DaemonThreadPool | None = None
         self.superlink_id = f"in-process-{secrets.token_hex(4)}"
         self._nodes = {i + 1: _Node(i + 1, node_config(i, num_nodes)) for i in range(num_nodes)}
         self._runs: dict[int, _Run] = {}
         self._blobs: dict[str, bytes] = {}
+        self._layouts: dict[str, Layout] = {}
         self._holds: dict[str, set[int]] = {}
         self._deliveries: set[asyncio.Task[None]] = set()
 
@@ -152,8 +163,17 @@ class InProcessGrid(Grid):
         self._answer(run, reply)
 
     async def _execute_off_loop(self, node: _Node, run: _Run, message: Message) -> Message:
-        """`_execute` in a thread of the event loop's default executor."""
-        return await asyncio.to_thread(self._execute, node, run, message)
+        """`_execute` in one of this grid's worker threads (daemons: a stopped
+        simulation does not wait for a ClientApp still running)."""
+        if self._worker_threads is None:
+            self._worker_threads = DaemonThreadPool(self._thread_count)
+        call = functools.partial(contextvars.copy_context().run, self._execute, node, run, message)
+        return await asyncio.get_running_loop().run_in_executor(self._worker_threads, call)
+
+    def close(self) -> None:
+        """Stop the worker threads; a message still running is abandoned."""
+        if self._worker_threads is not None:
+            self._worker_threads.shutdown(wait=False)
 
     @staticmethod
     def _context(node: _Node, run: _Run, run_id: int) -> Context:
@@ -169,8 +189,7 @@ class InProcessGrid(Grid):
         context = self._context(node, run, message.run_id)
         try:
             arrays = {
-                name: decode_arrays(bytearray(self._blobs[ref.digest]))  # the app's own copy
-                for name, ref in message.content.arrays.items()
+                name: self._decode(ref.digest) for name, ref in message.content.arrays.items()
             }
         except KeyError as exc:
             return message.reply(error=f"blob {str(exc)[:14]} is not stored")
@@ -225,6 +244,7 @@ class InProcessGrid(Grid):
             if not runs:
                 self._holds.pop(digest, None)
                 self._blobs.pop(digest, None)
+                self._layouts.pop(digest, None)
 
     async def upload_arrays(self, arrays: NDArrays, run_id: int = 0) -> BlobRef:
         """Content-addressed, as on a SuperLink: a checkpoint names the model by its digest."""
@@ -232,10 +252,19 @@ class InProcessGrid(Grid):
         return self._keep(content_digest(data), data, run_id)
 
     async def download_arrays(self, ref: BlobRef) -> NDArrays:
-        blob = self._blobs.get(ref.digest)
-        if blob is None:
-            raise _refused("not_found", f"blob {ref.digest[:12]} is not stored")
-        return decode_arrays(bytearray(blob))
+        try:
+            return self._decode(ref.digest)
+        except KeyError:
+            raise _refused("not_found", f"blob {ref.digest[:12]} is not stored") from None
+
+    def _decode(self, name: str) -> NDArrays:
+        """A copy of blob ``name``'s arrays that the caller may change; its header is parsed
+        once per blob (a model goes to every node of a round). KeyError: not stored."""
+        blob = self._blobs[name]
+        layout = self._layouts.get(name)
+        if layout is None:
+            layout = self._layouts[name] = read_specs(blob)
+        return decode_arrays(bytearray(blob), layout)
 
     async def release_blobs(self, run_id: int, refs: Sequence[BlobRef]) -> None:
         self._release(run_id, [ref.digest for ref in refs])

@@ -283,6 +283,7 @@ class ProcessPoolGrid(SharedBlobGrid[Path]):
         """End the workers and remove every blob from shared memory."""
         self.pool.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
+        super().close()
         self._withdraw_all()
         for path in self.shared_files():
             path.unlink(missing_ok=True)

@@ -205,6 +205,7 @@ class RayGrid(SharedBlobGrid[Any]):
     def close(self) -> None:
         """End every actor, free the shared blobs, and shut down a Ray this grid started."""
         self.closed = True
+        super().close()
         for actor in self._actors:
             self._ray.kill(actor)
         self._actors.clear()

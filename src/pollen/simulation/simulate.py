@@ -101,8 +101,7 @@ async def simulate(
     try:
         return await run_on_grid(server_app, config, grid, stop)
     finally:  # cancelled or not: no worker and no shared blob outlives the run
-        if isinstance(grid, ProcessPoolGrid | RayGrid):
-            grid.close()
+        grid.close()
 
 
 def _grid(
@@ -117,7 +116,8 @@ def _grid(
     if backend_name == RAY:
         init_args = settings.get("init_args", {})
         return RayGrid(client_app, num_supernodes, resources=resources, init_args=init_args)
-    return InProcessGrid(client_app, num_supernodes)
+    threads = resources.concurrency(available_cpus(), len(visible_gpus()), num_supernodes)
+    return InProcessGrid(client_app, num_supernodes, threads=threads)
 
 
 def run_simulation(
