@@ -36,13 +36,18 @@ from pollen.simulation.simulate import DEFAULT_OUTPUT_DIR, check_num_supernodes,
     show_default=True,
     help=(
         f"What runs the virtual nodes: {', '.join(BACKENDS)} (threads of this process, "
-        "or forked worker processes: available CPUs / client_resources.num_cpus)."
+        "forked worker processes, or Ray actors: pip install 'pollen[ray]'; a local Ray "
+        "or the cluster at RAY_ADDRESS)."
     ),
 )
 @click.option(
     "--backend-config",
     default="",
-    help='JSON, e.g. \'{"client_resources": {"num_cpus": 1, "num_gpus": 0}}\'.',
+    help=(
+        'JSON, e.g. \'{"client_resources": {"num_cpus": 1, "num_gpus": 0.25}}\': what each '
+        "virtual node in flight holds (CPUs/num_cpus and GPUs/num_gpus run at once); "
+        "for ray also init_args, passed to ray.init."
+    ),
 )
 @click.option("--run-config", default="", help="key=value,... given to every ClientApp.")
 @click.option(
