@@ -152,6 +152,18 @@ def test_decode_accepts_bytes_bytearray_and_memoryview() -> None:
         assert_same_arrays(decode_arrays(buffer), arrays)
 
 
+def test_a_layout_read_once_decodes_every_copy_of_the_blob() -> None:
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array(7, dtype=np.int64)]
+    blob = bytes(encode_arrays(arrays))
+    layout = read_specs(blob)
+
+    first, second = decode_arrays(bytearray(blob), layout), decode_arrays(bytearray(blob), layout)
+    first[0][0, 0] = 9.0
+
+    assert_same_arrays(second, arrays)  # each copy its own memory
+    assert float(first[0][0, 0]) == 9.0
+
+
 def test_arrays_decoded_from_a_bytearray_are_writable_views() -> None:
     blob = encode_arrays([np.zeros(4, np.float32)])
 

@@ -151,7 +151,11 @@ class ArrayBytes:
         return out
 
 
-def read_specs(buffer: Buffer) -> tuple[int, list[ArraySpec]]:
+Layout = tuple[int, list[ArraySpec]]
+"""Where a flat buffer's data starts and each array's spec: what `read_specs` returns."""
+
+
+def read_specs(buffer: Buffer) -> Layout:
     """Parse and check the header of a flat buffer; return (data start, specs)."""
     view = memoryview(buffer)
     if len(view) < _LEN.size:
@@ -194,12 +198,14 @@ def _check_spec(index: int, spec: ArraySpec, data_size: int) -> None:
         raise RecordError(f"array {index} lies outside the blob")
 
 
-def decode_arrays(buffer: Buffer) -> list[npt.NDArray[np.generic]]:
+def decode_arrays(buffer: Buffer, layout: Layout | None = None) -> list[npt.NDArray[np.generic]]:
     """Arrays of a flat buffer, as views over it (no copy).
 
-    Arrays are writable when ``buffer`` is a writable ``bytearray``.
+    Arrays are writable when ``buffer`` is a writable ``bytearray``. ``layout``: what
+    `read_specs` returned for these same bytes, so that a blob decoded many times (a model
+    sent to many virtual nodes) has its header parsed and checked once.
     """
-    start, specs = read_specs(buffer)
+    start, specs = layout or read_specs(buffer)
     arrays: list[npt.NDArray[np.generic]] = []
     for spec in specs:
         dtype = np.dtype(spec.dtype)
