@@ -95,8 +95,11 @@ def test_the_round_loop_reports_each_phases_tasks_as_they_finish(tmp_path: Path)
     ends = [e[1:] for e in progress.events if e[0] == "ended"]
     assert ends == [(4, 1), (5, 0), (4, 1), (5, 0)]  # node 0's fit fails each round
     first_fit = progress.events[1 : progress.events.index(("ended", 4, 1))]
-    oks = [ok for _, ok, _ in first_fit]
-    assert oks == [1, 2, 3, 4]  # one report per result, counted as it arrives
+    assert len(first_fit) == 5  # one report per reply, the error reply's too
+    assert first_fit[-1] == ("finished", 4, 1)
+    # the failure is told when its error reply arrives, not with the next result
+    failed_at = next(i for i, (_, _, failed) in enumerate(first_fit) if failed == 1)
+    assert first_fit[failed_at][1] == (first_fit[failed_at - 1][1] if failed_at else 0)
     assert all(ok + failed <= 5 for _, ok, failed in first_fit)
 
 

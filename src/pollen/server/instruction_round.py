@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from pollen.errors import RunError
 from pollen.records import fit_evaluate
@@ -53,8 +53,10 @@ class InstructionRound:
         chosen: Sequence[tuple[int, Config]],
         failures: list[str],
         models: dict[int, BlobRef] | None = None,
+        failed: Callable[[], None] = lambda: None,
     ) -> AsyncIterator[Message]:
-        """``models``: nodes that start from a model of their own instead of ``model``."""
+        """``models``: nodes that start from a model of their own instead of ``model``;
+        ``failed`` is called after each error reply joins ``failures``."""
         own = models or {}
         messages = [
             Message(
@@ -75,6 +77,7 @@ class InstructionRound:
                         yield reply
                     else:
                         failures.append(f"node {reply.node_id}: {reply.error}")
+                        failed()
         except TimeoutError:
             failures.extend(
                 f"node {node}: no result within round_timeout={self.timeout:g} s"

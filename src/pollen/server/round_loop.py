@@ -22,7 +22,13 @@ from pollen.server.global_model import GlobalModel
 from pollen.server.grid import Grid
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.instruction_round import InstructionRound, wait_for_nodes
-from pollen.server.round_progress import NO_PROGRESS, Phase, RoundProgress, reporting
+from pollen.server.round_progress import (
+    NO_PROGRESS,
+    Phase,
+    RoundProgress,
+    counts_told,
+    reporting,
+)
 from pollen.server.server_app import ServerApp
 from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
 from pollen.server.strategy.strategy import Strategy, round_model
@@ -202,11 +208,14 @@ class RoundLoop:
         ref, chosen, own = sending
         failures = record.fit_failures
         results: list[BlobRef] = []
-        replies = self.round.run(TRAIN, ref, chosen, failures, own)
+
+        def fit_results() -> int:
+            return record.fit_results
+
+        told = counts_told(self.progress, fit_results, failures)
+        replies = self.round.run(TRAIN, ref, chosen, failures, own, told)
         phase = Phase(server_round, self.app.config.num_rounds, "fit", len(chosen))
-        async for reply in reporting(
-            self.progress, phase, replies, lambda: record.fit_results, failures
-        ):
+        async for reply in reporting(self.progress, phase, replies, fit_results, failures):
             results.extend(reply.content.blobs())
             try:
                 await self._take(reply, take, record)
@@ -268,7 +277,8 @@ class RoundLoop:
             own = await self._own_models(instructions)
             results: list[tuple[int, EvaluateRes]] = []
             failures = record.evaluate_failures
-            replies = self.round.run(EVALUATE, ref, chosen, failures, own)
+            told = counts_told(self.progress, results.__len__, failures)
+            replies = self.round.run(EVALUATE, ref, chosen, failures, own, told)
             phase = Phase(server_round, self.app.config.num_rounds, "evaluate", len(chosen))
             async for reply in reporting(self.progress, phase, replies, results.__len__, failures):
                 try:

@@ -45,6 +45,14 @@ class RoundProgress:
 NO_PROGRESS = RoundProgress()
 
 
+def counts_told(
+    progress: RoundProgress, ok: Callable[[], int], failures: list[str]
+) -> Callable[[], None]:
+    """What tells ``progress`` the counts now; an `InstructionRound` calls it when an
+    error reply fails a task, which `reporting` does not see."""
+    return lambda: progress.tasks_finished(ok(), len(failures))
+
+
 async def reporting(
     progress: RoundProgress,
     phase: Phase,
