@@ -31,7 +31,6 @@ end of round 1 of the first workload (100 nodes, 10 per round).
 from __future__ import annotations
 
 import argparse
-import functools
 import itertools
 import json
 import os
@@ -40,11 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -53,10 +51,8 @@ sys.path.insert(0, str(HERE / "apps"))
 from peers.process_tree import PeakRssSampler  # noqa: E402
 
 if TYPE_CHECKING:
-    from pollen import ClientApp
-    from pollen.records.typing import Config, NDArrays
+    from pollen.records.typing import Metrics
 
-T = TypeVar("T")
 EXAMPLE = HERE.parent / "examples" / "quickstart-pytorch"
 MB = 1_000_000
 FLOWER_RECORDED = "recorded in the issue, not measured in this run"
@@ -148,21 +144,22 @@ Span = tuple[float, float]
 
 
 class Spans:
-    """``(start, end)`` of every call of the functions wrapped, from any thread."""
+    """``(start, end)`` of each node's training, and of each node's ClientApp (``client_fn``
+    and fit), from the metrics of the fit results (``apps/timed_quickstart.py``)."""
 
     def __init__(self) -> None:
-        self.spans: list[Span] = []
+        self.fits: list[Span] = []
+        self.apps: list[Span] = []
 
-    def wrap(self, function: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(function)
-        def timed(*args: object, **kwargs: object) -> T:
-            start = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.spans.append((start, time.perf_counter()))  # list.append: thread-safe
+    def collect(self, results: list[tuple[int, Metrics]]) -> Metrics:
+        """FedAvg's ``fit_metrics_aggregation_fn``: keeps the spans, aggregates nothing."""
+        from timed_quickstart import SPAN_KEYS
 
-        return timed
+        for _, metrics in results:
+            app_start, fit_start, fit_end = (float(metrics[k]) for k in SPAN_KEYS)  # type: ignore[arg-type]
+            self.fits.append((fit_start, fit_end))
+            self.apps.append((app_start, fit_end))
+        return {}
 
 
 def covered(spans: list[Span], start: float, end: float) -> float:
@@ -184,21 +181,6 @@ def outside(stamps: list[float], spans: list[Span]) -> list[float]:
     ]
 
 
-def cnn_client(fits: Spans, apps: Spans) -> tuple[ClientApp, NDArrays, Callable[[int], Config]]:
-    """The quickstart's ClientApp (examples/quickstart-pytorch, imported, not copied), its
-    ``client_fn`` timed into ``apps`` and its ``NumPyClient.fit`` into ``fits``; the initial
-    model and the fit config (2 local epochs) of its ServerApp."""
-    from pollen import ClientApp
-
-    sys.path.insert(0, str(EXAMPLE))
-    import client  # the example's client.py
-    import task
-
-    client.DigitsClient.fit = fits.wrap(client.DigitsClient.fit)  # in this process only
-    app = ClientApp(client_fn=apps.wrap(client.client_fn))
-    return app, task.get_weights(task.new_model()), lambda server_round: {"local-epochs": 2}
-
-
 def child(workload: Workload, backend: str, out: Path) -> None:
     """Run one workload in this process; write the per-round times to ``out``."""
     from noop_client import app as noop_app
@@ -207,15 +189,19 @@ def child(workload: Workload, backend: str, out: Path) -> None:
     from pollen.simulation import run_simulation
 
     stamps: list[float] = []
-    fits, apps = Spans(), Spans()
+    spans = Spans()
 
     def clock(server_round: int, parameters: object, config: object) -> None:
         stamps.append(time.perf_counter())
 
     if workload.app == "cnn":
-        client_app, model, fit_config = cnn_client(fits, apps)
+        import timed_quickstart as cnn
+
+        client_app, model, fit_config = cnn.app, cnn.initial_model(), cnn.fit_config
+        aggregate_fit_metrics = spans.collect
     else:
         client_app, model, fit_config = noop_app, build_model(workload.model_bytes), None
+        aggregate_fit_metrics = None
     app = ServerApp(
         config=ServerConfig(num_rounds=workload.rounds, seed=1),
         strategy=FedAvg(
@@ -225,6 +211,7 @@ def child(workload: Workload, backend: str, out: Path) -> None:
             min_available_clients=workload.nodes,
             initial_parameters=model,  # type: ignore[arg-type]
             on_fit_config_fn=fit_config,  # type: ignore[arg-type]
+            fit_metrics_aggregation_fn=aggregate_fit_metrics,
             evaluate_fn=clock,  # type: ignore[arg-type]
         ),
     )
@@ -241,8 +228,8 @@ def child(workload: Workload, backend: str, out: Path) -> None:
                 "round_seconds": gaps or [r.seconds for r in outcome.history.rounds],
                 "wall": wall,
                 "fit_nodes": [len(r.fit_nodes) for r in outcome.history.rounds],
-                "outside_training": outside(stamps, fits.spans),
-                "outside_app": outside(stamps, fits.spans + apps.spans),
+                "outside_training": outside(stamps, spans.fits),
+                "outside_app": outside(stamps, spans.fits + spans.apps),
             }
         )
     )
