@@ -14,16 +14,29 @@ or, for a one-round run, the round's own ``seconds``.
 Workloads (issue 16): tiny model (4x2 and 2 float32), 100 nodes, fraction 0.1, 50 rounds;
 tiny model, 1000 nodes, every node, 4 rounds; a 4 MB model (4 float32 arrays of random
 values), 100 nodes, every node, 4 rounds; tiny model, 10 000 nodes, fraction 0.01, one
-round (peak RSS). Start-up: ``pollen simulation`` (``apps/noop_server.py``, 2 nodes) run
+round (peak RSS); the quickstart's CNN on scikit-learn's digits (below). Start-up:
+``pollen simulation`` (``apps/noop_server.py``, 2 nodes) run
 as a subprocess; the figure is from just before the subprocess starts to the end of
 round 1 (``started_at`` + ``seconds`` in its ``metrics.json``): Flower's engine starts
 its nodes during round 1, so the start of round 1 would leave that out.
+
+The CNN workload (``cnn100``): ``examples/quickstart-pytorch``'s ClientApp (its own
+client.py and task.py, imported by ``apps/timed_quickstart.py``), 100 nodes, fraction
+0.1, 2 local epochs (the example's fit config), 20 rounds, FedAvg without federated
+evaluation. Each fit result reports when its node's ``client_fn`` started and when its
+``NumPyClient.fit`` started and ended. Per round, **outside training** is the round's wall
+minus the wall during which at least one node's fit was running, and **outside the
+ClientApp** the same with ``client_fn`` counted as running too (the example builds a
+model and a DataLoader for every message, as Flower's ``client_fn`` does); the figures
+are medians over rounds 2..N, the share is outside / round of each round.
 
 ``--peer flower`` runs the same workloads on Flower 1.42's simulation engine
 (``flwr.simulation.run_simulation``, Ray) in its own venv (``peers/flower_simulation.py``,
 venv from ``peers.flower.ensure_flower_simulation_venv``), timed the same way, and
 prints both and the ratio; Flower's start-up is from the start of its process to the
-end of round 1 of the first workload (100 nodes, 10 per round).
+end of round 1 of the first workload (100 nodes, 10 per round). Its CNN ClientApp runs
+the example's task.py the way the example's client does, reporting its spans in its
+metrics; PyTorch and scikit-learn are borrowed from Pollen's venv (`borrowed_packages`).
 
     .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool] [--peer flower]
 """
