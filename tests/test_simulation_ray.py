@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -309,3 +310,16 @@ def test_the_command_joins_a_running_cluster_at_ray_address(tmp_path: Path) -> N
     finally:
         stop_ray_head(head, folder)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_client_app_the_workers_cannot_load_is_refused_before_any_round(
+    local_ray: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = write_apps(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(client.split(":")[0])
+    (tmp_path / f"{module.__name__}.py").unlink()  # importable here, not on the workers
+    with pytest.raises(ConfigurationError, match=r"could not load the ClientApp \(ModuleNotFound"):
+        run_simulation(server_app(1), module.app, 2, backend_name=RAY, output_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+    assert ray.is_initialized()  # the caller's Ray stays up

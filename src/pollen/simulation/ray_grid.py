@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,19 @@ from pollen.simulation.resources import ClientResources, available_cpus
 from pollen.simulation.shared_blobs import SharedBlobGrid
 
 _DIED = "worker process died"
+_READY_SECONDS = 120
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = _ANSI.sub("", str(exc)).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _last_line(exc: BaseException) -> str:
+    """The exception at the end of a Ray error's remote traceback."""
+    lines = [line for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else type(exc).__name__
 
 
 def import_ray() -> Any:
@@ -65,6 +79,10 @@ class NodeRunner:
 
         sys.path.extend(path for path in sys_path if path not in sys.path)
         self.app: ClientApp = ray.cloudpickle.loads(app)
+
+    def ready(self) -> bool:
+        """True once the ClientApp is loaded (a call Ray answers after ``__init__``)."""
+        return True
 
     def run(
         self, message: Message, context: Context, names: list[str], *blobs: np.ndarray[Any, Any]
@@ -141,10 +159,34 @@ class RayGrid(SharedBlobGrid[Any]):
         self._actor_class = ray.remote(NodeRunner).options(
             num_cpus=resources.num_cpus, num_gpus=resources.num_gpus
         )
-        self._app_bytes = ray.cloudpickle.dumps(app)
+        try:
+            self._app_bytes = ray.cloudpickle.dumps(app)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"--backend ray: the ClientApp cannot be sent to Ray's workers ({exc}); make "
+                "what it holds picklable, or use the in-process or process-pool backend"
+            ) from None
         self._actors = [self._new_actor() for _ in range(self.size)]
         self._idle: asyncio.Queue[Any] | None = None
         self.closed = False
+        self._check_loads(self._actors[0])
+
+    def _check_loads(self, actor: Any) -> None:
+        """ConfigurationError when a worker cannot load the ClientApp (its module is not
+        importable there, say): every task would fail the same way."""
+        try:
+            self._ray.get(actor.ready.remote(), timeout=_READY_SECONDS)
+        except self._ray.exceptions.GetTimeoutError:
+            raise ConfigurationError(
+                f"--backend ray: no Ray worker started within {_READY_SECONDS} s; check that the "
+                "cluster has the CPUs and GPUs client_resources asks for free"
+            ) from None
+        except self._ray.exceptions.RayError as exc:
+            raise ConfigurationError(
+                f"--backend ray: a Ray worker could not load the ClientApp ({_last_line(exc)}); "
+                "install the app's code on the cluster or ship it with "
+                'init_args={"runtime_env": {"working_dir": "."}}'
+            ) from None
 
     def _new_actor(self) -> Any:
         return self._actor_class.remote(self._app_bytes, list(sys.path))
@@ -199,8 +241,7 @@ class RayGrid(SharedBlobGrid[Any]):
         fresh = self._new_actor()
         self._actors.append(fresh)
         self._back_to_idle(fresh)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"{_DIED} ({reason[:200]})"
+        return f"{_DIED} ({_first_line(exc)})"
 
     def close(self) -> None:
         """End every actor, free the shared blobs, and shut down a Ray this grid started."""
