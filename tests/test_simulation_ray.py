@@ -54,6 +54,16 @@ def ray_processes(marker: str) -> list[str]:
     return found
 
 
+def ray_simulation(tmp_path: Path, server: str, client: str, *extra: str) -> list[str]:
+    """``pollen simulation`` arguments for ``--backend ray``, outputs under tmp_path/runs."""
+    return ["simulation", "--server-app", server, "--client-app", client,
+            "--app-dir", str(tmp_path), "--backend", RAY,
+            "--output-dir", str(tmp_path / "runs"), *extra]  # fmt: skip
+
+
+POLLEN = [sys.executable, "-m", "pollen"]
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[str]:
     """One local Ray of 2 CPUs for this module, in a temp folder of its own (a short
@@ -143,24 +153,10 @@ def test_the_command_starts_a_local_ray_and_leaves_no_process_behind(tmp_path: P
     try:
         done = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "pollen",
-                "simulation",
-                "--server-app",
-                server,
-                "--client-app",
-                client,
-                "--num-supernodes",
-                "4",
-                "--app-dir",
-                str(tmp_path),
-                "--backend",
-                RAY,
-                "--backend-config",
-                config,
-                "--output-dir",
-                str(tmp_path / "runs"),
+                *POLLEN,
+                *ray_simulation(
+                    tmp_path, server, client, "--num-supernodes", "4", "--backend-config", config
+                ),
             ],
             capture_output=True,
             text=True,
@@ -181,20 +177,7 @@ def test_without_ray_installed_the_backend_names_the_extra(
     server, client = write_apps(tmp_path)
     monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
     result = CliRunner().invoke(
-        cli,
-        [
-            "simulation",
-            "--server-app",
-            server,
-            "--client-app",
-            client,
-            "--num-supernodes",
-            "2",
-            "--app-dir",
-            str(tmp_path),
-            "--backend",
-            RAY,
-        ],
+        cli, ray_simulation(tmp_path, server, client, "--num-supernodes", "2")
     )
     assert result.exit_code == 2
     assert "pip install 'pollen[ray]'" in result.output
@@ -216,10 +199,8 @@ def test_ctrl_c_stops_a_ray_simulation_within_2_s_and_leaves_no_process(tmp_path
     )
     folder = tempfile.mkdtemp(prefix="pray", dir="/tmp")
     config = json.dumps({"init_args": {"num_cpus": 2, "_temp_dir": folder}})
-    command = [sys.executable, "-m", "pollen", "simulation", "--server-app", server,
-               "--client-app", "slow_ray_client:app", "--num-supernodes", "4",
-               "--backend", RAY, "--backend-config", config, "--app-dir", str(tmp_path),
-               "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    args = ray_simulation(tmp_path, server, "slow_ray_client:app", "--backend-config", config)
+    command = [*POLLEN, *args, "--num-supernodes", "4"]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -297,9 +278,7 @@ def test_the_command_joins_a_running_cluster_at_ray_address(tmp_path: Path) -> N
     head, address = start_ray_head(folder)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "pollen", "simulation", "--server-app", server,
-             "--client-app", client, "--num-supernodes", "4", "--app-dir", str(tmp_path),
-             "--backend", RAY, "--output-dir", str(tmp_path / "runs")],
+            [*POLLEN, *ray_simulation(tmp_path, server, client, "--num-supernodes", "4")],
             capture_output=True, text=True, timeout=90, cwd=tmp_path,
             env={**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"},
         )  # fmt: skip
