@@ -1,4 +1,5 @@
-"""A database an earlier Pollen wrote (schema 1: tasks and results) is migrated at start.
+"""A database an earlier Pollen wrote (schema 1: tasks and results; schema 2: messages,
+before runs' round reports) is migrated at start.
 
 What the SuperLink knew before the upgrade it still knows after: pending work is
 still pending, answered work keeps its reply, a node may still read the blobs it
@@ -15,10 +16,13 @@ import pytest
 
 from pollen.errors import ConfigurationError
 from pollen.records import fit_evaluate
-from pollen.records.messages import EVALUATE, TRAIN, BlobRef
+from pollen.records.config_json import records_to_json
+from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Records
 from pollen.records.typing import Config
+from pollen.superlink import sqlite_schema
 from pollen.superlink.sqlite_schema import SCHEMA_VERSION
 from pollen.superlink.sqlite_state import SqliteState
+from pollen.superlink.state import RoundReport
 
 # Test data: schema 1 as Pollen wrote it (``_SCHEMA`` of sqlite_state.py with
 # SCHEMA_VERSION = 1; PRAGMA user_version=1), and the ``owner`` column it later added to ``runs``.
@@ -291,7 +295,7 @@ def test_the_migrated_database_is_of_this_schema_and_opening_it_again_changes_no
     SqliteState(old_db).close()
 
     version, tables = schema_of(old_db)
-    assert version == SCHEMA_VERSION == 2
+    assert version == SCHEMA_VERSION == 3
     assert {"messages", "message_blobs", "replies"} <= tables
     assert not {"tasks", "results"} & tables
     migrated = dump(old_db)
@@ -326,3 +330,190 @@ def test_a_migration_that_fails_part_way_leaves_the_database_as_it_was(tmp_path:
     # nothing was left open: a second start says the same, not "in use by another SuperLink"
     with pytest.raises(ConfigurationError, match="could not be migrated"):
         SqliteState(path)
+
+
+# Test data: schema 2 as Pollen wrote it (``SCHEMA`` of sqlite_schema.py with SCHEMA_VERSION = 2).
+SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    key_fingerprint TEXT UNIQUE
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    app TEXT NOT NULL,
+    run_config TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    finished_at REAL,
+    owner TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    node_id INTEGER NOT NULL,
+    message_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_node ON messages(node_id, status);
+CREATE TABLE IF NOT EXISTS message_blobs (
+    message_id TEXT NOT NULL REFERENCES messages(message_id),
+    digest TEXT NOT NULL,
+    PRIMARY KEY (message_id, digest)
+);
+CREATE INDEX IF NOT EXISTS message_blobs_by_digest ON message_blobs(digest);
+CREATE TABLE IF NOT EXISTS replies (
+    reply_to TEXT PRIMARY KEY REFERENCES messages(message_id),
+    message_id TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    node_id INTEGER NOT NULL,
+    message_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    error TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    api TEXT NOT NULL,
+    event TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS blob_holds (
+    digest TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    PRIMARY KEY (digest, run_id)
+);
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blob_uploads (
+    node_id INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (node_id, run_id, digest)
+);
+CREATE INDEX IF NOT EXISTS blob_uploads_by_digest ON blob_uploads(digest);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+PRAGMA user_version=2;
+"""
+
+
+EMPTY = records_to_json(Records())
+
+
+def write_schema_2(path: Path) -> None:
+    """A schema-2 database: a running and a failed run, a node with a done and a failed
+    task."""
+    runs = [
+        # run_id, app, run_config, status, message, created_at, finished_at, owner
+        (1, "app:main", '{"lr":0.1}', "running", "", 1.0, None, "SHA256:op"),
+        (2, "app:other", "{}", "failed", "too few nodes", 2.0, 3.0, ""),
+    ]
+    messages = [
+        ("done", 1, NODE, TRAIN, EMPTY, "answered", 4.0),
+        ("broke", 1, NODE, TRAIN, EMPTY, "answered", 5.0),
+    ]
+    replies = [
+        ("done", "r1", 1, NODE, TRAIN, EMPTY, "", 4.5),
+        ("broke", "r2", 1, NODE, TRAIN, EMPTY, FAILURE, 5.5),
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(SCHEMA_2)
+        db.execute("INSERT INTO meta VALUES ('superlink_id', ?)", (SUPERLINK_ID,))
+        db.executemany("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", runs)
+        db.execute("INSERT INTO nodes VALUES (?, 'offline', 1.0, 6.0, 'SHA256:node')", (NODE,))
+        db.executemany("INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)", messages)
+        db.executemany("INSERT INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?)", replies)
+
+
+def test_a_schema_2_database_gains_the_round_reports_and_answers_the_same(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "superlink.db"
+    write_schema_2(path)
+    assert schema_of(path)[0] == 2
+
+    state = SqliteState(path)
+    try:
+        running = state.get_run(1)
+        assert running is not None
+        assert (running.app, running.run_config, running.status) == (
+            "app:main",
+            {"lr": 0.1},
+            "running",
+        )
+        assert state.run_owner(1) == "SHA256:op"
+        [done] = state.get_replies(["done"])
+        assert done.ok and done.created_at == 4.5
+        # the runs as pollen runs ls lists them: nothing reported yet
+        runs = state.list_runs()
+        assert [(r.run_id, r.status, r.rounds_done, r.num_rounds) for r in runs] == [
+            (1, "running", 0, 0),
+            (2, "failed", 0, 0),
+        ]
+        assert [r.run_id for r in state.list_runs(owner="SHA256:op")] == [1]
+        # each earlier run's log says what the earlier Pollen knew of it
+        assert [line.text for line in state.run_log(1)] == ["run 1 created (app:main)"]
+        assert [(line.at, line.text) for line in state.run_log(2)] == [
+            (2.0, "run 2 created (app:other)"),
+            (3.0, "run 2 failed: too few nodes"),
+        ]
+        [node] = state.node_summaries()
+        assert (node.fingerprint, node.status, node.tasks_done, node.tasks_failed) == (
+            "SHA256:node",
+            "offline",
+            1,
+            1,
+        )
+        # the migrated run takes reports
+        state.set_run_plan(1, 3, "/runs/1")
+        state.report_round(1, RoundReport(1, '{"round": 1}', 7.0), "round 1/3")
+        details = state.run_details(1)
+        assert details is not None
+        assert (details.output_dir, details.summary.rounds_done) == ("/runs/1", 1)
+    finally:
+        state.close()
+
+    version, tables = schema_of(path)
+    assert version == SCHEMA_VERSION
+    assert {"run_rounds", "run_log"} <= tables
+    migrated = dump(path)
+    SqliteState(path).close()
+    assert dump(path) == migrated  # opening it again changes nothing
+
+
+def test_a_migration_from_schema_2_that_fails_leaves_the_database_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "superlink.db"
+    write_schema_2(path)
+    before = dump(path)
+
+    def fail_at_the_second_run(run_id: int, app: str) -> str:
+        if run_id == 2:
+            raise ValueError("a run it cannot take")
+        return f"run {run_id} created"
+
+    # part way: columns added, tables created, the first run's line written
+    monkeypatch.setattr(sqlite_schema, "created_line", fail_at_the_second_run)
+
+    with pytest.raises(ConfigurationError, match="could not be migrated from schema 2") as info:
+        SqliteState(path)
+
+    assert "\n" not in str(info.value)
+    assert dump(path) == before
+    assert schema_of(path)[0] == 2

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from pollen.proto import common_pb2 as pollen_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"6\n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x14\n\x0csuperlink_id\x18\x02 \x01(\t\"S\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x19\n\x11\x63heckpoint_digest\x18\x02 \x01(\t\x12\x14\n\x0csuperlink_id\x18\x03 \x01(\t\"&\n\x0eResumeRunReply\x12\x14\n\x0csuperlink_id\x18\x01 \x01(\t\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"K\n\x13PushMessagesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.pollen.v1.Message\"(\n\x11PushMessagesReply\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\";\n\x14StreamRepliesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"Y\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ckeep_digests\x18\x04 \x03(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"A\n\x10PruneRunsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\x12\x11\n\tabandoned\x18\x02 \x01(\x08\"8\n\x0ePruneRunsReply\x12\x0f\n\x07run_ids\x18\x01 \x03(\x04\x12\x15\n\rblobs_deleted\x18\x02 \x01(\r2\xc4\x05\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12\x43\n\tResumeRun\x12\x1b.pollen.v1.ResumeRunRequest\x1a\x19.pollen.v1.ResumeRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12L\n\x0cPushMessages\x12\x1e.pollen.v1.PushMessagesRequest\x1a\x1c.pollen.v1.PushMessagesReply\x12\x46\n\rStreamReplies\x12\x1f.pollen.v1.StreamRepliesRequest\x1a\x12.pollen.v1.Message0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tPruneRuns\x12\x1b.pollen.v1.PruneRunsRequest\x1a\x19.pollen.v1.PruneRunsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19pollen/proto/driver.proto\x12\tpollen.v1\x1a\x19pollen/proto/common.proto\"\xa4\x01\n\x10\x43reateRunRequest\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12>\n\nrun_config\x18\x02 \x03(\x0b\x32*.pollen.v1.CreateRunRequest.RunConfigEntry\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"6\n\x0e\x43reateRunReply\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x14\n\x0csuperlink_id\x18\x02 \x01(\t\"S\n\x10ResumeRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x19\n\x11\x63heckpoint_digest\x18\x02 \x01(\t\x12\x14\n\x0csuperlink_id\x18\x03 \x01(\t\"&\n\x0eResumeRunReply\x12\x14\n\x0csuperlink_id\x18\x01 \x01(\t\"!\n\x0fGetNodesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\rGetNodesReply\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"K\n\x13PushMessagesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12$\n\x08messages\x18\x02 \x03(\x0b\x32\x12.pollen.v1.Message\"(\n\x11PushMessagesReply\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\";\n\x14StreamRepliesRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\"Y\n\x10\x46inishRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0ckeep_digests\x18\x04 \x03(\t\"\x10\n\x0e\x46inishRunReply\"6\n\x13ReleaseBlobsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x64igests\x18\x02 \x03(\t\"$\n\x11ReleaseBlobsReply\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"A\n\x10PruneRunsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\x12\x11\n\tabandoned\x18\x02 \x01(\x08\"8\n\x0ePruneRunsReply\x12\x0f\n\x07run_ids\x18\x01 \x03(\x04\x12\x15\n\rblobs_deleted\x18\x02 \x01(\r\"\x81\x01\n\x12ReportRoundRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\r\x12\x13\n\x0brecord_json\x18\x03 \x01(\t\x12\x12\n\nnum_rounds\x18\x04 \x01(\r\x12\x12\n\noutput_dir\x18\x05 \x01(\t\x12\x0f\n\x07summary\x18\x06 \x01(\t\"\x12\n\x10ReportRoundReply\"\xab\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0b\n\x03\x61pp\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x12\n\ncreated_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\x12\x13\n\x0brounds_done\x18\x07 \x01(\r\x12\x12\n\nnum_rounds\x18\x08 \x01(\r\x12\x0f\n\x07message\x18\t \x01(\t\"\x11\n\x0fListRunsRequest\"4\n\rListRunsReply\x12#\n\x04runs\x18\x01 \x03(\x0b\x32\x15.pollen.v1.RunSummary\"F\n\x0bRoundReport\x12\r\n\x05round\x18\x01 \x01(\r\x12\x13\n\x0brecord_json\x18\x02 \x01(\t\x12\x13\n\x0breported_at\x18\x03 \x01(\x01\"&\n\x14GetRunDetailsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\xef\x01\n\nRunDetails\x12&\n\x07summary\x18\x01 \x01(\x0b\x32\x15.pollen.v1.RunSummary\x12\x38\n\nrun_config\x18\x02 \x03(\x0b\x32$.pollen.v1.RunDetails.RunConfigEntry\x12\x12\n\noutput_dir\x18\x03 \x01(\t\x12&\n\x06rounds\x18\x04 \x03(\x0b\x32\x16.pollen.v1.RoundReport\x1a\x43\n\x0eRunConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.pollen.v1.Scalar:\x02\x38\x01\"5\n\x13StreamRunLogRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"&\n\nRunLogLine\x12\n\n\x02\x61t\x18\x01 \x01(\x01\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x80\x01\n\x0bNodeSummary\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x11\n\tlast_seen\x18\x04 \x01(\x01\x12\x12\n\ntasks_done\x18\x05 \x01(\x04\x12\x14\n\x0ctasks_failed\x18\x06 \x01(\x04\"\x12\n\x10ListNodesRequest\"7\n\x0eListNodesReply\x12%\n\x05nodes\x18\x01 \x03(\x0b\x32\x16.pollen.v1.NodeSummary2\xa8\x08\n\x06\x44river\x12\x43\n\tCreateRun\x12\x1b.pollen.v1.CreateRunRequest\x1a\x19.pollen.v1.CreateRunReply\x12\x43\n\tResumeRun\x12\x1b.pollen.v1.ResumeRunRequest\x1a\x19.pollen.v1.ResumeRunReply\x12@\n\x08GetNodes\x12\x1a.pollen.v1.GetNodesRequest\x1a\x18.pollen.v1.GetNodesReply\x12L\n\x0cPushMessages\x12\x1e.pollen.v1.PushMessagesRequest\x1a\x1c.pollen.v1.PushMessagesReply\x12\x46\n\rStreamReplies\x12\x1f.pollen.v1.StreamRepliesRequest\x1a\x12.pollen.v1.Message0\x01\x12L\n\x0cReleaseBlobs\x12\x1e.pollen.v1.ReleaseBlobsRequest\x1a\x1c.pollen.v1.ReleaseBlobsReply\x12\x43\n\tPruneRuns\x12\x1b.pollen.v1.PruneRunsRequest\x1a\x19.pollen.v1.PruneRunsReply\x12\x43\n\tFinishRun\x12\x1b.pollen.v1.FinishRunRequest\x1a\x19.pollen.v1.FinishRunReply\x12\x38\n\nUploadBlob\x12\x14.pollen.v1.BlobChunk\x1a\x12.pollen.v1.BlobRef(\x01\x12\x46\n\x0c\x44ownloadBlob\x12\x1e.pollen.v1.DownloadBlobRequest\x1a\x14.pollen.v1.BlobChunk0\x01\x12I\n\x0bReportRound\x12\x1d.pollen.v1.ReportRoundRequest\x1a\x1b.pollen.v1.ReportRoundReply\x12@\n\x08ListRuns\x12\x1a.pollen.v1.ListRunsRequest\x1a\x18.pollen.v1.ListRunsReply\x12G\n\rGetRunDetails\x12\x1f.pollen.v1.GetRunDetailsRequest\x1a\x15.pollen.v1.RunDetails\x12G\n\x0cStreamRunLog\x12\x1e.pollen.v1.StreamRunLogRequest\x1a\x15.pollen.v1.RunLogLine0\x01\x12\x43\n\tListNodes\x12\x1b.pollen.v1.ListNodesRequest\x1a\x19.pollen.v1.ListNodesReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATERUNREQUEST_RUNCONFIGENTRY']._loaded_options = None
   _globals['_CREATERUNREQUEST_RUNCONFIGENTRY']._serialized_options = b'8\001'
+  _globals['_RUNDETAILS_RUNCONFIGENTRY']._loaded_options = None
+  _globals['_RUNDETAILS_RUNCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_CREATERUNREQUEST']._serialized_start=68
   _globals['_CREATERUNREQUEST']._serialized_end=232
   _globals['_CREATERUNREQUEST_RUNCONFIGENTRY']._serialized_start=165
@@ -66,6 +68,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRUNERUNSREQUEST']._serialized_end=933
   _globals['_PRUNERUNSREPLY']._serialized_start=935
   _globals['_PRUNERUNSREPLY']._serialized_end=991
-  _globals['_DRIVER']._serialized_start=994
-  _globals['_DRIVER']._serialized_end=1702
+  _globals['_REPORTROUNDREQUEST']._serialized_start=994
+  _globals['_REPORTROUNDREQUEST']._serialized_end=1123
+  _globals['_REPORTROUNDREPLY']._serialized_start=1125
+  _globals['_REPORTROUNDREPLY']._serialized_end=1143
+  _globals['_RUNSUMMARY']._serialized_start=1146
+  _globals['_RUNSUMMARY']._serialized_end=1317
+  _globals['_LISTRUNSREQUEST']._serialized_start=1319
+  _globals['_LISTRUNSREQUEST']._serialized_end=1336
+  _globals['_LISTRUNSREPLY']._serialized_start=1338
+  _globals['_LISTRUNSREPLY']._serialized_end=1390
+  _globals['_ROUNDREPORT']._serialized_start=1392
+  _globals['_ROUNDREPORT']._serialized_end=1462
+  _globals['_GETRUNDETAILSREQUEST']._serialized_start=1464
+  _globals['_GETRUNDETAILSREQUEST']._serialized_end=1502
+  _globals['_RUNDETAILS']._serialized_start=1505
+  _globals['_RUNDETAILS']._serialized_end=1744
+  _globals['_RUNDETAILS_RUNCONFIGENTRY']._serialized_start=165
+  _globals['_RUNDETAILS_RUNCONFIGENTRY']._serialized_end=232
+  _globals['_STREAMRUNLOGREQUEST']._serialized_start=1746
+  _globals['_STREAMRUNLOGREQUEST']._serialized_end=1799
+  _globals['_RUNLOGLINE']._serialized_start=1801
+  _globals['_RUNLOGLINE']._serialized_end=1839
+  _globals['_NODESUMMARY']._serialized_start=1842
+  _globals['_NODESUMMARY']._serialized_end=1970
+  _globals['_LISTNODESREQUEST']._serialized_start=1972
+  _globals['_LISTNODESREQUEST']._serialized_end=1990
+  _globals['_LISTNODESREPLY']._serialized_start=1992
+  _globals['_LISTNODESREPLY']._serialized_end=2047
+  _globals['_DRIVER']._serialized_start=2050
+  _globals['_DRIVER']._serialized_end=3114
 # @@protoc_insertion_point(module_scope)

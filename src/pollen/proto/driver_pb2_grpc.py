@@ -85,6 +85,31 @@ class DriverStub:
                 request_serializer=pollen_dot_proto_dot_common__pb2.DownloadBlobRequest.SerializeToString,
                 response_deserializer=pollen_dot_proto_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ReportRound = channel.unary_unary(
+                '/pollen.v1.Driver/ReportRound',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.ReportRoundRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.ReportRoundReply.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/pollen.v1.Driver/ListRuns',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.ListRunsReply.FromString,
+                _registered_method=True)
+        self.GetRunDetails = channel.unary_unary(
+                '/pollen.v1.Driver/GetRunDetails',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.GetRunDetailsRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.RunDetails.FromString,
+                _registered_method=True)
+        self.StreamRunLog = channel.unary_stream(
+                '/pollen.v1.Driver/StreamRunLog',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.StreamRunLogRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.RunLogLine.FromString,
+                _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/pollen.v1.Driver/ListNodes',
+                request_serializer=pollen_dot_proto_dot_driver__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=pollen_dot_proto_dot_driver__pb2.ListNodesReply.FromString,
+                _registered_method=True)
 
 
 class DriverServicer:
@@ -156,6 +181,41 @@ class DriverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRound(self, request, context):
+        """What the ServerApp measured in a round (or, round 0, how many rounds the run
+        has and where its outputs go); a round reported again replaces the earlier one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """The runs the caller may see: an operator key its own, an administrator all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunDetails(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamRunLog(self, request, context):
+        """The run's log as the SuperLink keeps it; with follow, new lines until the run ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodes(self, request, context):
+        """The federation's nodes, for any operator.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DriverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +268,31 @@ def add_DriverServicer_to_server(servicer, server):
                     servicer.DownloadBlob,
                     request_deserializer=pollen_dot_proto_dot_common__pb2.DownloadBlobRequest.FromString,
                     response_serializer=pollen_dot_proto_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'ReportRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRound,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.ReportRoundRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.ReportRoundReply.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.ListRunsRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.ListRunsReply.SerializeToString,
+            ),
+            'GetRunDetails': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunDetails,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.GetRunDetailsRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.RunDetails.SerializeToString,
+            ),
+            'StreamRunLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamRunLog,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.StreamRunLogRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.RunLogLine.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=pollen_dot_proto_dot_driver__pb2.ListNodesRequest.FromString,
+                    response_serializer=pollen_dot_proto_dot_driver__pb2.ListNodesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +565,141 @@ class Driver:
             '/pollen.v1.Driver/DownloadBlob',
             pollen_dot_proto_dot_common__pb2.DownloadBlobRequest.SerializeToString,
             pollen_dot_proto_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/ReportRound',
+            pollen_dot_proto_dot_driver__pb2.ReportRoundRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.ReportRoundReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/ListRuns',
+            pollen_dot_proto_dot_driver__pb2.ListRunsRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.ListRunsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunDetails(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/GetRunDetails',
+            pollen_dot_proto_dot_driver__pb2.GetRunDetailsRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.RunDetails.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRunLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/pollen.v1.Driver/StreamRunLog',
+            pollen_dot_proto_dot_driver__pb2.StreamRunLogRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.RunLogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pollen.v1.Driver/ListNodes',
+            pollen_dot_proto_dot_driver__pb2.ListNodesRequest.SerializeToString,
+            pollen_dot_proto_dot_driver__pb2.ListNodesReply.FromString,
             options,
             channel_credentials,
             insecure,

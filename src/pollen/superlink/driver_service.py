@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -14,12 +15,23 @@ from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
 from pollen.records.messages import Message
+from pollen.records.run_reports import RoundReport
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.run_access import RunAccess
+from pollen.superlink.run_reports import (
+    RunLogFeed,
+    details_to_proto,
+    line_to_proto,
+    node_to_proto,
+    report_problem,
+    round_line,
+    round_seconds,
+    summary_to_proto,
+)
 from pollen.superlink.stream_limits import DEFAULT_TRANSFERS_PER_OPERATOR, BlobStreams, Party
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import map_from_proto, message_from_proto, message_to_proto
@@ -37,7 +49,10 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         collector: BlobCollector,
         transfers: BlobStreams | None = None,
         access: RunAccess | None = None,
+        on_round_reported: Callable[[float], None] = lambda seconds: None,
     ) -> None:
+        """``on_round_reported``: called with a round's duration when a ServerApp reports
+        it (the SuperLink's metrics count rounds there)."""
         self._transfers = transfers or BlobStreams(
             DEFAULT_TRANSFERS_PER_OPERATOR, "--max-transfers-per-operator"
         )
@@ -47,11 +62,14 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self._collector = collector
         self._streams: dict[str, set[asyncio.Queue[Message | None]]] = {}
         self._access = access or RunAccess(self._state)
+        self._run_logs = RunLogFeed()
+        self._on_round_reported = on_round_reported
 
     def revoke(self, fingerprint: str) -> None:
         """An operator key was revoked: its open reply streams and blob transfers end now."""
         for queue in self._streams.pop(fingerprint, set()):
             queue.put_nowait(None)
+        self._run_logs.revoke(fingerprint)
         self._transfers.cut(
             fingerprint, grpc.StatusCode.UNAUTHENTICATED, "the operator key was revoked"
         )
@@ -98,6 +116,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             for run_id in self._state.idle_running_runs(before, owner):
                 self._dispatcher.end_run(run_id, f"run {run_id} abandoned")
                 self._state.abandon_run(run_id, "abandoned: no task or result for too long")
+                self._run_logs.notify(run_id)
         run_ids = self._state.prune_runs(before, owner)
         deleted = self._collector.sweep(grace=0.0) if run_ids else 0
         logger.info("pruned runs %s (%d blobs deleted)", run_ids, deleted)
@@ -136,7 +155,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             self._state.hold_blobs(run_id, [digest])
         # what the previous ServerApp left in flight is nobody's any more
         self._dispatcher.end_run(run_id, "the ServerApp restarted")
-        self._state.reopen_run(run_id)
+        self._state.reopen_run(run_id, self._dispatcher.clock())
+        self._run_logs.notify(run_id)
         logger.info("run %d resumed", run_id)
         return dpb.ResumeRunReply(superlink_id=own_id)
 
@@ -238,6 +258,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         keep = list(request.keep_digests) if status == "failed" else []
         self._collector.release(request.run_id, keep=keep)  # a failed run stays resumable
         self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
+        self._run_logs.notify(request.run_id)
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()
 
@@ -249,6 +270,72 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id} does not exist")
         deleted = self._collector.release(request.run_id, list(request.digests))
         return dpb.ReleaseBlobsReply(deleted=deleted)
+
+    async def ReportRound(
+        self, request: dpb.ReportRoundRequest, context: Context
+    ) -> dpb.ReportRoundReply:
+        await self._running_run(request.run_id, context)
+        problem = report_problem(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        self._state.set_run_plan(request.run_id, request.num_rounds, request.output_dir)
+        if request.round:
+            report = RoundReport(request.round, request.record_json, self._dispatcher.clock())
+            self._state.report_round(request.run_id, report, round_line(request))
+            self._run_logs.notify(request.run_id)
+            self._on_round_reported(round_seconds(request.record_json))
+        return dpb.ReportRoundReply()
+
+    async def ListRuns(self, request: dpb.ListRunsRequest, context: Context) -> dpb.ListRunsReply:
+        runs = self._state.list_runs(self._access.owner_filter())
+        return dpb.ListRunsReply(runs=[summary_to_proto(r) for r in runs])
+
+    async def GetRunDetails(
+        self, request: dpb.GetRunDetailsRequest, context: Context
+    ) -> dpb.RunDetails:
+        await self._access.check_visible(request.run_id, context)
+        details = self._state.run_details(request.run_id)
+        if details is None:  # pruned meanwhile
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id}: no such run")
+        return details_to_proto(details)
+
+    async def StreamRunLog(
+        self, request: dpb.StreamRunLogRequest, context: Context
+    ) -> AsyncIterator[dpb.RunLogLine]:
+        run_id = request.run_id
+        await self._access.check_visible(run_id, context)
+        caller = RunAccess.caller()
+        wake = self._run_logs.listen(run_id, caller)
+        try:
+            last = 0
+            while True:
+                run = self._state.get_run(run_id)  # before the lines: a last line is not lost
+                for line in self._state.run_log(run_id, last):
+                    last = line.line_id
+                    yield line_to_proto(line)
+                if not request.follow or run is None or run.status != "running":
+                    return
+                if not await _woken(wake):
+                    await context.abort(
+                        grpc.StatusCode.UNAUTHENTICATED, "the operator key was revoked"
+                    )
+        finally:
+            self._run_logs.unlisten(run_id, caller, wake)
+
+    async def ListNodes(
+        self, request: dpb.ListNodesRequest, context: Context
+    ) -> dpb.ListNodesReply:
+        """Every node of the federation, for any operator key: nodes are not a run's."""
+        online = set(self._dispatcher.online_nodes())
+        now = self._dispatcher.clock()
+        nodes = []
+        for node in self._state.node_summaries():
+            if node.node_id in online:  # connected now, its stream kept alive by heartbeats
+                node = replace(node, status="online", last_seen=now)
+            elif node.status == "online":  # the state's word, from before a restart
+                node = replace(node, status="offline")
+            nodes.append(node_to_proto(node))
+        return dpb.ListNodesReply(nodes=nodes)
 
     async def UploadBlob(
         self, request_iterator: AsyncIterable[Chunk], context: Context
@@ -283,3 +370,12 @@ class DriverService(driver_pb2_grpc.DriverServicer):
                 await self._access.check_run(chunk.run_id, context)
             first = False
             yield chunk
+
+
+async def _woken(wake: asyncio.Queue[bool]) -> bool:
+    """Wait up to a second for the run's log to grow; False: the caller's key was revoked."""
+    try:
+        async with asyncio.timeout(1.0):
+            return await wake.get()
+    except TimeoutError:
+        return True

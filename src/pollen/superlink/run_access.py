@@ -3,7 +3,9 @@
 With operator keys (``--operator-keys``), a run belongs to the key that created
 it: another operator key may read nothing of it (its nodes, results, blobs) and
 change nothing (tasks, release, finish, resume, prune), unless it is listed in
-``--admin-keys``. Without operator keys the Driver API listens on loopback only,
+``--admin-keys``. Listing and reading runs (``pollen runs``) follows the same rule;
+the nodes (``pollen nodes``) are the federation's, listed to every operator key.
+Without operator keys the Driver API listens on loopback only,
 nobody is identified, and every caller may act on every run, as before.
 
 A run created without operator keys belongs to no key: once operator keys are
@@ -89,6 +91,14 @@ class RunAccess:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"run {run_id} belongs to another operator key",
             )
+
+    async def check_visible(self, run_id: int, context: Context) -> None:
+        """Refuse to show ``run_id`` unless it exists and the caller may read it; both
+        refusals read the same, so that another operator's runs stay unknown."""
+        caller = self.caller()
+        owner = self._state.run_owner(run_id)
+        if owner is None or not (self._sees_all(caller) or owner == caller):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id}: no such run")
 
     async def check_blob(self, digest: str, context: Context) -> None:
         """Refuse the call unless the caller may read ``digest``: a blob that runs hold

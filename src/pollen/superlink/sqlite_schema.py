@@ -3,7 +3,9 @@
 Schema 1 kept tasks and results with fixed fit/evaluate columns (a model digest,
 ``num_examples``, ``loss``); schema 2 keeps messages of records: an instruction's
 or a reply's content is JSON (`records_to_json`), and ``message_blobs`` indexes
-the blobs each instruction names.
+the blobs each instruction names. Schema 3 adds what ServerApps report of their
+runs: ``run_rounds`` (each round's record as JSON), ``run_log`` (a line per round and
+per change of a run) and, in ``runs``, ``num_rounds`` and ``output_dir``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pollen.errors import ConfigurationError, StorageError
 from pollen.records import fit_evaluate
 from pollen.records.config_json import config_from_json, records_to_json
 from pollen.records.messages import EVALUATE, TRAIN, BlobRef, Records
+from pollen.superlink.state import created_line, ended_line
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -37,8 +40,24 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     finished_at REAL,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    num_rounds INTEGER NOT NULL DEFAULT 0,
+    output_dir TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS run_rounds (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    round INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS run_log (
+    line_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    at REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_log_by_run ON run_log(run_id, line_id);
 CREATE TABLE IF NOT EXISTS messages (
     message_id TEXT PRIMARY KEY,
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -65,6 +84,7 @@ CREATE TABLE IF NOT EXISTS replies (
     error TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS replies_by_node ON replies(node_id);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -174,13 +194,39 @@ def _migrate_tasks_and_results(db: sqlite3.Connection) -> None:
     db.execute("DROP TABLE tasks")
 
 
-def _not_migrated(path: Path, exc: Exception) -> ConfigurationError:
+def _log_existing_runs(db: sqlite3.Connection) -> None:
+    """Schema 2 → 3: the runs an earlier Pollen kept get the log lines it did not write
+    (created, and finished or failed)."""
+    runs = db.execute(
+        "SELECT run_id, app, status, message, created_at, finished_at FROM runs ORDER BY run_id"
+    ).fetchall()
+    lines = []
+    for run_id, app, status, message, created_at, finished_at in runs:
+        lines.append((run_id, created_at, created_line(run_id, app)))
+        if status != "running":
+            lines.append((run_id, finished_at or created_at, ended_line(run_id, status, message)))
+    db.executemany("INSERT INTO run_log (run_id, at, text) VALUES (?, ?, ?)", lines)
+
+
+def _not_migrated(path: Path, exc: Exception, schema: int) -> ConfigurationError:
     cause = " ".join(str(exc).split())[:300] or type(exc).__name__
     return ConfigurationError(
-        f"--database {path}: could not be migrated from schema 1 ({cause}); it is left as "
+        f"--database {path}: could not be migrated from schema {schema} ({cause}); it is left as "
         "it was: keep using it with the Pollen that wrote it, or move it aside and start "
         "with a new --database"
     )
+
+
+def _migrate_step(
+    step: Callable[[sqlite3.Connection], None], db: sqlite3.Connection, path: Path, schema: int
+) -> None:
+    """One step of a migration from ``schema``; a row it cannot take is a one-line error."""
+    try:
+        step(db)
+    except StorageError:
+        raise  # the disk refused: SqliteState says so
+    except Exception as exc:  # a row that schema should not have held
+        raise _not_migrated(path, exc, schema) from exc
 
 
 def create_or_migrate(db: sqlite3.Connection, path: Path) -> None:
@@ -189,20 +235,20 @@ def create_or_migrate(db: sqlite3.Connection, path: Path) -> None:
     `ConfigurationError` naming ``path`` and the cause)."""
     db.execute("BEGIN IMMEDIATE")
     try:
+        runs_without_log = _has_table(db, "runs") and not _has_table(db, "run_log")
         if _has_table(db, "runs"):
             _add_column(db, "runs", "owner", "TEXT NOT NULL DEFAULT ''")
+            _add_column(db, "runs", "num_rounds", "INTEGER NOT NULL DEFAULT 0")
+            _add_column(db, "runs", "output_dir", "TEXT NOT NULL DEFAULT ''")
         if _has_table(db, "audit"):
             _add_column(db, "audit", "count", "INTEGER NOT NULL DEFAULT 1")
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
         if _has_table(db, "tasks"):
-            try:
-                _migrate_tasks_and_results(db)
-            except StorageError:
-                raise  # the disk refused: SqliteState says so
-            except Exception as exc:  # a row schema 1 should not have held
-                raise _not_migrated(path, exc) from exc
+            _migrate_step(_migrate_tasks_and_results, db, path, 1)
+        if runs_without_log:
+            _migrate_step(_log_existing_runs, db, path, 2)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     except BaseException:
         if db.in_transaction:

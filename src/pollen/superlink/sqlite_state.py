@@ -21,8 +21,16 @@ from pollen.records.config_json import (
 )
 from pollen.records.messages import Message, RunInfo
 from pollen.records.typing import UserConfig
+from pollen.superlink.sqlite_run_reports import SqliteRunReports
 from pollen.superlink.sqlite_schema import SCHEMA_VERSION, create_or_migrate
-from pollen.superlink.state import AuditEvent, NodeRecord, NodeStatus
+from pollen.superlink.state import (
+    AuditEvent,
+    NodeRecord,
+    NodeStatus,
+    created_line,
+    ended_line,
+    resumed_line,
+)
 from pollen.superlink.storage_faults import as_storage_faults, disk_full, unwritable
 
 _SQLITE_FULL = 13
@@ -107,8 +115,10 @@ def _lock_exclusively(path: Path) -> IO[str]:
     return lock
 
 
-class SqliteState:
+class SqliteState(SqliteRunReports):
     """SQLite-backed `State`. Use from one thread (the SuperLink's event loop)."""
+
+    _db: _Connection
 
     def __init__(self, path: Path) -> None:
         self._statuses: dict[int, NodeStatus] = {}
@@ -224,12 +234,15 @@ class SqliteState:
 
     # runs
     def create_run(self, app: str, run_config: UserConfig, now: float, owner: str = "") -> int:
-        cursor = self._db.execute(
-            "INSERT INTO runs (app, run_config, status, created_at, owner) "
-            "VALUES (?, ?, 'running', ?, ?)",
-            (app, config_to_json(run_config), now, owner),
-        )
-        return int(cursor.lastrowid or 0)
+        with self._transaction():
+            cursor = self._db.execute(
+                "INSERT INTO runs (app, run_config, status, created_at, owner) "
+                "VALUES (?, ?, 'running', ?, ?)",
+                (app, config_to_json(run_config), now, owner),
+            )
+            run_id = int(cursor.lastrowid or 0)
+            self._log(run_id, now, created_line(run_id, app))
+        return run_id
 
     def run_owner(self, run_id: int) -> str | None:
         rows = self._rows("SELECT owner FROM runs WHERE run_id=?", run_id)
@@ -266,6 +279,7 @@ class SqliteState:
                 self._db.execute("DELETE FROM messages WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM blob_holds WHERE run_id=?", (run_id,))
                 self._db.execute("DELETE FROM blob_uploads WHERE run_id=?", (run_id,))
+                self._forget_reports(run_id)
                 self._db.execute("DELETE FROM runs WHERE run_id=?", (run_id,))
         return ids
 
@@ -298,17 +312,21 @@ class SqliteState:
         """Mark a running run failed as of its last activity (so pruning takes it)."""
         self.finish_run(run_id, "failed", message, self._last_activity(run_id))
 
-    def reopen_run(self, run_id: int) -> None:
-        self._db.execute(
-            "UPDATE runs SET status='running', message='', finished_at=NULL WHERE run_id=?",
-            (run_id,),
-        )
+    def reopen_run(self, run_id: int, now: float) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE runs SET status='running', message='', finished_at=NULL WHERE run_id=?",
+                (run_id,),
+            )
+            self._log(run_id, now, resumed_line(run_id))
 
     def finish_run(self, run_id: int, status: str, message: str, now: float) -> None:
-        self._db.execute(
-            "UPDATE runs SET status=?, message=?, finished_at=? WHERE run_id=?",
-            (status, message, now, run_id),
-        )
+        with self._transaction():
+            self._db.execute(
+                "UPDATE runs SET status=?, message=?, finished_at=? WHERE run_id=?",
+                (status, message, now, run_id),
+            )
+            self._log(run_id, now, ended_line(run_id, status, message))
 
     # instructions
     def add_messages(self, messages: Sequence[Message]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from pollen.records.messages import Message, RunInfo
+from pollen.records.run_reports import NodeSummary, RoundReport, RunDetails, RunLogLine, RunSummary
 from pollen.records.typing import UserConfig
 
 NodeStatus = Literal["online", "offline", "left"]
@@ -36,6 +37,20 @@ class AuditEvent:
     reason: str
     count: int = 1
     """How many times it happened: repeats within a minute share one row (see `Audit`)."""
+
+
+def created_line(run_id: int, app: str) -> str:
+    """The first line of a run's log."""
+    return f"run {run_id} created ({app or 'unnamed app'})"
+
+
+def resumed_line(run_id: int) -> str:
+    return f"run {run_id} resumed by its ServerApp"
+
+
+def ended_line(run_id: int, status: str, message: str) -> str:
+    """The last line of a run's log: finished, or failed and why."""
+    return f"run {run_id} {status}" + (f": {message}" if message else "")
 
 
 class State(Protocol):
@@ -66,8 +81,30 @@ class State(Protocol):
     def prune_runs(self, finished_before: float, owner: str | None = None) -> list[int]: ...
     def idle_running_runs(self, idle_before: float, owner: str | None = None) -> list[int]: ...
     def abandon_run(self, run_id: int, message: str) -> None: ...
-    def reopen_run(self, run_id: int) -> None: ...
-    def finish_run(self, run_id: int, status: str, message: str, now: float) -> None: ...
+    def reopen_run(self, run_id: int, now: float) -> None: ...
+    def finish_run(self, run_id: int, status: str, message: str, now: float) -> None:
+        """End the run (and write its last log line)."""
+        ...
+
+    # what runs report, for operators (each change of a run also writes a line of its log)
+    def list_runs(self, owner: str | None = None) -> list[RunSummary]:
+        """The runs (of ``owner`` only, unless None), oldest first."""
+        ...
+
+    def run_details(self, run_id: int) -> RunDetails | None: ...
+    def set_run_plan(self, run_id: int, num_rounds: int, output_dir: str) -> None:
+        """How many rounds the run has and where its outputs go, as its ServerApp said."""
+        ...
+
+    def report_round(self, run_id: int, report: RoundReport, line: str) -> None:
+        """Keep ``report`` (replacing an earlier report of that round) and log ``line``."""
+        ...
+
+    def run_log(self, run_id: int, after: int = 0) -> list[RunLogLine]:
+        """The run's log lines after line id ``after``, oldest first."""
+        ...
+
+    def node_summaries(self) -> list[NodeSummary]: ...
 
     def add_messages(self, messages: Sequence[Message]) -> None:
         """Store instructions, pending delivery."""
