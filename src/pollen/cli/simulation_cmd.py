@@ -82,8 +82,9 @@ def simulation(
     overrides = parse_config_string(run_config, "--run-config")
     server = load_app(server_app, app_dir, ServerApp)
     client = load_app(client_app, app_dir, ClientApp)
-    check_num_supernodes(num_supernodes, server.strategy, "--num-supernodes")
     overrides = server.merged_run_config(overrides)  # a wrong key fails before any round
+    server = server.for_run(overrides)
+    check_num_supernodes(num_supernodes, server.strategy, "--num-supernodes")
 
     async def drive(stop: asyncio.Event) -> None:
         with terminal_progress(sys.stderr) as progress:

@@ -10,7 +10,7 @@ from pollen.server.client_proxy import ClientProxy
 from pollen.server.grid import Grid
 from pollen.server.history import History
 from pollen.server.round_loop import RunOutcome
-from pollen.server.server_app import ServerApp, ServerConfig
+from pollen.server.server_app import ServerApp, ServerAppComponents, ServerConfig
 
 if TYPE_CHECKING:
     from pollen.server.driver import DriverClient
@@ -23,6 +23,7 @@ __all__ = [
     "History",
     "RunOutcome",
     "ServerApp",
+    "ServerAppComponents",
     "ServerConfig",
     "SimpleClientManager",
     "strategy",

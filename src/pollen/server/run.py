@@ -158,8 +158,10 @@ async def _drive(
         run_id = config.resume
         start = await _resume(grid, run_id, checkpoints)
         directory, history = start.directory, start.history
+        app = app.for_run(history.run_config)
     else:
         run_config = app.merged_run_config(config.run_config)
+        app = app.for_run(run_config)  # Flower's server_fn builds the run's strategy here
         run_id, superlink_id = await grid.create_run(config.app_name, run_config)
         logger.info("run %d started: %d rounds, %r", run_id, app.config.num_rounds, app.strategy)
         directory = run_directory(config.output_root, run_id, superlink_id)

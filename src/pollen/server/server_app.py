@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pollen.errors import ConfigurationError
+from pollen.records.context import Context
 from pollen.records.typing import Scalar, UserConfig
 from pollen.server.strategy.fedavg import FedAvg
 from pollen.server.strategy.flower_overrides import overrides_aggregate_fit
@@ -40,6 +42,20 @@ class ServerConfig:
             )
 
 
+@dataclass
+class ServerAppComponents:
+    """What Flower's ``server_fn(context)`` returns: the run's strategy and config.
+    Flower's ``server`` and ``client_manager`` have no counterpart and are refused."""
+
+    strategy: Strategy | None = None
+    config: ServerConfig | None = None
+    server: object = None
+    client_manager: object = None
+
+
+ServerFn = Callable[[Context], ServerAppComponents]
+
+
 class ServerApp:
     """A federated algorithm: a strategy (FedAvg by default) and a number of rounds.
 
@@ -47,6 +63,10 @@ class ServerApp:
     do in ``[tool.flwr.app.config]``); ``--run-config`` may then override only
     those, with values of the same type. Every ClientApp sees the result as
     ``context.run_config``.
+
+    Or, as in Flower, ``server_fn(context)`` builds the strategy and config of each
+    run from ``context.run_config`` (``num-server-rounds``, say), returning
+    `ServerAppComponents`; `for_run` calls it.
     """
 
     def __init__(
@@ -55,12 +75,59 @@ class ServerApp:
         config: ServerConfig | None = None,
         strategy: Strategy | None = None,
         run_config: UserConfig | None = None,
+        server_fn: ServerFn | None = None,
     ) -> None:
-        self.config = config or ServerConfig()
-        self.strategy = strategy or FedAvg()
-        _check_aggregates(self.strategy)
+        if server_fn is not None and (config is not None or strategy is not None):
+            raise ConfigurationError(
+                "ServerApp(server_fn=..., config/strategy=...): give either server_fn, which "
+                "returns ServerAppComponents(strategy=..., config=...), or config and strategy"
+            )
+        self.server_fn = server_fn
+        self._config = config or ServerConfig()
+        self._strategy = strategy or FedAvg()
+        _check_aggregates(self._strategy)
         self.run_config: UserConfig = dict(run_config or {})
         self._warned: set[tuple[str, ...]] = set()
+
+    @property
+    def config(self) -> ServerConfig:
+        self._check_built()
+        return self._config
+
+    @property
+    def strategy(self) -> Strategy:
+        self._check_built()
+        return self._strategy
+
+    def _check_built(self) -> None:
+        if self.server_fn is not None:
+            raise ConfigurationError(
+                "this ServerApp builds its strategy and config in server_fn: use "
+                "app.for_run(run_config) to get those of a run"
+            )
+
+    def for_run(self, run_config: UserConfig) -> ServerApp:
+        """The app a run with ``run_config`` (merged, `merged_run_config`) runs: this one,
+        or the strategy and config its ``server_fn`` builds for that run config."""
+        if self.server_fn is None:
+            return self
+        components = self.server_fn(Context(0, {}, 0, dict(run_config)))
+        if not isinstance(components, ServerAppComponents):
+            raise ConfigurationError(
+                f"server_fn returned {type(components).__name__}; return "
+                "ServerAppComponents(strategy=..., config=ServerConfig(...))"
+            )
+        for name in ("server", "client_manager"):
+            if getattr(components, name) is not None:
+                raise ConfigurationError(
+                    f"ServerAppComponents({name}=...): not supported by Pollen; leave it out "
+                    "(give strategy=... and config=ServerConfig(...))"
+                )
+        built = ServerApp(
+            config=components.config, strategy=components.strategy, run_config=self.run_config
+        )
+        built._warned = self._warned
+        return built
 
     def merged_run_config(self, overrides: UserConfig, option: str = "--run-config") -> UserConfig:
         """The declared settings with ``overrides`` applied, each checked against its default.

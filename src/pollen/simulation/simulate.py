@@ -88,11 +88,13 @@ async def simulate(
     resources = ClientResources.from_config(settings.get("client_resources", {}))
     if backend_name != RAY:  # a Ray cluster's machines are checked once it is joined
         resources.check_fits(available_cpus(), len(visible_gpus()), "this machine has")
+    merged = server_app.merged_run_config(dict(run_config or {}))
+    server_app = server_app.for_run(merged)
     check_num_supernodes(num_supernodes, server_app.strategy)
     config = ServerAppConfig(
         _NO_SUPERLINK,
         app_name=app_name,
-        run_config=server_app.merged_run_config(dict(run_config or {})),
+        run_config=merged,
         output_root=Path(output_dir),
         command="",  # the virtual nodes end with the run: no --resume to offer
         progress=progress,
