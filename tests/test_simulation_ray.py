@@ -302,3 +302,33 @@ def test_a_client_app_the_workers_cannot_load_is_refused_before_any_round(
         run_simulation(server_app(1), module.app, 2, backend_name=RAY, output_dir=tmp_path / "o")
     assert not (tmp_path / "o").exists()
     assert ray.is_initialized()  # the caller's Ray stays up
+
+
+def test_ray_actors_see_only_their_share_of_the_gpus(tmp_path: Path) -> None:
+    server, _ = write_apps(tmp_path, min_available=20)
+    (tmp_path / "gpu_ray_client.py").write_text(
+        "import os, time\n"
+        "from pollen.client import ClientApp, NumPyClient\n"
+        "class Devices(NumPyClient):\n"
+        "    def fit(self, parameters, config):\n"
+        "        time.sleep(0.05)\n"
+        "        return parameters, 1, {'devices': os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n"
+        "app = ClientApp(client_fn=lambda context: Devices())\n"
+    )
+    folder = tempfile.mkdtemp(prefix="pray", dir="/tmp")
+    # Ray hands out GPU ids by its own count: two declared GPUs, four actors of half a GPU
+    config = json.dumps({
+        "client_resources": {"num_cpus": 0.5, "num_gpus": 0.5},
+        "init_args": {"num_cpus": 2, "num_gpus": 2, "_temp_dir": folder},
+    })  # fmt: skip
+    args = ray_simulation(tmp_path, server, "gpu_ray_client:app", "--backend-config", config)
+    try:
+        done = subprocess.run([*POLLEN, *args, "--num-supernodes", "20"], capture_output=True,
+                              text=True, timeout=90, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        (run,) = (tmp_path / "runs").iterdir()
+        first = json.loads((run / "metrics.json").read_text())["rounds"][0]
+        assert {node["metrics"]["devices"] for node in first["fit_nodes"]} == {"0", "1"}
+        assert ray_processes(folder) == []
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
