@@ -20,6 +20,7 @@ import pytest
 
 from pollen.cli.local_federation import LocalFederation
 from pollen.cli.progress_line import (
+    OffTerminal,
     ProgressLine,
     describe_progress,
     eta_seconds,
@@ -29,7 +30,7 @@ from pollen.cli.progress_line import (
 from pollen.client import ClientApp, NumPyClient
 from pollen.common import Config, Context, Metrics, NDArrays
 from pollen.server import ServerApp, ServerConfig
-from pollen.server.round_progress import NO_PROGRESS, Phase, RoundProgress
+from pollen.server.round_progress import Phase, RoundProgress
 from pollen.server.run import ServerAppConfig, run_on_grid
 from pollen.server.strategy import FedAvg
 from pollen.simulation import InProcessGrid
@@ -216,7 +217,7 @@ def test_off_a_terminal_there_is_no_line(
         progress.phase_started(Phase(1, 1, "fit", 3))
         progress.phase_ended(3, 0)
 
-    assert progress is NO_PROGRESS
+    assert isinstance(progress, OffTerminal)
     assert stream.getvalue() == ""
 
 

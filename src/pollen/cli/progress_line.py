@@ -22,7 +22,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TextIO
 
-from pollen.server.round_progress import NO_PROGRESS, Phase, RoundProgress
+from pollen.server.round_progress import Phase, RoundProgress
+from pollen.transport.transfer_progress import (
+    LoggedTransfers,
+    Transfer,
+    describe_rate,
+    describe_size,
+)
 
 REDRAW_INTERVAL = 0.1
 """Seconds between redraws: often enough to look live, rarely enough to cost nothing."""
@@ -31,11 +37,17 @@ _CLEAR_TO_END = "\x1b[K"
 _DEFAULT_COLUMNS = 80
 
 
-def terminal_progress(stream: TextIO) -> contextlib.AbstractContextManager[RoundProgress]:
-    """A `ProgressLine` on ``stream`` when it is a terminal; otherwise `NO_PROGRESS`."""
+class OffTerminal(RoundProgress, LoggedTransfers):
+    """Off a terminal: no live line; a summary log line per large transfer."""
+
+
+def terminal_progress(
+    stream: TextIO,
+) -> contextlib.AbstractContextManager[ProgressLine | OffTerminal]:
+    """A `ProgressLine` on ``stream`` when it is a terminal; otherwise `OffTerminal`."""
     if _is_terminal(stream):
         return ProgressLine(stream)
-    return contextlib.nullcontext(NO_PROGRESS)
+    return contextlib.nullcontext(OffTerminal())
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -76,8 +88,23 @@ def describe_progress(phase: Phase, ok: int, failed: int, elapsed: float) -> str
     return text
 
 
+def describe_transfers(transfers: list[Transfer]) -> str:
+    """``download of blob 3fa2c81d09be 240.0 MB of 512.0 MB, 280.0 MB/s, ETA 1.0 s``, or
+    for several at once ``3 transfers 240.0 MB of 1.54 GB, ...``: their sum."""
+    done = sum(t.done for t in transfers)
+    total = sum(t.total for t in transfers)
+    seconds = max(t.seconds() for t in transfers)
+    what = transfers[0].what if len(transfers) == 1 else f"{len(transfers)} transfers"
+    text = f"{what} {describe_size(done)} of {describe_size(total)}"
+    text += f", {describe_rate(done, seconds)}"
+    if 0 < done < total:
+        text += f", ETA {format_seconds(seconds * (total - done) / done)}"
+    return text
+
+
 class ProgressLine(RoundProgress):
-    """The current phase's progress, drawn on one line of the terminal ``stream``.
+    """The current phase's progress, and blobs over 50 MB moving (their rate and ETA),
+    drawn on one line of the terminal ``stream``.
 
     Use it as a context manager: entering starts the redraws and routes the log
     handlers that write to ``stream`` through it; leaving clears the line and
@@ -102,6 +129,16 @@ class ProgressLine(RoundProgress):
         self._stopped = threading.Event()
         self._redraws: threading.Thread | None = None
         self._handlers: list[logging.StreamHandler[Any]] = []  # of the log lines
+        self._transfers: list[Transfer] = []
+
+    def transfer_started(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.append(transfer)
+
+    def transfer_ended(self, transfer: Transfer) -> None:
+        with self._lock:
+            self._transfers.remove(transfer)
+            self._draw()
 
     def phase_started(self, phase: Phase) -> None:
         with self._lock:
@@ -118,9 +155,10 @@ class ProgressLine(RoundProgress):
             self._draw()
 
     def redraw(self) -> None:
-        """Draw the current phase again (its elapsed time moves on); nothing once it ended."""
+        """Draw the current phase again (its elapsed time moves on) while it or a transfer
+        goes on."""
         with self._lock:
-            if self._ended is None:
+            if self._ended is None or self._transfers:
                 self._draw()
 
     def write(self, text: str) -> int:
@@ -133,10 +171,18 @@ class ProgressLine(RoundProgress):
         self.stream.flush()
 
     def _draw(self) -> None:
-        if self._phase is None:
+        parts = []
+        if self._phase is not None:
+            end = self.clock() if self._ended is None else self._ended
+            parts.append(
+                describe_progress(self._phase, self._ok, self._failed, end - self._started)
+            )
+        if self._transfers:
+            parts.append(describe_transfers(self._transfers))
+        if not parts:
+            self._clear()
             return
-        end = self.clock() if self._ended is None else self._ended
-        line = describe_progress(self._phase, self._ok, self._failed, end - self._started)
+        line = " | ".join(parts)
         # a line wider than the terminal would wrap, and only its last part be redrawn
         self.stream.write("\r" + line[: self._columns() - 1] + _CLEAR_TO_END)
         self.stream.flush()

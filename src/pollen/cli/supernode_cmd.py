@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import click
@@ -10,6 +11,7 @@ import click
 from pollen.cli.app_loading import load_app
 from pollen.cli.lifecycle import run_until_signalled
 from pollen.cli.options import app_options
+from pollen.cli.progress_line import terminal_progress
 from pollen.cli.security_options import client_credentials, client_identity
 from pollen.client.client_app import ClientApp
 from pollen.errors import ConfigurationError
@@ -54,7 +56,9 @@ def supernode(
 ) -> None:
     """Run a SuperNode: take tasks from the SuperLink and run APP (e.g. client:app) on them.
 
-    `pollen supernode` and `pollen client-app` are the same command.
+    `pollen supernode` and `pollen client-app` are the same command. On a terminal,
+    a live line shows the rate and ETA of blobs over 50 MB moving; otherwise each
+    ends with one summary line.
     """
     credentials = client_credentials(insecure, root_certificates)
     private, public = authentication_keys or (auth_private_key, None)
@@ -70,6 +74,8 @@ def supernode(
     client_app = load_app(app, directory, ClientApp)
 
     async def serve(stop: asyncio.Event) -> None:
-        await run_supernode(client_app, config, stop)
+        with terminal_progress(sys.stderr) as progress:  # blobs over 50 MB: rate and ETA
+            config.transfers = progress
+            await run_supernode(client_app, config, stop)
 
     run_until_signalled(serve, holds_models=True)

@@ -22,6 +22,7 @@ from pollen.transport.blob_stream import (
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import message_from_proto, message_to_proto, run_from_proto
 from pollen.transport.request_signing import Metadata, RequestAuth
+from pollen.transport.transfer_progress import LOGGED_TRANSFERS, Tracked, TransferProgress
 
 _FLEET = "/pollen.v1.Fleet/"
 
@@ -29,8 +30,14 @@ _FLEET = "/pollen.v1.Fleet/"
 class FleetClient:
     """Fleet API calls for one node over one channel, signed when ``auth`` is given."""
 
-    def __init__(self, channel: grpc.aio.Channel, auth: RequestAuth | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        auth: RequestAuth | None = None,
+        transfers: TransferProgress = LOGGED_TRANSFERS,
+    ) -> None:
         self._stub = FleetStub(channel)  # type: ignore[no-untyped-call]
+        self._transfers = transfers  # where blobs over 50 MB report their progress
         self._upload = upload_call(channel, _FLEET + "UploadBlob")
         self._download = download_call(channel, _FLEET + "DownloadBlob")
         self._auth = auth
@@ -81,9 +88,13 @@ class FleetClient:
         """Upload ``buffer``; without ``digest`` the SuperLink names it (and hashes it once)."""
         ref = BlobRef(digest, len(buffer))
         metadata = self._auth.stream(_FLEET + "UploadBlob") if self._auth else None
-        reply = await self._upload(
-            iter_chunks(buffer, ref, node_id=self.node_id, run_id=run_id), metadata=metadata
-        )
+        tracked = Tracked(self._transfers, "upload of the result", len(buffer))
+        try:
+            chunks = iter_chunks(buffer, ref, node_id=self.node_id, run_id=run_id, tracked=tracked)
+            reply = await self._upload(chunks, metadata=metadata)
+            tracked.advanced(len(buffer))
+        finally:
+            tracked.ended()
         return stored_ref(reply, ref)
 
     async def download_blob(self, ref: BlobRef, reuse: bytearray | None = None) -> bytearray:
@@ -94,4 +105,4 @@ class FleetClient:
             )
             return call
 
-        return await download_blob(open_stream, ref, reuse)
+        return await download_blob(open_stream, ref, reuse, progress=self._transfers)

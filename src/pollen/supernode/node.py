@@ -21,6 +21,7 @@ from pollen.transport.channels import open_channel
 from pollen.transport.connection_faults import Endpoint, FaultWatch, refused_join
 from pollen.transport.request_signing import ClientIdentity, RequestAuth, open_session
 from pollen.transport.retry_policy import NODE_PACE, displaced
+from pollen.transport.transfer_progress import LOGGED_TRANSFERS, TransferProgress
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,8 @@ class SuperNodeConfig:
     """The node's key pair; required by a SuperLink with client authentication."""
     max_backoff: float = NODE_PACE.maximum
     """The longest wait between reconnections, in seconds."""
+    transfers: TransferProgress = LOGGED_TRANSFERS
+    """Where the progress of blobs over 50 MB goes (a live line on a terminal)."""
 
 
 def _endpoint(config: SuperNodeConfig) -> Endpoint:
@@ -95,7 +98,7 @@ async def run_supernode(
     while not stop.is_set():
         auth = RequestAuth()
         async with open_channel(config.superlink, config.credentials) as channel:
-            fleet = FleetClient(channel, auth if config.identity else None)
+            fleet = FleetClient(channel, auth if config.identity else None, config.transfers)
             join = _join(channel, config, auth)
             serving = asyncio.create_task(_serve(fleet, runner, node_id, join))
             stopping = asyncio.create_task(stop.wait())

@@ -15,6 +15,7 @@ from pollen.records.content_address import is_content_digest, new_hasher
 from pollen.records.messages import BlobRef
 from pollen.transport.chunk_codec import Chunk, as_is, decode_chunk, encode_chunk
 from pollen.transport.retry_policy import DOWNLOAD_RESUMES, classify
+from pollen.transport.transfer_progress import Tracked, TransferProgress
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,10 @@ def iter_chunks(
     node_id: int = 0,
     offset: int = 0,
     run_id: int = 0,
+    tracked: Tracked | None = None,
 ) -> Iterator[bytes]:
     """Encoded `BlobChunk` messages of ``buffer`` from ``offset`` (see `encode_chunks`).
-    Each byte is copied once, into its message.
+    Each byte is copied once, into its message; ``tracked`` learns how far it got.
 
     An upload may leave ``ref.digest`` empty: the SuperLink then names the blob by
     its content and says so in its reply.
@@ -79,8 +81,13 @@ def iter_chunks(
         def pieces(start: int, end: int) -> list[memoryview]:
             return [view[start:end]]
 
-    slices = (pieces(at, min(at + CHUNK_SIZE, size)) for at in range(offset, size, CHUNK_SIZE))
-    return encode_chunks(slices, ref, offset, node_id, run_id)
+    def slices() -> Iterator[list[memoryview]]:
+        for at in range(offset, size, CHUNK_SIZE):
+            if tracked is not None:
+                tracked.advanced(at)
+            yield pieces(at, min(at + CHUNK_SIZE, size))
+
+    return encode_chunks(slices(), ref, offset, node_id, run_id)
 
 
 def upload_call(
@@ -200,8 +207,10 @@ async def download_blob(
     ref: BlobRef,
     out: bytearray | None = None,
     attempts: int = DOWNLOAD_RESUMES,
+    progress: TransferProgress | None = None,
 ) -> bytearray:
-    """Download ``ref`` into one buffer (``out`` is reused when its size fits).
+    """Download ``ref`` into one buffer (``out`` is reused when its size fits); a large
+    one is reported to ``progress`` (`transfer_progress`).
 
     A stream cut mid-way or by a SuperLink that went away is resumed from the last
     byte received, up to ``attempts`` times (`retry_policy`); the digest is checked
@@ -209,10 +218,21 @@ async def download_blob(
     Gives up with the stream's `grpc.aio.AioRpcError`: its client decides what next.
     """
     assembly = _Assembly(ref, out)
+    tracked = Tracked(progress, f"download of blob {ref.digest[:12]}", ref.size)
+    try:
+        return await _receive(open_stream, ref, assembly, attempts, tracked)
+    finally:
+        tracked.ended()
+
+
+async def _receive(
+    open_stream: OpenStream, ref: BlobRef, assembly: _Assembly, attempts: int, tracked: Tracked
+) -> bytearray:
     for attempt in range(1, attempts + 1):
         try:
             async for chunk in open_stream(assembly.position):
                 await assembly.feed(chunk)
+                tracked.advanced(assembly.position)
             break
         except grpc.aio.AioRpcError as exc:
             await assembly.settle()
