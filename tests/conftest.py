@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import socket
 import time
@@ -24,6 +25,10 @@ from pollen.transport.addresses import Address
 APPS_DIR = Path(__file__).parent / "apps"
 REPO_ROOT = Path(__file__).parent.parent
 LOOPBACK_ANY_PORT = Address("127.0.0.1", 0)
+
+# Every SuperLink a test starts (a subprocess, a CliRunner) serves its dashboard on a
+# port the OS picks: SuperLinks of tests running side by side never fight over 9093.
+os.environ["POLLEN_DASHBOARD_ADDRESS"] = "127.0.0.1:0"
 
 
 def run_serverapp_to_the_end(fed: LocalFederation, app: str, timeout: float = 30) -> float:
@@ -126,10 +131,11 @@ async def wait_until(predicate: object, timeout: float = 10.0) -> None:
 
 @contextlib.asynccontextmanager
 async def federation(
-    tmp_path: Path, app: ClientApp, node_configs: list[dict[str, object]]
+    tmp_path: Path, app: ClientApp, node_configs: list[dict[str, object]], **overrides: object
 ) -> AsyncIterator[tuple[SuperLink, list[Node]]]:
-    """A SuperLink with one in-process SuperNode per config, all connected."""
-    async with open_superlink(superlink_config(tmp_path)) as link:
+    """A SuperLink with one in-process SuperNode per config, all connected; ``overrides``:
+    of its `SuperLinkConfig` (``dashboard=...``)."""
+    async with open_superlink(superlink_config(tmp_path, **overrides)) as link:
         nodes = [start_node(app, link.fleet_port, **config) for config in node_configs]
         try:
             await wait_until(lambda: len(link.dispatcher.online_nodes()) == len(nodes))

@@ -20,6 +20,7 @@ from pollen.errors import PollenError
 from pollen.transport.keygen import generate
 
 _LISTENING = re.compile(r"Fleet API \S+?:(\d+), Driver API \S+?:(\d+)")
+_DASHBOARD = re.compile(r"dashboard on https?://\S+?:(\d+)")
 
 
 @dataclass
@@ -102,6 +103,9 @@ class LocalFederation:
     superlink: Child | None = None
     fleet_port: int = 0
     driver_port: int = 0
+    dashboard_port: int = 0
+    """The dashboard's and /metrics' port (0 until the SuperLink started; one the OS
+    picks, so that federations side by side never share 9093)."""
     nodes: list[Child] = field(default_factory=list)
     database: Path | None = None
     """The SuperLink's state file (default: ``workdir/superlink.db``)."""
@@ -144,6 +148,8 @@ class LocalFederation:
             f"127.0.0.1:{self.fleet_port}",
             "--driver-api-address",
             f"127.0.0.1:{self.driver_port}",
+            "--dashboard-address",
+            f"127.0.0.1:{self.dashboard_port}",
             "--database",
             str(self.database or self.workdir / "superlink.db"),
             *extra,
@@ -153,6 +159,8 @@ class LocalFederation:
         self.superlink = spawn(name, args, self.log_dir)
         match = wait_for_log(self.superlink, _LISTENING, timeout=30)
         self.fleet_port, self.driver_port = int(match[1]), int(match[2])
+        dashboard = _DASHBOARD.search(self.superlink.log())  # logged before the APIs' line
+        self.dashboard_port = int(dashboard[1]) if dashboard else 0
         return self.superlink
 
     def crash_superlink(self) -> None:

@@ -9,6 +9,12 @@ import click
 
 from pollen.cli.lifecycle import run_until_signalled
 from pollen.cli.security_options import server_security
+from pollen.errors import ConfigurationError
+from pollen.superlink.dashboard.settings import (
+    DEFAULT_DASHBOARD_ADDRESS,
+    DashboardConfig,
+    read_token_file,
+)
 from pollen.superlink.server import (
     DEFAULT_DATABASE,
     DEFAULT_DRIVER_ADDRESS,
@@ -131,6 +137,27 @@ PATH = click.Path(path_type=Path)
     show_default=True,
     help="Seconds a blob upload or download may move no chunk (1 MiB) before it is cut.",
 )
+@click.option(
+    "--dashboard-address",
+    default=str(DEFAULT_DASHBOARD_ADDRESS),
+    show_default=True,
+    envvar="POLLEN_DASHBOARD_ADDRESS",
+    help="HOST:PORT of the dashboard and Prometheus /metrics (HTTP; HTTPS with "
+    "--certificates). Another address than loopback needs a token. Also read from "
+    "POLLEN_DASHBOARD_ADDRESS.",
+)
+@click.option("--no-dashboard", is_flag=True, help="Serve no dashboard and no /metrics.")
+@click.option(
+    "--dashboard-token",
+    help="Token every dashboard request must show (Authorization: Bearer TOKEN, or "
+    "?token=TOKEN once in a browser). Visible to other users in ps: prefer "
+    "--dashboard-token-file.",
+)
+@click.option(
+    "--dashboard-token-file",
+    type=PATH,
+    help="File holding the dashboard token (its first line).",
+)
 def superlink(
     insecure: bool,
     fleet_api_address: str,
@@ -152,6 +179,10 @@ def superlink(
     max_transfers_per_node: int,
     max_transfers_per_operator: int,
     transfer_idle_timeout: float,
+    dashboard_address: str,
+    no_dashboard: bool,
+    dashboard_token: str | None,
+    dashboard_token_file: Path | None,
 ) -> None:
     """Run the SuperLink: Fleet API for SuperNodes, Driver API for ServerApps.
 
@@ -182,6 +213,9 @@ def superlink(
         max_transfers_per_node=max_transfers_per_node,
         max_transfers_per_operator=max_transfers_per_operator,
         transfer_idle_timeout=transfer_idle_timeout,
+        dashboard=_dashboard(
+            dashboard_address, no_dashboard, dashboard_token, dashboard_token_file
+        ),
     )
 
     async def serve(stop: asyncio.Event) -> None:
@@ -195,3 +229,19 @@ def superlink(
         failed.cancel()
 
     run_until_signalled(serve)
+
+
+def _dashboard(
+    address: str, off: bool, token: str | None, token_file: Path | None
+) -> DashboardConfig | None:
+    if off:
+        return None
+    if token is not None and token_file is not None:
+        raise ConfigurationError(
+            "--dashboard-token and --dashboard-token-file both given; keep one"
+        )
+    if token_file is not None:
+        token = read_token_file(token_file)
+    config = DashboardConfig(parse_address(address, "--dashboard-address"), token)
+    config.check()
+    return config

@@ -9,7 +9,7 @@ before any audit row is written, while a join that does prove its key still gets
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
@@ -21,6 +21,7 @@ from pollen.superlink.allowlist import AllowList
 from pollen.superlink.audit import Audit, source_of
 from pollen.superlink.rate_limit import FailureLimiter, proven, unproven
 from pollen.superlink.sessions import SessionStore
+from pollen.superlink.telemetry import JoinRefusal, Telemetry
 from pollen.transport import keys
 from pollen.transport.session_crypto import (
     derive_session_key,
@@ -52,6 +53,8 @@ class AuthSettings:
     limiter: FailureLimiter
     audit: Audit
     server_key: keys.PrivateKey | None = None
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    """Counts refused joins; the SuperLink puts its own here."""
 
 
 class AuthService(auth_pb2_grpc.AuthServicer):
@@ -64,6 +67,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         context: Context,
         fingerprint: str,
         reason: str,
+        refusal: JoinRefusal,
         code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED,
     ) -> NoReturn:
         """Refuse a join that proved nothing: it counts against its source address.
@@ -76,25 +80,32 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         wait = s.limiter.retry_after(limit)
         s.limiter.record_failure(limit)  # a flood keeps its address limited
         if wait > 0:
+            s.telemetry.join_refused("throttled")
             s.audit.record(s.api, "throttled", "-", context.peer(), THROTTLED)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{THROTTLED} ({s.limiter.max_failures} within {s.limiter.window:g} s); "
                 f"retry in {wait:.0f} s",
             )
-        await self._reject(context, fingerprint, reason, code)
+        await self._reject(context, fingerprint, reason, refusal, code)
 
     async def _proven_failure(
         self, context: Context, fingerprint: str, reason: str, code: grpc.StatusCode
     ) -> NoReturn:
         """Refuse a join that failed after proving its key: only its holder can cause that."""
         self.settings.limiter.record_failure(proven(source_of(context.peer()), fingerprint))
-        await self._reject(context, fingerprint, reason, code)
+        await self._reject(context, fingerprint, reason, "bad-proof", code)
 
     async def _reject(
-        self, context: Context, fingerprint: str, reason: str, code: grpc.StatusCode
+        self,
+        context: Context,
+        fingerprint: str,
+        reason: str,
+        refusal: JoinRefusal,
+        code: grpc.StatusCode,
     ) -> NoReturn:
         s = self.settings
+        s.telemetry.join_refused(refusal)
         s.audit.record(s.api, "reject", fingerprint, context.peer(), reason)
         await context.abort(code, f"{reason} (key {fingerprint})")
         raise AssertionError("context.abort returned")
@@ -109,6 +120,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         """
         s = self.settings
         if s.allowlist.missing:
+            s.telemetry.join_refused("joins-paused")
             await context.abort(grpc.StatusCode.UNAVAILABLE, JOINS_PAUSED)
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         if len(public_key) > MAX_KEY_CHARS:
@@ -117,18 +129,22 @@ class AuthService(auth_pb2_grpc.AuthServicer):
                 "malformed",
                 f"the key sent is {len(public_key)} characters long; a public key has "
                 f"fewer than {MAX_KEY_CHARS}",
+                "malformed-key",
                 invalid,
             )
         try:
             key = keys.parse_public_key(public_key, "the key sent")
         except ConfigurationError as exc:
-            await self._unproven_failure(context, "malformed", str(exc), invalid)
+            await self._unproven_failure(context, "malformed", str(exc), "malformed-key", invalid)
         fingerprint = keys.fingerprint(key)
         if fingerprint not in s.allowlist:
-            await self._unproven_failure(context, fingerprint, "key is not in the allow-list")
+            await self._unproven_failure(
+                context, fingerprint, "key is not in the allow-list", "not-allowed"
+            )
         wait = s.limiter.retry_after(proven(source_of(context.peer()), fingerprint))
         if wait > 0:
             reason = "too many failed joins of this key from this address after proving it"
+            s.telemetry.join_refused("throttled")
             s.audit.record(s.api, "throttled", fingerprint, context.peer(), reason)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -144,6 +160,7 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         try:
             challenge = s.sessions.challenges.issue(fingerprint, source_of(context.peer()))
         except ChallengeRefused as exc:
+            s.telemetry.join_refused("throttled")
             s.audit.record(s.api, "throttled", fingerprint, context.peer(), str(exc))
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -157,15 +174,19 @@ class AuthService(auth_pb2_grpc.AuthServicer):
         s = self.settings
         key, fingerprint = await self._admissible(request.public_key, context)
         if not s.sessions.challenges.take(request.challenge, fingerprint):
-            await self._unproven_failure(context, fingerprint, "challenge unknown, used or expired")
+            await self._unproven_failure(
+                context, fingerprint, "challenge unknown, used or expired", "bad-proof"
+            )
         if len(request.client_ephemeral) != 32:
-            await self._unproven_failure(context, fingerprint, "ephemeral key is not 32 bytes")
+            await self._unproven_failure(
+                context, fingerprint, "ephemeral key is not 32 bytes", "bad-proof"
+            )
         join = join_transcript(
             s.api, keys.public_bytes(key), request.challenge, request.client_ephemeral
         )
         if not keys.verify(key, request.signature, join):
             await self._unproven_failure(
-                context, fingerprint, "signature does not prove the private key"
+                context, fingerprint, "signature does not prove the private key", "bad-proof"
             )
         ephemeral, ephemeral_public = new_ephemeral()
         session_id = secrets.token_bytes(16)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pollen.records.messages import Message
 from pollen.superlink.state import State
+from pollen.superlink.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,12 @@ class Subscription:
 class Dispatcher:
     """Pushes instructions to subscribed nodes and replies to listening ServerApps."""
 
-    def __init__(self, state: State, clock: Clock = time.time) -> None:
+    def __init__(
+        self, state: State, clock: Clock = time.time, telemetry: Telemetry | None = None
+    ) -> None:
         self.state = state
         self.clock = clock
+        self.telemetry = telemetry or Telemetry()
         self.closing = False
         self._subscriptions: dict[int, Subscription] = {}
         self._last_seen: dict[int, float] = {}
@@ -71,6 +75,7 @@ class Dispatcher:
         self._last_seen[node_id] = now
         for message in pending:
             subscription.queue.put_nowait(message)
+        self.telemetry.nodes_connected(len(self._subscriptions))
         logger.info("node %d connected", node_id)
         return subscription
 
@@ -80,6 +85,7 @@ class Dispatcher:
             return
         del self._subscriptions[subscription.node_id]
         self._last_seen.pop(subscription.node_id, None)
+        self.telemetry.nodes_connected(len(self._subscriptions))
         if self.closing:
             return  # a restart must not fail instructions that nodes can still answer
         node_id = subscription.node_id
@@ -166,6 +172,7 @@ class Dispatcher:
         """Store a reply and wake the ServerApps waiting for its run."""
         if not self.state.add_reply(reply):
             return False
+        self.telemetry.task_answered(reply.message_type, bool(reply.error))
         for queue in self._listeners.get(reply.run_id, ()):
             queue.put_nowait(reply)
         return True

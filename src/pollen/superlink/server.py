@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,9 +25,14 @@ from pollen.superlink.connection_limits import (
     connection_options,
     raise_open_files_limit,
 )
+from pollen.superlink.dashboard.app import Readings, dashboard_app
+from pollen.superlink.dashboard.guard import TokenCheck
+from pollen.superlink.dashboard.http_server import HttpServer
+from pollen.superlink.dashboard.settings import DashboardConfig, bind_listener
 from pollen.superlink.dispatch import Clock, Dispatcher
 from pollen.superlink.driver_service import DriverService
 from pollen.superlink.fleet_service import FleetService
+from pollen.superlink.rate_limit import FailureLimiter
 from pollen.superlink.request_ids import ids_checked
 from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.run_access import AdminKeys, RunAccess, load_admin_keys
@@ -41,6 +47,7 @@ from pollen.superlink.stream_limits import (
     idle_cut_step,
 )
 from pollen.superlink.supervisor import Step, Supervisor
+from pollen.superlink.telemetry import Telemetry, measured
 from pollen.superlink.upload_bounds import DEFAULT_MAX_BLOB_SIZE, DEFAULT_NODE_QUOTA, NodeQuota
 from pollen.transport.addresses import Address
 from pollen.transport.channels import bind, new_server
@@ -81,6 +88,9 @@ class SuperLinkConfig:
     """The same for one operator key on the Driver API (with operator keys)."""
     transfer_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     """Seconds a blob upload or download may move no chunk before it is cut."""
+    dashboard: DashboardConfig | None = None
+    """The dashboard and ``/metrics`` (None: not served; `pollen superlink` serves it on
+    127.0.0.1:9093 unless told otherwise)."""
 
     @property
     def blob_dir(self) -> Path:
@@ -102,6 +112,8 @@ class SuperLink:
     failure: asyncio.Future[SuperLinkFailed] | None = None
     """Resolves if a background loop gave up: the SuperLink must then stop (see
     `supervisor`); whoever runs it awaits this beside its own stop signal."""
+    dashboard_port: int | None = None
+    """Where the dashboard and ``/metrics`` listen (None: not served)."""
 
     async def until_failed(self) -> SuperLinkFailed:
         """The failure that stops this SuperLink (waits until there is one)."""
@@ -166,6 +178,31 @@ def _admins(config: SuperLinkConfig, driver_guard: ApiGuard | None) -> AdminKeys
     return load_admin_keys(config.admin_keys, driver_guard.settings.allowlist)
 
 
+def _dashboard(
+    config: SuperLinkConfig, dispatcher: Dispatcher, audit: Audit, read: Readings
+) -> tuple[socket.socket, Callable[[], HttpServer]] | None:
+    """The dashboard's socket, bound now (a port in use refuses the start before anything
+    listens), and how to make its server once the SuperLink listens."""
+    dashboard = config.dashboard
+    if dashboard is None:
+        return None
+    dashboard.check()
+    listener = bind_listener(dashboard.address)
+    security = config.security
+    check = None
+    if dashboard.token is not None:
+        limiter = FailureLimiter(security.max_failures, security.failure_window, config.clock)
+        check = TokenCheck(dashboard.token, limiter, audit, secure_cookie=security.tls is not None)
+    app = dashboard_app(dispatcher, read, check)
+    return listener, lambda: HttpServer(app, listener, security.tls)
+
+
+def _dashboard_url(config: SuperLinkConfig, port: int) -> str:
+    assert config.dashboard is not None
+    scheme = "https" if config.security.tls else "http"
+    return f"{scheme}://{Address(config.dashboard.address.host, port)}"
+
+
 def _credentials(config: SuperLinkConfig, address: Address) -> grpc.ServerCredentials | None:
     tls = config.security.tls
     return tls.credentials([address.host]) if tls is not None else None
@@ -178,15 +215,22 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     driver_credentials = _credentials(config, config.driver_address)
     created = _Created(config)
     state = SqliteState(config.database)
+    telemetry = Telemetry()
+    read = Readings()
     try:
         blobs = BlobStore(config.blob_dir, config.max_blob_size)
-        dispatcher = Dispatcher(state, config.clock)
+        dispatcher = Dispatcher(state, config.clock, telemetry)
         collector = BlobCollector(state, blobs, config.clock)
         collector.sweep()  # leftovers of a previous life
         audit = Audit(state, config.clock)
         fleet_guard, driver_guard = _guards(config, audit)
+        for guard in (fleet_guard, driver_guard):
+            if guard is not None:
+                guard.settings.telemetry = telemetry
         access = RunAccess(state, _admins(config, driver_guard))
+        dashboard = _dashboard(config, dispatcher, audit, read)
     except BaseException:
+        read.close()
         created.remove(state)
         raise
     raise_open_files_limit()
@@ -194,6 +238,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     fleet = new_server(limits)
     driver = new_server(limits)
     started = False
+    http: HttpServer | None = None
     fleet_transfers = BlobStreams(
         config.max_transfers_per_node,
         "--max-transfers-per-node",
@@ -218,9 +263,12 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 fleet_transfers,
             ),
             ids_checked(
-                fleet_guard.verified(fleet)
-                if fleet_guard
-                else RequestVerifier(None).registrar(fleet)
+                measured(
+                    fleet_guard.verified(fleet)
+                    if fleet_guard
+                    else RequestVerifier(None).registrar(fleet),
+                    telemetry,
+                )
             ),
         )
         driver_service = DriverService(
@@ -229,9 +277,12 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
             ids_checked(
-                driver_guard.verified(driver)
-                if driver_guard
-                else RequestVerifier(None).registrar(driver)
+                measured(
+                    driver_guard.verified(driver)
+                    if driver_guard
+                    else RequestVerifier(None).registrar(driver),
+                    telemetry,
+                )
             ),
         )
         revoke = _cut_off(dispatcher, fleet_transfers)
@@ -246,6 +297,13 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         await fleet.start()
         await driver.start()
         started = True
+        dashboard_port = None
+        if dashboard is not None:
+            listener, make_http = dashboard
+            http = make_http()
+            await http.start()
+            dashboard_port = int(listener.getsockname()[1])
+            logger.info("dashboard on %s", _dashboard_url(config, dashboard_port))
         logger.info(
             "SuperLink listening: Fleet API %s:%d, Driver API %s:%d, state %s (%s)",
             config.fleet_address.host,
@@ -286,11 +344,17 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 fleet_transfers=fleet_transfers,
                 driver_transfers=driver_transfers,
                 failure=supervisor.failure,
+                dashboard_port=dashboard_port,
             )
         finally:
             await supervisor.close()
             dispatcher.close_all()
     finally:
+        if http is not None:
+            await http.stop()
+        elif dashboard is not None:
+            dashboard[0].close()
+        read.close()
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
         blobs.spares.drop()
         if started:

@@ -1,0 +1,174 @@
+"""Building the dashboard's HTML: every value is escaped unless it is `Markup` made here.
+
+Strings from the network (apps, reasons, addresses, metric names) reach the
+pages; `text` escapes them, so none can add markup or script. No inline script
+or style is ever written: the Content-Security-Policy forbids both.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Iterable, Sequence
+
+NAV = (("/", "Federation"), ("/security", "Security"), ("/metrics", "Metrics"))
+
+
+class Markup(str):
+    """HTML built by this module from escaped parts: written as it is."""
+
+
+Cell = str | int | float | None
+"""A table cell: escaped text (None: an em dash), or `Markup`."""
+
+
+def text(value: Cell) -> Markup:
+    """``value`` as safe HTML."""
+    if isinstance(value, Markup):
+        return value
+    if value is None:
+        return Markup('<span class="muted">—</span>')
+    return Markup(html.escape(str(value), quote=True))
+
+
+def join(parts: Iterable[Markup]) -> Markup:
+    return Markup("".join(parts))
+
+
+def tag(name: str, content: Cell, **attributes: str) -> Markup:
+    """``<name attr="...">content</name>`` (``class_`` writes ``class``)."""
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{html.escape(value, quote=True)}"'
+        for key, value in attributes.items()
+    )
+    return Markup(f"<{name}{attrs}>{text(content)}</{name}>")
+
+
+def link(href: str, content: Cell) -> Markup:
+    return tag("a", content, href=href)
+
+
+def badge(status: str) -> Markup:
+    """A coloured label for a status (online, running, failed...)."""
+    return tag("span", status, class_=f"badge badge-{_status_class(status)}")
+
+
+def _status_class(status: str) -> str:
+    if status in ("online", "running"):
+        return "good"
+    if status in ("finished", "completed"):
+        return "done"
+    if status in ("failed", "offline", "reject", "throttled", "revoke"):
+        return "bad"
+    return "neutral"
+
+
+def table(
+    headers: Sequence[str], rows: Iterable[Sequence[Cell]], empty: str, numeric: Iterable[int] = ()
+) -> Markup:
+    """A table, or the ``empty`` sentence when there is no row. ``numeric``: the columns
+    aligned right."""
+    right = set(numeric)
+    body = [
+        join(
+            tag("td", cell, class_="num") if i in right else tag("td", cell)
+            for i, cell in enumerate(row)
+        )
+        for row in rows
+    ]
+    if not body:
+        return tag("p", empty, class_="empty")
+    head = join(
+        tag("th", h, scope="col", class_="num") if i in right else tag("th", h, scope="col")
+        for i, h in enumerate(headers)
+    )
+    rows_html = join(tag("tr", row) for row in body)
+    return tag(
+        "div",
+        tag("table", join([tag("thead", tag("tr", head)), tag("tbody", rows_html)])),
+        class_="table-wrap",
+    )
+
+
+def section(title: str, content: Markup, note: str = "") -> Markup:
+    parts = [tag("h2", title)]
+    if note:
+        parts.append(tag("p", note, class_="note"))
+    parts.append(content)
+    return tag("section", join(parts), class_="card")
+
+
+def stats(items: Iterable[tuple[str, Cell]]) -> Markup:
+    """A row of headline figures."""
+    return tag(
+        "dl",
+        join(
+            tag("div", join([tag("dt", label), tag("dd", value)]), class_="stat")
+            for label, value in items
+        ),
+        class_="stats",
+    )
+
+
+def facts(items: Iterable[tuple[str, Cell]]) -> Markup:
+    """A description list of a thing's facts."""
+    return tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in items), class_="facts")
+
+
+def page(title: str, current: str, content: Markup, subtitle: str = "") -> str:
+    """A whole page: header with the navigation (``current``: the path of this page)."""
+    nav = join(
+        link(href, label) if href != current else tag("a", label, href=href, aria_current="page")
+        for href, label in NAV
+    )
+    heading = [tag("h1", title)]
+    if subtitle:
+        heading.append(tag("p", subtitle, class_="subtitle"))
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{text(title)} · Pollen</title>"
+        '<link rel="stylesheet" href="/static/dashboard.css"></head>'
+        "<body>"
+        + tag(
+            "header",
+            join([tag("a", "Pollen", href="/", class_="brand"), tag("nav", nav)]),
+            class_="top",
+        )
+        + tag("main", join([tag("div", join(heading), class_="heading"), content]))
+        + "</body></html>\n"
+    )
+
+
+def when(at: float | None) -> Markup:
+    """A moment as UTC date and time."""
+    if at is None:
+        return text(None)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    return tag("time", stamp, datetime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)))
+
+
+def ago(at: float | None, now: float) -> Markup:
+    """How long ago ``at`` was ("12 s ago"), with the moment as a tooltip."""
+    if at is None:
+        return text(None)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
+    return tag("time", f"{duration(max(0.0, now - at))} ago", title=stamp)
+
+
+def duration(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 4 min``, ``3 d 1 h``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min {secs} s"
+    return f"{secs} s"

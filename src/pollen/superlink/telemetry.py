@@ -1,0 +1,192 @@
+"""The SuperLink's Prometheus metrics: their definitions and the calls that update them.
+
+Each SuperLink has its own `Telemetry` (its own ``CollectorRegistry``, never the
+global one), so two SuperLinks in one process count apart. The places where
+things happen call it: the Dispatcher (nodes connected, replies), the Auth
+service (refused joins), the gRPC handlers as registered (`measured`: call
+durations and blob bytes of both APIs), the Driver service (rounds reported).
+``/metrics`` on the dashboard's address serves `Telemetry.exposition`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal, get_args
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from pollen.records.messages import MESSAGE_TYPES
+from pollen.transport.chunk_codec import Chunk
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the text for a timestamp nobody reads
+
+JoinRefusal = Literal["not-allowed", "malformed-key", "bad-proof", "throttled", "joins-paused"]
+"""Why a join was refused, as the label of ``pollen_joins_refused_total``: a bounded
+set, whatever a client sends (the full reason is in the audit trail)."""
+
+Direction = Literal["in", "out"]
+"""Blob bytes received by the SuperLink (uploads) or sent by it (downloads)."""
+
+EXPOSITION_TYPE = CONTENT_TYPE_LATEST
+"""The Content-Type of `Telemetry.exposition` (Prometheus text format)."""
+
+ROUND_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+
+
+class Telemetry:
+    """One SuperLink's metrics. Every method is cheap (a lock and an addition)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._nodes = Gauge(
+            "pollen_nodes_connected", "SuperNodes with an open task stream.", registry=r
+        )
+        self._rounds = Counter(
+            "pollen_rounds_completed", "Rounds that ServerApps reported finished.", registry=r
+        )
+        self._tasks = Counter(
+            "pollen_tasks",
+            "Instructions answered, by message kind and outcome (an error reply, or one the "
+            "SuperLink wrote for a node that went away or ran out of time, is an error).",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self._refused = Counter(
+            "pollen_joins_refused", "Joins refused, by reason.", ["reason"], registry=r
+        )
+        self._blob_bytes = Counter(
+            "pollen_blob_bytes",
+            "Blob bytes moved over both APIs: in (uploads), out (downloads).",
+            ["direction"],
+            registry=r,
+        )
+        self._round_seconds = Histogram(
+            "pollen_round_duration_seconds",
+            "Wall time of each finished round, as its ServerApp reported it.",
+            buckets=ROUND_BUCKETS,
+            registry=r,
+        )
+        self._rpc_seconds = Histogram(
+            "pollen_rpc_duration_seconds",
+            "Time a gRPC call of the Fleet or Driver API took in the SuperLink (a stream: "
+            "its whole life).",
+            ["method"],
+            buckets=RPC_BUCKETS,
+            registry=r,
+        )
+        for kind in MESSAGE_TYPES:  # known series start at 0 rather than appear later
+            for outcome in ("ok", "error"):
+                self._tasks.labels(kind, outcome)
+        for reason in get_args(JoinRefusal):
+            self._refused.labels(reason)
+        for direction in get_args(Direction):
+            self._blob_bytes.labels(direction)
+
+    def nodes_connected(self, count: int) -> None:
+        self._nodes.set(count)
+
+    def task_answered(self, message_type: str, failed: bool) -> None:
+        """A reply was stored for an instruction of ``message_type`` (``query.x``: query)."""
+        kind = message_type.partition(".")[0]
+        self._tasks.labels(kind, "error" if failed else "ok").inc()
+
+    def join_refused(self, reason: JoinRefusal) -> None:
+        self._refused.labels(reason).inc()
+
+    def blob_bytes(self, direction: Direction, size: int) -> None:
+        self._blob_bytes.labels(direction).inc(size)
+
+    def round_reported(self, seconds: float) -> None:
+        """A ServerApp finished a round that took ``seconds``."""
+        self._rounds.inc()
+        self._round_seconds.observe(seconds)
+
+    def rpc_finished(self, method: str, seconds: float) -> None:
+        self._rpc_seconds.labels(method).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """Every metric, in Prometheus text format (see `EXPOSITION_TYPE`)."""
+        return generate_latest(self.registry)
+
+
+def measured(registrar: Any, telemetry: Telemetry) -> Any:
+    """Pass this instead of ``registrar`` to a generated ``add_*Servicer_to_server`` (or to
+    `ids_checked`): each handler reports its duration, and blob streams their bytes."""
+    return _Measuring(registrar, telemetry)
+
+
+class _Measuring:
+    def __init__(self, registrar: Any, telemetry: Telemetry) -> None:
+        self._registrar = registrar
+        self._telemetry = telemetry
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored, as by the registrar: `add_registered_method_handlers` registers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        api = service.rsplit(".", 1)[-1]
+        timed = {
+            name: _timed(handler, f"{api}.{name}", self._telemetry)
+            for name, handler in handlers.items()
+        }
+        self._registrar.add_registered_method_handlers(service, timed)
+
+
+def _timed(handler: Any, method: str, telemetry: Telemetry) -> Any:
+    """``handler``, reporting how long each call took (and, for blobs, the bytes moved)."""
+    finished = telemetry.rpc_finished
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+
+        async def unary_unary(request: object, context: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await unary(request, context)
+            finally:
+                finished(method, time.perf_counter() - started)
+
+        return handler._replace(unary_unary=unary_unary)
+    if handler.unary_stream is not None:
+        streaming: Any = handler.unary_stream
+        downloads = method.endswith(".DownloadBlob")
+
+        async def unary_stream(request: object, context: Any) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            try:
+                async for reply in streaming(request, context):
+                    if downloads:
+                        telemetry.blob_bytes("out", len(reply))
+                    yield reply
+            finally:
+                finished(method, time.perf_counter() - started)
+
+        return handler._replace(unary_stream=unary_stream)
+    if handler.stream_unary is not None:
+        receiving: Any = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+            async def counted() -> AsyncIterator[Any]:
+                async for request in requests:
+                    if isinstance(request, Chunk):
+                        telemetry.blob_bytes("in", len(request.data))
+                    yield request
+
+            started = time.perf_counter()
+            try:
+                return await receiving(counted(), context)
+            finally:
+                finished(method, time.perf_counter() - started)
+
+        return handler._replace(stream_unary=stream_unary)
+    return handler

@@ -1,0 +1,176 @@
+"""The SuperLink's HTTP endpoint: server-rendered pages, its security rules, bad input.
+
+Real SuperLinks on 127.0.0.1:0, in-process, read with urllib as a browser without
+JavaScript or a scraper would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pollen.cli.main import cli
+from pollen.server.run import run_server_app
+from pollen.superlink.dashboard.guard import COOKIE, WRONG_TOKEN
+from pollen.superlink.dashboard.settings import DashboardConfig
+from pollen.superlink.security import SecurityConfig
+from pollen.superlink.server import open_superlink
+from tests.apps import numpy_apps
+from tests.conftest import LOOPBACK_ANY_PORT, federation, superlink_config
+from tests.dashboard_helpers import ON_ANY_PORT, get
+from tests.test_cli_errors import assert_one_line_error
+from tests.test_integration import server_config
+
+TOKEN = "s3cret-token-for-the-dashboard"
+PAGES = ("/", "/runs/1", "/security", "/metrics", "/static/dashboard.css")
+
+
+def test_pages_show_the_nodes_and_runs_with_strict_headers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{}, {}]
+        async with federation(tmp_path, numpy_apps.app, configs, dashboard=ON_ANY_PORT) as (
+            link,
+            _,
+        ):
+            await run_server_app(
+                numpy_apps.make_server_app(num_rounds=1),
+                server_config(tmp_path, link.driver_port),
+            )
+            answers = {path: await get(link.dashboard_port, path) for path in PAGES}
+            nodes = link.dispatcher.online_nodes()
+        home = answers["/"].body
+        for node_id in nodes:
+            assert f"<td>{node_id}</td>" in home
+        assert home.count("badge-good") >= 2  # both nodes online
+        assert 'href="/runs/1"' in home
+        assert "Run 1" in answers["/runs/1"].body
+        assert "No join has been refused." in answers["/security"].body
+        assert "text/css" in answers["/static/dashboard.css"].headers["content-type"]
+        for path, answer in answers.items():
+            assert answer.status == 200, (path, answer.body)
+            csp = answer.headers["content-security-policy"]
+            assert "default-src 'self'" in csp and "unsafe-inline" not in csp
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["referrer-policy"] == "no-referrer"
+            assert "PRIVATE KEY" not in answer.body
+            assert "<script" not in answer.body
+
+    asyncio.run(scenario())
+
+
+def test_an_empty_federation_says_so_and_an_unknown_run_is_not_found(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path, dashboard=ON_ANY_PORT)) as link:
+            home = await get(link.dashboard_port, "/")
+            unknown = await get(link.dashboard_port, "/runs/7")
+            huge = await get(link.dashboard_port, f"/runs/{2**64}")
+            posted = await get(link.dashboard_port, "/", method="POST")
+        assert "No nodes have joined yet" in home.body
+        assert "No runs yet" in home.body
+        assert unknown.status == 404
+        assert "Run 7 does not exist on this SuperLink." in unknown.body
+        assert "content-security-policy" in unknown.headers
+        assert huge.status == 404
+        assert posted.status == 405
+        assert posted.headers["allow"] == "GET, HEAD"
+
+    asyncio.run(scenario())
+
+
+def test_strings_from_the_network_are_escaped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path, dashboard=ON_ANY_PORT)) as link:
+            hostile = '<script>alert("x")</script>'
+            link.dispatcher.state.create_run(hostile, {"key": hostile}, 1.0)
+            pages = [await get(link.dashboard_port, p) for p in ("/", "/runs/1")]
+        for page in pages:
+            assert "<script" not in page.body
+            assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page.body
+
+    asyncio.run(scenario())
+
+
+def test_with_a_token_a_wrong_one_is_refused_audited_and_rate_limited(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config = superlink_config(
+            tmp_path,
+            dashboard=DashboardConfig(LOOPBACK_ANY_PORT, TOKEN),
+            security=SecurityConfig(max_failures=2),
+        )
+        async with open_superlink(config) as link:
+            port = link.dashboard_port
+            missing = await get(port, "/metrics")
+            bearer = await get(port, "/metrics", {"Authorization": f"Bearer {TOKEN}"})
+            by_query = await get(port, f"/security?token={TOKEN}")
+            cookie = by_query.headers.get("set-cookie", "")
+            value = re.search(rf"{COOKIE}=([^;]+)", cookie)
+            assert value is not None, by_query.headers
+            with_cookie = await get(port, "/", {"Cookie": f"{COOKIE}={value[1]}"})
+            wrong = [
+                await get(port, "/", {"Authorization": "Bearer not-the-token"}) for _ in range(2)
+            ]
+            limited = await get(port, "/", {"Authorization": f"Bearer {TOKEN}"})
+            audit = [e for e in link.dispatcher.state.list_audit() if e.api == "dashboard"]
+        assert missing.status == 401
+        assert bearer.status == 200 and "pollen_nodes_connected" in bearer.body
+        assert by_query.status == 303
+        assert by_query.headers["location"] == "/security"  # the token leaves the address
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+        assert TOKEN not in cookie
+        assert with_cookie.status == 200
+        assert [w.status for w in wrong] == [401, 401]
+        assert limited.status == 429  # this address is over its limit, even with the token
+        assert "retry-after" in limited.headers
+        [reject] = [e for e in audit if e.event == "reject"]
+        assert reject.reason == WRONG_TOKEN
+        assert reject.count == 2
+        assert "127.0.0.1" in reject.peer
+        assert [e.event for e in audit if e.event == "throttled"] == ["throttled"]
+
+    asyncio.run(scenario())
+
+
+def run_superlink(tmp_path: Path, *options: str) -> tuple[int, str]:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "superlink",
+            "--insecure",
+            "--fleet-api-address",
+            "127.0.0.1:0",
+            "--driver-api-address",
+            "127.0.0.1:0",
+            "--database",
+            str(tmp_path / "superlink.db"),
+            *options,
+        ],
+    )
+    return result.exit_code, result.output
+
+
+def test_a_dashboard_reachable_from_other_machines_needs_a_token(tmp_path: Path) -> None:
+    code, output = run_superlink(tmp_path, "--dashboard-address", "0.0.0.0:0")
+    assert code == 2
+    assert_one_line_error(output, "--dashboard-address 0.0.0.0:0", "--dashboard-token-file")
+    assert not (tmp_path / "superlink.db").exists()
+
+
+def test_a_dashboard_port_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, output = run_superlink(tmp_path, "--dashboard-address", f"127.0.0.1:{port}")
+    assert code == 2
+    assert_one_line_error(output, f"--dashboard-address 127.0.0.1:{port}: port in use")
+    assert not (tmp_path / "superlink.db").exists()  # a refused start leaves nothing
+
+
+def test_a_weak_token_is_refused(tmp_path: Path) -> None:
+    code, output = run_superlink(tmp_path, "--dashboard-token", "short")
+    assert code == 2
+    assert_one_line_error(output, "--dashboard-token", "at least 16")
