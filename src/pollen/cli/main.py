@@ -12,6 +12,7 @@ from pollen.cli.demo_cmd import demo
 from pollen.cli.keys_cmd import keys
 from pollen.cli.log_lines import install as install_logging
 from pollen.cli.log_lines import one_line
+from pollen.cli.nodes_cmd import nodes
 from pollen.cli.runs_cmd import runs
 from pollen.cli.serverapp_cmd import serverapp
 from pollen.cli.simulation_cmd import simulation
@@ -52,6 +53,7 @@ cli.add_command(serverapp, name="server-app")
 cli.add_command(demo)
 cli.add_command(keys)
 cli.add_command(runs)
+cli.add_command(nodes)
 cli.add_command(simulation)
 
 

@@ -1,17 +1,20 @@
-"""``pollen runs prune``: forget finished runs, their tasks, results and blobs."""
+"""``pollen runs``: the runs a SuperLink keeps, over its Driver API: list them, show
+one with its rounds, read or follow its log, prune finished ones."""
 
 from __future__ import annotations
 
-import asyncio
 import re
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
 
-from pollen.cli.security_options import client_credentials, client_identity
-from pollen.errors import ConfigurationError
+from pollen.cli.driver_connection import DriverTarget, driver_options, format_option
+from pollen.cli.run_views import print_details, print_line, print_runs
+from pollen.errors import CallRefused, ConfigurationError
 from pollen.server.driver import DriverClient
-from pollen.transport.addresses import parse_address
+
+T = TypeVar("T")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -50,29 +53,8 @@ def runs() -> None:
     help="Also end and delete running runs with no task or result for that long "
     "(their ServerApp died and was never resumed).",
 )
-@click.option("--insecure", is_flag=True, help="Connect without TLS.")
-@click.option(
-    "--superlink",
-    "--server",
-    "superlink_address",
-    default="127.0.0.1:9091",
-    show_default=True,
-    help="The SuperLink's Driver API, HOST:PORT.",
-)
-@click.option("--root-certificates", type=click.Path(path_type=Path))
-@click.option(
-    "--auth-private-key",
-    type=click.Path(path_type=Path),
-    help="Operator key, for a Driver API that requires one.",
-)
-def prune(
-    older_than: str,
-    abandoned: bool,
-    insecure: bool,
-    superlink_address: str,
-    root_certificates: Path | None,
-    auth_private_key: Path | None,
-) -> None:
+@driver_options
+def prune(older_than: str, abandoned: bool, target: DriverTarget) -> None:
     """Delete runs that finished (or failed) longer ago than --older-than, blobs included.
 
     Running runs are left alone unless --abandoned is given: then a running run with
@@ -81,17 +63,63 @@ def prune(
     a key in the SuperLink's --admin-keys).
     """
     age = parse_age(older_than)
-    address = parse_address(superlink_address, "--superlink")
-    credentials = client_credentials(insecure, root_certificates)
-    identity = client_identity(auth_private_key, tls=credentials is not None)
-
-    async def run() -> tuple[list[int], int]:
-        driver = await DriverClient.connect(address, credentials, 10.0, identity)
-        try:
-            return await driver.prune_runs(age, abandoned)  # a refusal: CallRefused, one line
-        finally:
-            await driver.close()
-
-    run_ids, blobs = asyncio.run(run())
+    run_ids, blobs = target.run(lambda driver: driver.prune_runs(age, abandoned))
     listed = ", ".join(map(str, run_ids)) or "none"
     click.echo(f"pruned runs: {listed}; {blobs} blob(s) deleted")
+
+
+@runs.command("ls")
+@format_option
+@driver_options
+def list_runs(output_format: str, target: DriverTarget) -> None:
+    """List the runs: id, app, status, round k of n, created, finished, owner.
+
+    With operator keys, an operator key lists the runs it created (every run for a
+    key in the SuperLink's --admin-keys).
+    """
+    print_runs(target.run(lambda driver: driver.list_runs()), output_format)
+
+
+@runs.command("show")
+@click.argument("run_id", metavar="RUN", type=int)
+@format_option
+@driver_options
+def show(run_id: int, output_format: str, target: DriverTarget) -> None:
+    """Show run RUN: its config, one row per round with its metrics, where its outputs are."""
+    details = target.run(_about_run(run_id, target, lambda driver: driver.run_details(run_id)))
+    print_details(details, output_format)
+
+
+@runs.command("log")
+@click.argument("run_id", metavar="RUN", type=int)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run ends.")
+@format_option
+@driver_options
+def log(run_id: int, follow: bool, output_format: str, target: DriverTarget) -> None:
+    """Print run RUN's log as the SuperLink keeps it: created, each round, resumed,
+    finished or failed. JSON: one object per line."""
+
+    async def read(driver: DriverClient) -> None:
+        async for line in driver.run_log(run_id, follow):
+            print_line(line, output_format)
+
+    target.run(_about_run(run_id, target, read))
+
+
+def _about_run(
+    run_id: int, target: DriverTarget, work: Callable[[DriverClient], Awaitable[T]]
+) -> Callable[[DriverClient], Awaitable[T]]:
+    """``work``, whose refusal for a run this key cannot see says so in one line."""
+
+    async def checked(driver: DriverClient) -> T:
+        try:
+            return await work(driver)
+        except CallRefused as exc:
+            if exc.status != "not_found":
+                raise
+            raise ConfigurationError(
+                f"run {run_id}: no such run on the SuperLink at {target.address} that this "
+                "operator key may see; `pollen runs ls` lists the runs you may see"
+            ) from None
+
+    return checked

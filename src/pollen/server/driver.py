@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 
 import grpc
 from google.protobuf.message import Message as ProtoMessage
 
-from pollen.errors import ConnectionFailed
+from pollen.errors import ConnectionFailed, PollenError
 from pollen.proto import common_pb2 as pb
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
 from pollen.records.arrays import ArrayBytes, buffer_in_use, decode_arrays
 from pollen.records.messages import BlobRef, Message
+from pollen.records.run_reports import NodeSummary, RunDetails, RunLogLine, RunSummary
 from pollen.records.typing import NDArrays, UserConfig
-from pollen.server.grid import Grid
+from pollen.server.grid import Grid, RunReport
+from pollen.server.history import History
 from pollen.server.reconnect import Reconnector, reach_driver
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import (
@@ -30,8 +34,17 @@ from pollen.transport.chunk_codec import Chunk
 from pollen.transport.connection_faults import Endpoint
 from pollen.transport.convert import fill_map, message_from_proto, message_to_proto
 from pollen.transport.request_signing import ClientIdentity, Metadata, RequestAuth
+from pollen.transport.retry_policy import classify, refusal
+from pollen.transport.run_report_protos import (
+    details_from_proto,
+    line_from_proto,
+    node_from_proto,
+    summary_from_proto,
+)
 
 _DRIVER = "/pollen.v1.Driver/"
+
+logger = logging.getLogger(__name__)
 
 
 class DriverClient(Grid):
@@ -53,6 +66,7 @@ class DriverClient(Grid):
         self._spare: bytearray | None = None  # the last download's buffer
         self._spare_digest = ""
         self._retry = Reconnector(channel, str(address), reconnect_timeout, identity, auth)
+        self._report_failed = False  # warned once: the run goes on without reports
         self.address = address
 
     def _signed(self, name: str, request: ProtoMessage) -> Metadata | None:
@@ -100,6 +114,82 @@ class DriverClient(Grid):
             lambda: self._stub.CreateRun(request, metadata=self._signed("CreateRun", request))
         )
         return int(reply.run_id), str(reply.superlink_id)
+
+    async def report_round(self, run_id: int, report: RunReport) -> None:
+        """Send the SuperLink the round just completed (``pollen runs`` shows it); a
+        failure is logged once and otherwise ignored: the run goes on."""
+        record = report.record
+        request = dpb.ReportRoundRequest(
+            run_id=run_id,
+            round=record.round if record is not None else 0,
+            # the round as metrics.json holds it (one rule: History.to_json)
+            record_json=json.dumps(History(run_id, [record]).to_json()["rounds"][0])
+            if record is not None
+            else "",
+            num_rounds=report.num_rounds,
+            output_dir=report.output_dir,
+            summary=report.summary,
+        )
+        try:
+            await self._retry.call(
+                lambda: self._stub.ReportRound(
+                    request, metadata=self._signed("ReportRound", request)
+                )
+            )
+        except PollenError as exc:
+            if not self._report_failed:
+                self._report_failed = True
+                logger.warning(
+                    "the SuperLink did not take round %d's report (%s); the run goes on, "
+                    "`pollen runs show %d` may miss its rounds",
+                    request.round,
+                    exc,
+                    run_id,
+                )
+
+    async def list_runs(self) -> list[RunSummary]:
+        """The runs this operator key may see (all of them for an administrator)."""
+        request = dpb.ListRunsRequest()
+        reply = await self._retry.call(
+            lambda: self._stub.ListRuns(request, metadata=self._signed("ListRuns", request))
+        )
+        return [summary_from_proto(run) for run in reply.runs]
+
+    async def run_details(self, run_id: int) -> RunDetails:
+        """A run's config, reported rounds and output folder; `CallRefused` ("not_found")
+        for a run this key may not see."""
+        request = dpb.GetRunDetailsRequest(run_id=run_id)
+        reply = await self._retry.call(
+            lambda: self._stub.GetRunDetails(
+                request, metadata=self._signed("GetRunDetails", request)
+            )
+        )
+        return details_from_proto(reply)
+
+    async def run_log(self, run_id: int, follow: bool = False) -> AsyncIterator[RunLogLine]:
+        """The run's log as the SuperLink keeps it; with ``follow``, each new line as it is
+        written, until the run ends. Not resumed after a break (lines would repeat)."""
+        request = dpb.StreamRunLogRequest(run_id=run_id, follow=follow)
+        call = self._stub.StreamRunLog(request, metadata=self._signed("StreamRunLog", request))
+        try:
+            async for line in call:
+                yield line_from_proto(line)
+        except grpc.aio.AioRpcError as exc:
+            if classify(exc) not in ("away", "passing", "rejoin"):
+                raise refusal(str(self.address), exc) from exc
+            raise ConnectionFailed(
+                f"SuperLink Driver API at {self.address}: the log stream broke ({exc.details()})"
+            ) from None
+        finally:
+            call.cancel()
+
+    async def list_nodes(self) -> list[NodeSummary]:
+        """Every node of the federation (any operator key may list them)."""
+        request = dpb.ListNodesRequest()
+        reply = await self._retry.call(
+            lambda: self._stub.ListNodes(request, metadata=self._signed("ListNodes", request))
+        )
+        return [node_from_proto(node) for node in reply.nodes]
 
     async def prune_runs(
         self, older_than_seconds: float, abandoned: bool = False

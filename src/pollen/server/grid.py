@@ -16,10 +16,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from pollen.records.messages import BlobRef, Message
 from pollen.records.typing import NDArrays, UserConfig
+from pollen.server.history import RoundRecord
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """How a run stands, as its ServerApp tells the federation after each round."""
+
+    num_rounds: int
+    output_dir: str = ""
+    """Where the run's outputs are written ("": nowhere)."""
+    record: RoundRecord | None = None
+    """The round just completed (None: no round yet, the run starts or resumes)."""
+    summary: str = ""
+    """That round's one-line summary, as the ServerApp logs it."""
 
 
 class Grid(Protocol):
@@ -41,6 +56,12 @@ class Grid(Protocol):
     ) -> None:
         """End the run; a failed one keeps the blobs in ``keep`` (its checkpoint's model)."""
         ...
+
+    async def report_round(self, run_id: int, report: RunReport) -> None:
+        """Tell the federation's state how the run stands (`pollen runs` shows it). Never
+        raises: a report that fails must not fail the run. This default keeps nothing
+        (a Grid whose runs nobody else sees, as a simulation's)."""
+        return None
 
     # nodes and messages
     async def get_nodes(self, run_id: int) -> list[int]:

@@ -19,7 +19,7 @@ from pollen.records.typing import ArrayParameters, Config, NDArrays, parameters_
 from pollen.server.checkpoint import Checkpoint, write_checkpoint
 from pollen.server.client_proxy import ClientProxy
 from pollen.server.global_model import GlobalModel
-from pollen.server.grid import Grid
+from pollen.server.grid import Grid, RunReport
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord, now_iso
 from pollen.server.instruction_round import InstructionRound, wait_for_nodes
 from pollen.server.round_progress import (
@@ -312,6 +312,7 @@ class RoundLoop:
             history.array_names = self.strategy.array_names()
             await self._checkpoint(0, model, None)  # round 0: a run that stops now can resume
         num_rounds = self.app.config.num_rounds
+        await self._report()
         for server_round in range(self.completed_rounds + 1, num_rounds + 1):
             started = time.perf_counter()
             record = RoundRecord(server_round, started_at=now_iso())
@@ -320,10 +321,18 @@ class RoundLoop:
             await self.evaluate(server_round, model, record)
             record.seconds = time.perf_counter() - started
             history.rounds.append(record)
-            logger.info("%s", describe_round(record, num_rounds))
+            summary = describe_round(record, num_rounds)
+            logger.info("%s", summary)
             await self._checkpoint(server_round, model, previous)
+            await self._report(record, summary)
         self.grid.release_memory()
         return RunOutcome(self.run_id, await model.arrays(), history)
+
+    async def _report(self, record: RoundRecord | None = None, summary: str = "") -> None:
+        """Tell the federation how the run stands (`Grid.report_round`: never fails the run)."""
+        output_dir = str(self.directory.resolve()) if self.directory is not None else ""
+        report = RunReport(self.app.config.num_rounds, output_dir, record, summary)
+        await self.grid.report_round(self.run_id, report)
 
     async def _checkpoint(
         self, server_round: int, model: GlobalModel, previous: BlobRef | None

@@ -22,19 +22,16 @@ from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.run_access import RunAccess
-from pollen.superlink.run_reports import (
-    RunLogFeed,
-    details_to_proto,
-    line_to_proto,
-    node_to_proto,
-    report_problem,
-    round_line,
-    round_seconds,
-    summary_to_proto,
-)
+from pollen.superlink.run_reports import RunLogFeed, report_problem, round_line, round_seconds
 from pollen.superlink.stream_limits import DEFAULT_TRANSFERS_PER_OPERATOR, BlobStreams, Party
 from pollen.transport.chunk_codec import Chunk
 from pollen.transport.convert import map_from_proto, message_from_proto, message_to_proto
+from pollen.transport.run_report_protos import (
+    details_to_proto,
+    line_to_proto,
+    node_to_proto,
+    summary_to_proto,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,5 @@
-"""What the Driver API takes from a ServerApp's round reports, and hands operators:
-the bounds of a report, the runs' and nodes' rows as protobuf, and the feed that
-wakes the followers of a run's log."""
+"""What the Driver API takes from a ServerApp's round reports (their bounds, the log
+line of a round), and the feed that wakes the followers of a run's log."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import json
 from typing import Any
 
 from pollen.proto import driver_pb2 as dpb
-from pollen.records.run_reports import NodeSummary, RunDetails, RunLogLine, RunSummary
-from pollen.transport.convert import fill_map
 
 MAX_RECORD_BYTES = 64 * 1024
 """The most a ServerApp may report of one round (its metrics, as JSON)."""
@@ -56,48 +53,6 @@ def round_line(request: dpb.ReportRoundRequest) -> str:
     """The run's log line of a reported round: the ServerApp's own summary of it."""
     summary = " ".join(request.summary.split())  # one line, whatever the ServerApp sent
     return summary or f"round {request.round}/{request.num_rounds} reported"
-
-
-def summary_to_proto(run: RunSummary) -> dpb.RunSummary:
-    return dpb.RunSummary(
-        run_id=run.run_id,
-        app=run.app,
-        status=run.status,
-        owner=run.owner,
-        created_at=run.created_at,
-        finished_at=run.finished_at or 0.0,
-        rounds_done=run.rounds_done,
-        num_rounds=run.num_rounds,
-        message=run.message,
-    )
-
-
-def details_to_proto(details: RunDetails) -> dpb.RunDetails:
-    reply = dpb.RunDetails(
-        summary=summary_to_proto(details.summary),
-        output_dir=details.output_dir,
-        rounds=[
-            dpb.RoundReport(round=r.round, record_json=r.record, reported_at=r.reported_at)
-            for r in details.rounds
-        ],
-    )
-    fill_map(reply.run_config, details.run_config)
-    return reply
-
-
-def line_to_proto(line: RunLogLine) -> dpb.RunLogLine:
-    return dpb.RunLogLine(at=line.at, text=line.text)
-
-
-def node_to_proto(node: NodeSummary) -> dpb.NodeSummary:
-    return dpb.NodeSummary(
-        node_id=node.node_id,
-        fingerprint=node.fingerprint,
-        status=node.status,
-        last_seen=node.last_seen,
-        tasks_done=node.tasks_done,
-        tasks_failed=node.tasks_failed,
-    )
 
 
 class RunLogFeed:
