@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import grpc
 import pytest
@@ -27,11 +28,12 @@ from pollen.server.driver import DriverClient
 from pollen.server.grid import RunReport
 from pollen.server.history import RoundRecord
 from pollen.server.run import ServerAppConfig, run_server_app
+from pollen.superlink.dashboard.settings import DashboardConfig
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.transport.addresses import Address
 from tests.apps import numpy_apps
 from tests.auth_helpers import Seed, driver_client
-from tests.conftest import federation, superlink_config, wait_until
+from tests.conftest import federation, start_node, superlink_config, wait_until
 from tests.test_cli_errors import assert_one_line_error
 from tests.test_operator_runs import operators_config
 
@@ -261,6 +263,49 @@ def test_an_operator_sees_only_its_own_runs_and_an_administrator_all(
             # the nodes are the federation's: any operator lists them
             code, text, _ = await pollen("nodes", "ls", "--format", "json", *as_operator(link, 2))
             assert (code, json.loads(text)) == (0, [])
+
+    asyncio.run(scenario())
+
+
+def test_each_reported_round_counts_in_the_superlinks_metrics(tmp_path: Path) -> None:
+    config = superlink_config(tmp_path, dashboard=DashboardConfig(Address("127.0.0.1", 0)))
+
+    async def scenario() -> None:
+        async with open_superlink(config) as link:
+            nodes = [start_node(numpy_apps.app, link.fleet_port) for _ in range(2)]
+            try:
+                await wait_until(lambda: len(link.dispatcher.online_nodes()) == 2)
+                await run_app(link, tmp_path, num_rounds=2)
+                url = f"http://127.0.0.1:{link.dashboard_port}/metrics"
+                text = await asyncio.to_thread(lambda: urlopen(url, timeout=5).read().decode())
+                assert "pollen_rounds_completed_total 2.0" in text
+            finally:
+                for node in nodes:
+                    node.stop.set()
+                await asyncio.gather(*(n.task for n in nodes), return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_the_log_says_when_a_run_failed_and_was_resumed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path)) as link:
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port), None, 5)
+            try:
+                run_id, _ = await driver.create_run("app:main", {})
+                await driver.finish_run(run_id, "failed", "interrupted (Ctrl-C or SIGTERM)")
+                await driver.resume_run(run_id)
+                await driver.finish_run(run_id, "finished")
+            finally:
+                await driver.close()
+            code, text, _ = await pollen("runs", "log", str(run_id), *insecure(link))
+            assert code == 0
+            assert [line.split("  ", 1)[1] for line in text.splitlines()] == [
+                f"run {run_id} created (app:main)",
+                f"run {run_id} failed: interrupted (Ctrl-C or SIGTERM)",
+                f"run {run_id} resumed by its ServerApp",
+                f"run {run_id} finished",
+            ]
 
     asyncio.run(scenario())
 

@@ -272,7 +272,12 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             ),
         )
         driver_service = DriverService(
-            dispatcher, blobs, collector, driver_transfers, access=access
+            dispatcher,
+            blobs,
+            collector,
+            driver_transfers,
+            access=access,
+            on_round_reported=telemetry.round_reported,
         )
         driver_pb2_grpc.add_DriverServicer_to_server(  # type: ignore[no-untyped-call]
             driver_service,
