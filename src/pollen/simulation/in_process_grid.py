@@ -2,8 +2,10 @@
 
 Each virtual node runs the ClientApp on the messages sent to it, one at a
 time, in a worker thread, through the same `execute` rule a SuperNode uses;
-blobs live in memory, content-addressed as on a SuperLink. No network, no
-gRPC: the round loop, strategies, checkpoints and outputs run unchanged on it.
+blobs live in memory: uploads content-addressed as on a SuperLink, replies under
+a name of their own (nothing travels, so nothing is hashed to be checked; see
+`InProcessGrid._store`). No network, no gRPC: the round loop, strategies,
+checkpoints and outputs run unchanged on it.
 """
 
 from __future__ import annotations
