@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from pollen.cli.local_federation import pollen_command
 from pollen.cli.main import cli
+from pollen.errors import CallRefused
 from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
 from pollen.server.driver import DriverClient
@@ -32,7 +33,7 @@ from pollen.superlink.dashboard.settings import DashboardConfig
 from pollen.superlink.server import SuperLink, open_superlink
 from pollen.transport.addresses import Address
 from tests.apps import numpy_apps
-from tests.auth_helpers import Seed, driver_client
+from tests.auth_helpers import Seed, allowlist_file, driver_client, secure_config
 from tests.conftest import federation, start_node, superlink_config, wait_until
 from tests.test_cli_errors import assert_one_line_error
 from tests.test_operator_runs import operators_config
@@ -357,5 +358,35 @@ def test_follow_of_a_run_that_already_ended_prints_its_log_and_returns(tmp_path:
             code, text, _ = await pollen("runs", "log", "1", "--follow", *insecure(link))
             assert code == 0 and text.splitlines()[-1].endswith("run 1 finished")
             assert time.monotonic() - started < 5
+
+    asyncio.run(scenario())
+
+
+def test_a_followers_stream_ends_when_its_operator_key_is_revoked(
+    tmp_path: Path, seed: Seed
+) -> None:
+    async def scenario() -> None:
+        operators = allowlist_file(tmp_path / "operators.csv", seed.stranger(1))
+        config = secure_config(tmp_path, seed, operator_keys=operators)
+        async with (
+            open_superlink(config) as link,
+            driver_client(seed, link.driver_port, seed.stranger(1)) as driver,
+        ):
+            run_id, _ = await driver.create_run("app", {})
+            lines: list[str] = []
+
+            async def follow() -> None:
+                async for line in driver.run_log(run_id, follow=True):
+                    lines.append(line.text)
+
+            follower = asyncio.create_task(follow())
+            await wait_until(lambda: lines == [f"run {run_id} created (app)"])
+            allowlist_file(operators, seed.stranger(2))  # the operator's key is removed
+            with pytest.raises(CallRefused) as info:
+                await asyncio.wait_for(follower, 10)
+            assert (info.value.status, info.value.details) == (
+                "unauthenticated",
+                "the operator key was revoked",
+            )
 
     asyncio.run(scenario())

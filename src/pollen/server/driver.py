@@ -175,7 +175,7 @@ class DriverClient(Grid):
             async for line in call:
                 yield line_from_proto(line)
         except grpc.aio.AioRpcError as exc:
-            if classify(exc) not in ("away", "passing", "rejoin"):
+            if classify(exc) not in ("away", "passing"):  # a refusal, revocation included
                 raise refusal(str(self.address), exc) from exc
             raise ConnectionFailed(
                 f"SuperLink Driver API at {self.address}: the log stream broke ({exc.details()})"
