@@ -11,18 +11,29 @@ credentials are generated in the temporary folder (``pollen.transport.keygen``) 
 the SuperLink, SuperNodes and ServerApp use TLS, and the SuperNodes authenticate
 with their own key pairs (``--require-client-authentication``).
 
+With ``--scrape`` the same workload runs on fresh federations in alternation
+(``--pairs`` times each): without, then with ``/metrics`` and the dashboard's
+federation page read every second from a thread (as Prometheus and an open
+dashboard would); both figures are printed, each over all its runs' rounds. Give
+it enough rounds to span many scrapes (``--rounds 300``: several seconds a run).
+
     .venv/bin/python benchmarks/round_latency.py [--rounds 20] [--nodes 2] [--warmup 2] [--secure]
+        [--scrape [--pairs 3]]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import math
+import ssl
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from federation_run import run_benchmark, run_in_process, wait_until_connected
@@ -39,6 +50,45 @@ FLOWER_REFERENCE = (
 )
 PLAINTEXT = "plaintext"
 SECURE = "TLS + client authentication"
+SCRAPE_SECONDS = 1.0
+SCRAPED = ("/metrics", "/")
+SCRAPE_TARGET = 0.10
+"""With scraping, the median round may be at most this much slower (issue 17)."""
+
+
+class Scraper:
+    """Reads `SCRAPED` from the dashboard every `SCRAPE_SECONDS` in a thread of its own."""
+
+    def __init__(self, port: int, ca: Path | None) -> None:
+        scheme = "https" if ca else "http"
+        self.urls = [f"{scheme}://127.0.0.1:{port}{path}" for path in SCRAPED]
+        self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
+        self.scrapes = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for url in self.urls:
+                try:
+                    with urllib.request.urlopen(url, timeout=5, context=self.context) as page:
+                        page.read()
+                except OSError as exc:
+                    self.errors.append(f"{url}: {exc}")
+            self.scrapes += 1
+            self._stop.wait(SCRAPE_SECONDS)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Scraper]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+        if self.errors:
+            raise RunError(f"{len(self.errors)} scrapes failed, the first: {self.errors[0]}")
 
 
 def build_server_app(num_rounds: int, nodes: int) -> ServerApp:
@@ -51,9 +101,18 @@ def build_server_app(num_rounds: int, nodes: int) -> ServerApp:
 
 
 def measure(
-    rounds: int, nodes: int, warmup: int, timeout: float, workdir: Path, secure: bool = False
+    rounds: int,
+    nodes: int,
+    warmup: int,
+    timeout: float,
+    workdir: Path,
+    secure: bool = False,
+    scraped: list[int] | None = None,
 ) -> list[float]:
-    """Run ``warmup + rounds`` rounds on a fresh federation; the measured rounds' seconds."""
+    """Run ``warmup + rounds`` rounds on a fresh federation; the measured rounds' seconds.
+
+    ``scraped``: read the dashboard every second meanwhile (`Scraper`), and append how
+    many times it was read."""
     federation = LocalFederation(workdir / "federation", clients=nodes if secure else 0)
     try:
         federation.start_superlink()
@@ -61,7 +120,14 @@ def measure(
             federation.start_supernode("noop_client:app", APPS)
         wait_until_connected(federation, timeout=30)
         app = build_server_app(warmup + rounds, nodes)
-        outcome = run_in_process(federation, app, "noop_server:app", workdir / "runs", timeout)
+        runs = workdir / "runs"
+        if scraped is None:
+            outcome = run_in_process(federation, app, "noop_server:app", runs, timeout)
+        else:
+            ca = federation.credentials / "certificates" / "ca.crt" if secure else None
+            with Scraper(federation.dashboard_port, ca).running() as scraper:
+                outcome = run_in_process(federation, app, "noop_server:app", runs, timeout)
+            scraped.append(scraper.scrapes)
     finally:
         federation.stop()
     records = outcome.history.rounds
@@ -107,6 +173,32 @@ def report(
     )
 
 
+def scrape_report(
+    without: Sequence[float],
+    scraped: Sequence[float],
+    scrapes: int,
+    nodes: int,
+    mode: str,
+    pairs: int,
+) -> str:
+    plain, read = (statistics.median(s) * 1000 for s in (without, scraped))
+    slower = read / plain - 1
+    verdict = "met" if slower <= SCRAPE_TARGET else "NOT met"
+    return "\n".join(
+        [
+            f"round latency ({nodes} nodes, tiny model, fit+evaluate, {mode}), same run, "
+            f"{pairs} federations each, alternating, {len(without)} rounds each:",
+            f"  without scraping: median {plain:.2f} ms, p90 "
+            f"{percentile(without, 0.9) * 1000:.2f} ms",
+            f"  with /metrics and the dashboard page read every {SCRAPE_SECONDS:g} s "
+            f"({scrapes} times): median {read:.2f} ms, p90 "
+            f"{percentile(scraped, 0.9) * 1000:.2f} ms",
+            f"  difference of the medians {slower:+.1%}; target within "
+            f"{SCRAPE_TARGET:.0%}: {verdict}",
+        ]
+    )
+
+
 def _peer_line(peer: Sequence[float], median_ms: float) -> str:
     flower = statistics.median(peer) * 1000
     return (
@@ -144,6 +236,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: plaintext)",
     )
     parser.add_argument(
+        "--scrape",
+        action="store_true",
+        help="run without, then with /metrics and the dashboard read every second, in "
+        "alternation; print both",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="with --scrape: federations run each way, alternating (default 3)",
+    )
+    parser.add_argument(
         "--peer",
         choices=["flower"],
         default=None,
@@ -153,6 +257,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer: list[float] = []
     if args.rounds < 1 or args.nodes < 1 or args.warmup < 0 or args.timeout <= 0:
         parser.error("--rounds and --nodes must be >= 1, --warmup >= 0, --timeout > 0")
+    if args.scrape and args.peer:
+        parser.error("--scrape compares Pollen with itself; leave out --peer")
+    if args.pairs < 1:
+        parser.error("--pairs must be >= 1")
+    mode = SECURE if args.secure else PLAINTEXT
+    if args.scrape:
+        return _scrape_main(args, mode)
 
     def run() -> list[float]:
         if args.peer == "flower":
@@ -173,11 +284,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.rounds, args.nodes, args.warmup, args.timeout, Path(tmp), args.secure
             )
 
-    mode = SECURE if args.secure else PLAINTEXT
     return run_benchmark(
         "round_latency",
         run,
         lambda seconds: report(seconds, args.nodes, args.warmup, mode, peer),
+    )
+
+
+def _scrape_main(args: argparse.Namespace, mode: str) -> int:
+    scraped: list[int] = []
+
+    def run() -> tuple[list[float], list[float]]:
+        without: list[float] = []
+        read: list[float] = []
+        with contextlib.ExitStack() as stack:
+            if args.workdir is not None:
+                root = args.workdir.resolve()
+            else:
+                root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pollen-")))
+            settings = (args.rounds, args.nodes, args.warmup, args.timeout)
+            for pair in range(args.pairs):
+                without += measure(*settings, root / f"without-{pair}", args.secure)
+                read += measure(*settings, root / f"scraped-{pair}", args.secure, scraped)
+        return without, read
+
+    return run_benchmark(
+        "round_latency",
+        run,
+        lambda both: scrape_report(*both, sum(scraped), args.nodes, mode, args.pairs),
     )
 
 

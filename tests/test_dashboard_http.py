@@ -13,6 +13,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from pollen.cli.local_federation import LocalFederation
 from pollen.cli.main import cli
 from pollen.server.run import run_server_app
 from pollen.superlink.dashboard.guard import COOKIE, WRONG_TOKEN
@@ -114,6 +115,7 @@ def test_with_a_token_a_wrong_one_is_refused_audited_and_rate_limited(tmp_path: 
                 await get(port, "/", {"Authorization": "Bearer not-the-token"}) for _ in range(2)
             ]
             limited = await get(port, "/", {"Authorization": f"Bearer {TOKEN}"})
+            style = await get(port, "/static/dashboard.css")  # public: the sign-in page's
             audit = [e for e in link.dispatcher.state.list_audit() if e.api == "dashboard"]
         assert missing.status == 401
         assert bearer.status == 200 and "pollen_nodes_connected" in bearer.body
@@ -125,6 +127,7 @@ def test_with_a_token_a_wrong_one_is_refused_audited_and_rate_limited(tmp_path: 
         assert [w.status for w in wrong] == [401, 401]
         assert limited.status == 429  # this address is over its limit, even with the token
         assert "retry-after" in limited.headers
+        assert style.status == 200
         [reject] = [e for e in audit if e.event == "reject"]
         assert reject.reason == WRONG_TOKEN
         assert reject.count == 2
@@ -174,3 +177,17 @@ def test_a_weak_token_is_refused(tmp_path: Path) -> None:
     code, output = run_superlink(tmp_path, "--dashboard-token", "short")
     assert code == 2
     assert_one_line_error(output, "--dashboard-token", "at least 16")
+
+
+def test_the_superlink_command_serves_it_and_stops_it_on_sigterm(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path)
+    try:
+        superlink = fed.start_superlink()
+        assert fed.dashboard_port > 0  # from its "dashboard on http://..." line
+        answer = asyncio.run(get(fed.dashboard_port, "/metrics"))
+        assert answer.status == 200
+        assert "pollen_nodes_connected 0.0" in answer.body
+    finally:
+        fed.stop()
+    assert superlink.process.returncode == 0, superlink.log()
+    assert "Traceback" not in superlink.log()

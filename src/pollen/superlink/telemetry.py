@@ -11,7 +11,7 @@ durations and blob bytes of both APIs), the Driver service (rounds reported).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -104,16 +104,18 @@ class Telemetry:
     def join_refused(self, reason: JoinRefusal) -> None:
         self._refused.labels(reason).inc()
 
-    def blob_bytes(self, direction: Direction, size: int) -> None:
-        self._blob_bytes.labels(direction).inc(size)
-
     def round_reported(self, seconds: float) -> None:
         """A ServerApp finished a round that took ``seconds``."""
         self._rounds.inc()
         self._round_seconds.observe(seconds)
 
-    def rpc_finished(self, method: str, seconds: float) -> None:
-        self._rpc_seconds.labels(method).observe(seconds)
+    def rpc_timer(self, method: str) -> Callable[[float], None]:
+        """What records one call of ``method`` and its seconds (its series looked up once)."""
+        return self._rpc_seconds.labels(method).observe
+
+    def blob_counter(self, direction: Direction) -> Callable[[float], None]:
+        """What adds bytes moved in ``direction`` (its series looked up once)."""
+        return self._blob_bytes.labels(direction).inc
 
     def exposition(self) -> bytes:
         """Every metric, in Prometheus text format (see `EXPOSITION_TYPE`)."""
@@ -145,7 +147,7 @@ class _Measuring:
 
 def _timed(handler: Any, method: str, telemetry: Telemetry) -> Any:
     """``handler``, reporting how long each call took (and, for blobs, the bytes moved)."""
-    finished = telemetry.rpc_finished
+    observe = telemetry.rpc_timer(method)
     if handler.unary_unary is not None:
         unary: Any = handler.unary_unary
 
@@ -154,39 +156,40 @@ def _timed(handler: Any, method: str, telemetry: Telemetry) -> Any:
             try:
                 return await unary(request, context)
             finally:
-                finished(method, time.perf_counter() - started)
+                observe(time.perf_counter() - started)
 
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:
         streaming: Any = handler.unary_stream
-        downloads = method.endswith(".DownloadBlob")
+        sent = telemetry.blob_counter("out") if method.endswith(".DownloadBlob") else None
 
         async def unary_stream(request: object, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 async for reply in streaming(request, context):
-                    if downloads:
-                        telemetry.blob_bytes("out", len(reply))
+                    if sent is not None:
+                        sent(len(reply))
                     yield reply
             finally:
-                finished(method, time.perf_counter() - started)
+                observe(time.perf_counter() - started)
 
         return handler._replace(unary_stream=unary_stream)
     if handler.stream_unary is not None:
         receiving: Any = handler.stream_unary
+        received = telemetry.blob_counter("in")
 
         async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
             async def counted() -> AsyncIterator[Any]:
                 async for request in requests:
                     if isinstance(request, Chunk):
-                        telemetry.blob_bytes("in", len(request.data))
+                        received(len(request.data))
                     yield request
 
             started = time.perf_counter()
             try:
                 return await receiving(counted(), context)
             finally:
-                finished(method, time.perf_counter() - started)
+                observe(time.perf_counter() - started)
 
         return handler._replace(stream_unary=stream_unary)
     return handler

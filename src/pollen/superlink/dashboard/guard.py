@@ -86,7 +86,8 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _with_headers(send, cache=scope["path"].startswith("/static/"))
+        static = scope["path"].startswith("/static/")  # the package's CSS: public
+        send = _with_headers(send, cache=static)
         if scope["method"] not in READ_METHODS:
             response: Response = Response(
                 "This dashboard is read-only: GET and HEAD only.\n",
@@ -94,7 +95,7 @@ class Guard:
                 headers={"Allow": "GET, HEAD"},
                 media_type="text/plain",
             )
-        elif self.check is None:
+        elif self.check is None or static:
             await self.app(scope, receive, send)
             return
         else:
