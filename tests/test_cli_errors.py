@@ -297,7 +297,9 @@ def test_the_cifar_example_refuses_a_misspelt_run_config_key() -> None:
     )
     assert code == 2
     assert_one_line_error(
-        output, "--run-config epochs: not a setting of this app; its settings are local-epochs"
+        output,
+        "--run-config epochs: not a setting of this app; its settings are alpha, data-path, "
+        "local-epochs, partitioning",
     )
 
 
