@@ -1,10 +1,10 @@
 """The dashboard's routes: pages of the federation, a run and security; ``/metrics``;
 static files shipped in the package.
 
-State reads run on a thread of the dashboard's own, one at a time, so that a page
-never holds the event loop that serves nodes, and a browser reloading pages never
-takes the worker threads that write blobs. Later routes (live updates, charts)
-add to `routes` here.
+State reads (and the formatting of ``/metrics``) run on a thread of the dashboard's
+own, one at a time, so that a page never holds the event loop that serves nodes,
+and a browser reloading pages never takes the worker threads that write blobs.
+Later routes (live updates, charts) add to `routes` here.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
         return HTMLResponse(pages.security(events, clock()))
 
     async def metrics(request: Request) -> Response:
-        return Response(telemetry.exposition(), media_type=EXPOSITION_TYPE)
+        # ~3 ms for ~450 lines: formatted beside the state reads, off the event loop
+        return Response(await read(telemetry.exposition), media_type=EXPOSITION_TYPE)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         detail = exc.detail if isinstance(exc, HTTPException) else ""

@@ -158,7 +158,9 @@ def ago(at: float | None, now: float) -> Markup:
 
 
 def duration(seconds: float) -> str:
-    """``0.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 4 min``, ``3 d 1 h``."""
+    """``35 ms``, ``2.4 s``, ``12 s``, ``3 min 5 s``, ``2 h 4 min``, ``3 d 1 h``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 10:
         return f"{seconds:.1f} s"
     whole = int(seconds)
