@@ -215,8 +215,8 @@ class WorkerPool:
         for worker in workers:
             worker.process.join(2.0)
             if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(1.0)
+                worker.process.kill()  # cannot be ignored: reaped once the kernel ends it
+                worker.process.join()
             worker.close_conn()
 
 
@@ -268,11 +268,12 @@ class ProcessPoolGrid(SharedBlobGrid[Path]):
         if result.error:
             return message.reply(error=result.error)
         reply = message.reply(result.content)
+        sent = message.content.blobs()
         for name, written in result.arrays.items():
             path = Path(written)
             encoded = path.read_bytes()
             path.unlink()
-            reply.content.arrays[name] = self._store(encoded, message.run_id)
+            reply.content.arrays[name] = self._store(encoded, message.run_id, sent)
         return reply
 
     def shared_files(self) -> list[Path]:

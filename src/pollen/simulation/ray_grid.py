@@ -224,9 +224,9 @@ class RayGrid(SharedBlobGrid[Any]):
             context.state = reply.state
         if reply.error:
             return message.reply(error=reply.error)
-        answer = message.reply(reply.content)
+        answer, sent = message.reply(reply.content), message.content.blobs()
         for name, encoded in reply.arrays.items():
-            answer.content.arrays[name] = self._store(encoded.tobytes(), message.run_id)
+            answer.content.arrays[name] = self._store(encoded.tobytes(), message.run_id, sent)
         return answer
 
     def _back_to_idle(self, actor: Any) -> None:
