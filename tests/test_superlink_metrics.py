@@ -13,7 +13,7 @@ from pollen.superlink.telemetry import Telemetry
 from tests.apps import numpy_apps
 from tests.auth_helpers import Seed, peer, secure_config, status_of
 from tests.conftest import federation
-from tests.dashboard_helpers import ON_ANY_PORT, scrape
+from tests.dashboard_helpers import ON_ANY_PORT, get, scrape
 from tests.test_integration import server_config
 
 TRAIN_OK = 'pollen_tasks_total{kind="train",outcome="ok"}'
@@ -74,13 +74,23 @@ def test_an_unlisted_nodes_join_is_counted_under_its_reason(tmp_path: Path, seed
         config = secure_config(tmp_path, seed)
         config.dashboard = ON_ANY_PORT
         async with open_superlink(config) as link:
-            async with peer(seed, link.fleet_port, seed.stranger()) as client:
+            stranger = seed.stranger()
+            async with peer(seed, link.fleet_port, stranger) as client:
                 await status_of(client.challenge())
                 await status_of(client.challenge())
             # with TLS the dashboard speaks HTTPS, with the SuperLink's certificate
             metrics = await scrape(link.dashboard_port, ca=seed.tls.ca_cert)
+            pages = [
+                await get(link.dashboard_port, p, ca=seed.tls.ca_cert) for p in ("/", "/security")
+            ]
         assert metrics['pollen_joins_refused_total{reason="not-allowed"}'] == 2
         assert metrics['pollen_joins_refused_total{reason="bad-proof"}'] == 0
+        security = pages[1].body
+        assert stranger.fingerprint in security and "key is not in the allow-list" in security
+        assert "<td>2</td>" in security.replace(' class="num"', "")  # two attempts, one row
+        for page in pages:
+            assert page.status == 200
+            assert "PRIVATE KEY" not in page.body
 
     asyncio.run(scenario())
 
