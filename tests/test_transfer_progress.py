@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pollen.cli.progress_line import OffTerminal, ProgressLine, describe_transfers
 from pollen.records.content_address import content_digest
 from pollen.records.messages import BlobRef
+from pollen.server.driver import DriverClient
+from pollen.superlink.server import open_superlink
+from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import download_blob, iter_chunks
 from pollen.transport.transfer_progress import LARGE_BLOB_BYTES, Tracked, Transfer
+from tests.conftest import superlink_config
 from tests.test_blob_stream import server
 from tests.test_round_progress import FakeTerminal
 
@@ -93,3 +99,22 @@ def test_several_transfers_at_once_are_summed() -> None:
         transfer.done = 50 * MB
     text = describe_transfers(transfers)
     assert text.startswith("3 transfers 150.0 MB of 300.0 MB, ")
+
+
+def test_a_serverapps_large_model_reports_its_upload_and_download(tmp_path: Path) -> None:
+    async def scenario() -> list[tuple[str, int, int]]:
+        async with open_superlink(superlink_config(tmp_path)) as link:
+            driver = await DriverClient.connect(Address("127.0.0.1", link.driver_port))
+            progress = Recorded()
+            driver.transfers = progress
+            run_id, _ = await driver.create_run("large", {})
+            model = [np.ones(60 * MB // 4, np.float32)]
+            ref = await driver.upload_arrays(model, run_id)
+            (back,) = await driver.download_arrays(ref)
+            assert back.shape == model[0].shape
+            await driver.close()
+            return progress.ended
+
+    upload, download = asyncio.run(scenario())
+    assert upload[0] == "upload of the model" and upload[1] == upload[2] > 60 * MB
+    assert download[0].startswith("download of blob ") and download[1] == download[2]

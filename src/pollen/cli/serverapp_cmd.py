@@ -81,7 +81,7 @@ def serverapp(
 
     async def drive(stop: asyncio.Event) -> None:
         with terminal_progress(sys.stderr) as progress:
-            config.progress = progress
+            config.progress = config.transfers = progress
             await run_server_app(server_app, config, stop)
 
     run_until_signalled(drive, holds_models=True, one_run=True)

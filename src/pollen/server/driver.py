@@ -41,6 +41,7 @@ from pollen.transport.run_report_protos import (
     node_from_proto,
     summary_from_proto,
 )
+from pollen.transport.transfer_progress import LOGGED_TRANSFERS, Tracked, TransferProgress
 
 _DRIVER = "/pollen.v1.Driver/"
 
@@ -68,6 +69,7 @@ class DriverClient(Grid):
         self._retry = Reconnector(channel, str(address), reconnect_timeout, identity, auth)
         self._report_failed = False  # warned once: the run goes on without reports
         self.address = address
+        self.transfers: TransferProgress = LOGGED_TRANSFERS  # blobs over 50 MB report here
 
     def _signed(self, name: str, request: ProtoMessage) -> Metadata | None:
         return self._auth.request(_DRIVER + name, request) if self._auth else None
@@ -281,12 +283,17 @@ class DriverClient(Grid):
         """
         blob = ArrayBytes(arrays)
         sent = BlobRef("", len(blob))
-        reply = await self._retry.call(
-            lambda: self._upload(
-                iter_chunks(blob, sent, run_id=run_id),
-                metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
+        tracked = Tracked(self.transfers, "upload of the model", len(blob))
+        try:
+            reply = await self._retry.call(
+                lambda: self._upload(
+                    iter_chunks(blob, sent, run_id=run_id, tracked=tracked),
+                    metadata=self._auth.stream(_DRIVER + "UploadBlob") if self._auth else None,
+                )
             )
-        )
+            tracked.advanced(len(blob))
+        finally:
+            tracked.ended()
         return stored_ref(reply, sent)
 
     async def download_arrays(self, ref: BlobRef) -> NDArrays:
@@ -310,6 +317,8 @@ class DriverClient(Grid):
         if spare is not None and self._spare_digest == ref.digest:
             return decode_arrays(spare)  # the same content as the last one
         self._spare_digest = ""  # the buffer is being overwritten
-        buffer = await self._retry.call(lambda: download_blob(open_stream, ref, spare))
+        buffer = await self._retry.call(
+            lambda: download_blob(open_stream, ref, spare, progress=self.transfers)
+        )
         self._spare, self._spare_digest = buffer, ref.digest
         return decode_arrays(buffer)

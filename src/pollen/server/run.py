@@ -37,6 +37,7 @@ from pollen.server.round_loop import RoundLoop, RunOutcome
 from pollen.server.round_progress import NO_PROGRESS, RoundProgress
 from pollen.server.server_app import ServerApp
 from pollen.transport.addresses import Address
+from pollen.transport.transfer_progress import LOGGED_TRANSFERS, TransferProgress
 
 if TYPE_CHECKING:
     import grpc
@@ -70,6 +71,8 @@ class ServerAppConfig:
     (empty: the run cannot be resumed, as a simulation's, and the message says no more)."""
     progress: RoundProgress = NO_PROGRESS
     """Told of each round's tasks as they finish (the CLI's live line on a terminal)."""
+    transfers: TransferProgress = LOGGED_TRANSFERS
+    """Where the progress of blobs over 50 MB the ServerApp moves goes."""
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event | None, when: str) -> T:
@@ -108,6 +111,7 @@ async def run_server_app(
         stop,
         "while connecting to the SuperLink; no run was started",
     )
+    driver.transfers = config.transfers
     try:
         return await _drive(app, config, driver, checkpoints, stop)
     finally:
