@@ -38,7 +38,7 @@ end of round 1 of the first workload (100 nodes, 10 per round). Its CNN ClientAp
 the example's task.py the way the example's client does, reporting its spans in its
 metrics; PyTorch and scikit-learn are borrowed from Pollen's venv (`borrowed_packages`).
 
-    .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool] [--peer flower]
+    .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool|ray] [--peer flower]
 """
 
 from __future__ import annotations
@@ -425,7 +425,7 @@ def fmt_gb(value: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="in-process", help="in-process or process-pool")
+    parser.add_argument("--backend", default="in-process", help="in-process, process-pool or ray")
     parser.add_argument("--peer", choices=["flower"], help="run Flower 1.42's simulation too")
     parser.add_argument(
         "--only", nargs="+", choices=[w.name for w in WORKLOADS], help="these workloads only"
