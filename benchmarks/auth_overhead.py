@@ -140,6 +140,7 @@ async def _superlink_child(
         "127.0.0.1:0",
         "--database",
         str(workdir / "superlink.db"),
+        "--no-dashboard",  # not measured here, and two benchmarks must not share its port
     ]
     if authenticate:
         args += [

@@ -128,7 +128,8 @@ def demo(directory: Path, nodes: int, workdir: Path, insecure: bool) -> None:
         mode = "plaintext" if insecure else "TLS + client authentication"
         console.print(
             f"[bold]SuperLink[/] up ({mode}): Fleet API :{federation.fleet_port}, "
-            f"Driver API :{federation.driver_port}"
+            f"Driver API :{federation.driver_port}; dashboard "
+            f"{'http' if insecure else 'https'}://127.0.0.1:{federation.dashboard_port}/"
         )
         for index in range(nodes):
             federation.start_supernode(
