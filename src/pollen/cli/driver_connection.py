@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
+from pollen.cli.options import connection_options
 from pollen.cli.security_options import client_credentials, client_identity
 from pollen.server.driver import DriverClient
 from pollen.transport.addresses import Address, parse_address
@@ -50,27 +51,9 @@ class DriverTarget:
         return asyncio.run(connected())
 
 
-_OPTIONS = [
-    click.option("--insecure", is_flag=True, help="Connect without TLS."),
-    click.option(
-        "--superlink",
-        "--server",
-        "superlink_address",
-        default="127.0.0.1:9091",
-        show_default=True,
-        help="The SuperLink's Driver API, HOST:PORT.",
-    ),
-    click.option(
-        "--root-certificates",
-        type=click.Path(path_type=Path),
-        help="CA certificate (ca.crt) to verify the SuperLink's TLS certificate.",
-    ),
-    click.option(
-        "--auth-private-key",
-        type=click.Path(path_type=Path),
-        help="Operator key, for a Driver API that requires one.",
-    ),
-]
+_OPTIONS = connection_options(
+    "Driver API", "127.0.0.1:9091", "Operator key, for a Driver API that requires one."
+)
 
 
 def driver_options(command: F) -> F:
