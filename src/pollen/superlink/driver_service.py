@@ -62,6 +62,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         self._run_logs = RunLogFeed()
         self._on_round_reported = on_round_reported
 
+    def _run_changed(self, run_id: int) -> None:
+        """Wake the followers of the run's log and the dashboard's live pages."""
+        self._run_logs.notify(run_id)
+        self._dispatcher.telemetry.run_changed(run_id)
+
     def revoke(self, fingerprint: str) -> None:
         """An operator key was revoked: its open reply streams and blob transfers end now."""
         for queue in self._streams.pop(fingerprint, set()):
@@ -100,6 +105,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         run_id = self._state.create_run(
             request.app, run_config, self._dispatcher.clock(), RunAccess.caller()
         )
+        self._run_changed(run_id)
         logger.info("run %d created (%s)", run_id, request.app or "unnamed app")
         return dpb.CreateRunReply(run_id=run_id, superlink_id=self._state.superlink_id())
 
@@ -113,7 +119,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             for run_id in self._state.idle_running_runs(before, owner):
                 self._dispatcher.end_run(run_id, f"run {run_id} abandoned")
                 self._state.abandon_run(run_id, "abandoned: no task or result for too long")
-                self._run_logs.notify(run_id)
+                self._run_changed(run_id)
         run_ids = self._state.prune_runs(before, owner)
         deleted = self._collector.sweep(grace=0.0) if run_ids else 0
         logger.info("pruned runs %s (%d blobs deleted)", run_ids, deleted)
@@ -153,7 +159,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         # what the previous ServerApp left in flight is nobody's any more
         self._dispatcher.end_run(run_id, "the ServerApp restarted")
         self._state.reopen_run(run_id, self._dispatcher.clock())
-        self._run_logs.notify(run_id)
+        self._run_changed(run_id)
         logger.info("run %d resumed", run_id)
         return dpb.ResumeRunReply(superlink_id=own_id)
 
@@ -255,7 +261,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         keep = list(request.keep_digests) if status == "failed" else []
         self._collector.release(request.run_id, keep=keep)  # a failed run stays resumable
         self._state.finish_run(request.run_id, status, request.message, self._dispatcher.clock())
-        self._run_logs.notify(request.run_id)
+        self._run_changed(request.run_id)
         logger.info("run %d %s %s", request.run_id, status, request.message)
         return dpb.FinishRunReply()
 
@@ -279,8 +285,8 @@ class DriverService(driver_pb2_grpc.DriverServicer):
         if request.round:
             report = RoundReport(request.round, request.record_json, self._dispatcher.clock())
             self._state.report_round(request.run_id, report, round_line(request))
-            self._run_logs.notify(request.run_id)
             self._on_round_reported(round_seconds(request.record_json))
+        self._run_changed(request.run_id)
         return dpb.ReportRoundReply()
 
     async def ListRuns(self, request: dpb.ListRunsRequest, context: Context) -> dpb.ListRunsReply:

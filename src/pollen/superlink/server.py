@@ -355,6 +355,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             await supervisor.close()
             dispatcher.close_all()
     finally:
+        telemetry.events.close()  # the live pages' streams end now: the shutdown waits for none
         if http is not None:
             await http.stop()
         elif dashboard is not None:

@@ -4,8 +4,9 @@ Each SuperLink has its own `Telemetry` (its own ``CollectorRegistry``, never the
 global one), so two SuperLinks in one process count apart. The places where
 things happen call it: the Dispatcher (nodes connected, replies), the Auth
 service (refused joins), the gRPC handlers as registered (`measured`: call
-durations and blob bytes of both APIs), the Driver service (rounds reported).
-``/metrics`` on the dashboard's address serves `Telemetry.exposition`.
+durations and blob bytes of both APIs), the Driver service (rounds reported, runs
+changed). ``/metrics`` on the dashboard's address serves `Telemetry.exposition`.
+The same calls tell the dashboard's live pages what changed (`Telemetry.events`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pollen.records.messages import MESSAGE_TYPES
+from pollen.superlink.events import Events
 from pollen.transport.chunk_codec import Chunk
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the text for a timestamp nobody reads
@@ -46,7 +48,9 @@ RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 class Telemetry:
     """One SuperLink's metrics. Every method is cheap (a lock and an addition)."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: Events | None = None) -> None:
+        self.events = events or Events()
+        """Where each change is published as well (see `pollen.superlink.events`)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._nodes = Gauge(
@@ -95,19 +99,36 @@ class Telemetry:
 
     def nodes_connected(self, count: int) -> None:
         self._nodes.set(count)
+        self.events.publish("nodes")
 
     def task_answered(self, message_type: str, failed: bool) -> None:
         """A reply was stored for an instruction of ``message_type`` (``query.x``: query)."""
         kind = message_type.partition(".")[0]
         self._tasks.labels(kind, "error" if failed else "ok").inc()
+        self.events.publish("task")
 
     def join_refused(self, reason: JoinRefusal) -> None:
         self._refused.labels(reason).inc()
+        self.events.publish("join-refused")
 
     def round_reported(self, seconds: float) -> None:
         """A ServerApp finished a round that took ``seconds``."""
         self._rounds.inc()
         self._round_seconds.observe(seconds)
+
+    def run_changed(self, run_id: int) -> None:
+        """A run was created, reported a round, finished, failed, was resumed or abandoned
+        (no metric: the dashboard's live pages only)."""
+        self.events.publish("run", run_id)
+
+    def blob_bytes(self) -> tuple[float, float]:
+        """Blob bytes moved so far: (in, out)."""
+        sample = self.registry.get_sample_value
+        name = "pollen_blob_bytes_total"
+        return (
+            sample(name, {"direction": "in"}) or 0.0,
+            sample(name, {"direction": "out"}) or 0.0,
+        )
 
     def rpc_timer(self, method: str) -> Callable[[float], None]:
         """What records one call of ``method`` and its seconds (its series looked up once)."""

@@ -1,10 +1,12 @@
-"""The dashboard's routes: pages of the federation, a run and security; ``/metrics``;
+"""The dashboard's routes: pages of the federation, a run and security; a run's
+figures per round as JSON (its charts); ``/events`` (live updates); ``/metrics``;
 static files shipped in the package.
 
 State reads (and the formatting of ``/metrics``) run on a thread of the dashboard's
 own, one at a time, so that a page never holds the event loop that serves nodes,
 and a browser reloading pages never takes the worker threads that write blobs.
-Later routes (live updates, charts) add to `routes` here.
+A request with the header ``X-Pollen-Part: main`` gets only the page's ``<main>``:
+what a live page swaps in when an event concerns it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from pollen.records.run_reports import RunDetails
 from pollen.superlink.dashboard import pages
 from pollen.superlink.dashboard.guard import Guard, TokenCheck
+from pollen.superlink.dashboard.html import Page
+from pollen.superlink.dashboard.live import EventStream
 from pollen.superlink.dispatch import Dispatcher
 from pollen.superlink.request_ids import LARGEST
 from pollen.superlink.telemetry import EXPOSITION_TYPE
@@ -34,6 +39,9 @@ MAX_RUNS_SHOWN = 200
 MAX_AUDIT_ROWS = 1000
 
 T = TypeVar("T")
+
+PART_HEADER = "x-pollen-part"
+"""``X-Pollen-Part: main``: only the page's ``<main>`` (a live page refreshing)."""
 
 
 class Readings:
@@ -57,18 +65,25 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
     async def federation(request: Request) -> Response:
         nodes = await read(state.node_summaries)
         runs = await read(state.list_runs)
-        return HTMLResponse(pages.federation(nodes, runs[-MAX_RUNS_SHOWN:], clock()))
+        moved = telemetry.blob_bytes()
+        return _html(request, pages.federation(nodes, runs[-MAX_RUNS_SHOWN:], clock(), moved))
 
-    async def run(request: Request) -> Response:
+    async def run_details(request: Request) -> RunDetails:
         run_id = request.path_params["run_id"]
         details = await read(state.run_details, run_id) if run_id <= LARGEST else None
         if details is None:
             raise HTTPException(404, f"Run {run_id} does not exist on this SuperLink.")
-        return HTMLResponse(pages.run(details, clock()))
+        return details
+
+    async def run(request: Request) -> Response:
+        return _html(request, pages.run(await run_details(request), clock()))
+
+    async def run_rounds(request: Request) -> Response:
+        return JSONResponse(pages.chart_data(await run_details(request)))
 
     async def security(request: Request) -> Response:
         events = await read(state.list_audit, MAX_AUDIT_ROWS)
-        return HTMLResponse(pages.security(events, clock()))
+        return _html(request, pages.security(events, clock()))
 
     async def metrics(request: Request) -> Response:
         # ~3 ms for ~450 lines: formatted beside the state reads, off the event loop
@@ -78,14 +93,22 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
         detail = exc.detail if isinstance(exc, HTTPException) else ""
         if not detail or detail == "Not Found":
             detail = "There is no page at this address."
-        return HTMLResponse(pages.not_found(detail), 404)
+        return _html(request, pages.not_found(detail), 404)
 
     routes: list[BaseRoute] = [
         Route("/", federation),
         Route("/runs/{run_id:int}", run),
+        Route("/api/runs/{run_id:int}/rounds", run_rounds),
         Route("/security", security),
+        Route("/events", EventStream(telemetry.events)),
         Route("/metrics", metrics),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found})
     return Guard(app, check)
+
+
+def _html(request: Request, page: Page, status: int = 200) -> Response:
+    if request.headers.get(PART_HEADER) == "main":
+        return HTMLResponse(page.main(), status, headers={"Vary": "X-Pollen-Part"})
+    return HTMLResponse(page.document(), status, headers={"Vary": "X-Pollen-Part"})

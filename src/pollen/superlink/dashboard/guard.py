@@ -133,13 +133,13 @@ class Guard:
             cookie.encode("latin-1"), check.cookie_value().encode()
         ):
             return None
-        return HTMLResponse(pages.sign_in(), 401, headers={"WWW-Authenticate": "Bearer"})
+        return HTMLResponse(pages.sign_in().document(), 401, headers={"WWW-Authenticate": "Bearer"})
 
     def _wrong(self, limit: tuple[str, str], peer: str) -> Response:
         assert self.check is not None
         self.check.limiter.record_failure(limit)
         self._audit("reject", peer, WRONG_TOKEN)
-        return HTMLResponse(pages.sign_in(), 401, headers={"WWW-Authenticate": "Bearer"})
+        return HTMLResponse(pages.sign_in().document(), 401, headers={"WWW-Authenticate": "Bearer"})
 
     def _audit(self, event: str, peer: str, reason: str) -> None:
         assert self.check is not None

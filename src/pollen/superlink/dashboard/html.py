@@ -2,7 +2,8 @@
 
 Strings from the network (apps, reasons, addresses, metric names) reach the
 pages; `text` escapes them, so none can add markup or script. No inline script
-or style is ever written: the Content-Security-Policy forbids both.
+or style is ever written: the Content-Security-Policy forbids both; scripts come
+from the package's static files.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 NAV = (("/", "Federation"), ("/security", "Security"), ("/metrics", "Metrics"))
+UPLOT = "/static/vendor/uplot"
 
 
 class Markup(str):
@@ -90,12 +93,13 @@ def table(
     )
 
 
-def section(title: str, content: Markup, note: str = "") -> Markup:
+def section(title: str, content: Markup, note: str = "", id: str = "") -> Markup:
+    """A card; ``id`` names it for the live page, which swaps it when it changed."""
     parts = [tag("h2", title)]
     if note:
         parts.append(tag("p", note, class_="note"))
     parts.append(content)
-    return tag("section", join(parts), class_="card")
+    return tag("section", join(parts), class_="card", **({"id": id} if id else {}))
 
 
 def stats(items: Iterable[tuple[str, Cell]]) -> Markup:
@@ -115,30 +119,63 @@ def facts(items: Iterable[tuple[str, Cell]]) -> Markup:
     return tag("dl", join(join([tag("dt", k), tag("dd", v)]) for k, v in items), class_="facts")
 
 
-def page(title: str, current: str, content: Markup, subtitle: str = "") -> str:
-    """A whole page: header with the navigation (``current``: the path of this page)."""
-    nav = join(
-        link(href, label) if href != current else tag("a", label, href=href, aria_current="page")
-        for href, label in NAV
-    )
-    heading = [tag("h1", title)]
-    if subtitle:
-        heading.append(tag("p", subtitle, class_="subtitle"))
-    return (
-        "<!doctype html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{text(title)} · Pollen</title>"
-        '<link rel="stylesheet" href="/static/dashboard.css"></head>'
-        "<body>"
-        + tag(
-            "header",
-            join([tag("a", "Pollen", href="/", class_="brand"), tag("nav", nav)]),
-            class_="top",
+@dataclass(frozen=True)
+class Page:
+    """A page: its title and the content of its ``<main>``; `document` is the whole page,
+    `main` what a live page fetches to swap in (one rendering for both)."""
+
+    title: str
+    content: Markup
+    current: str = ""
+    """The path of this page in the navigation ("": none)."""
+    subtitle: str = ""
+    live_on: str = ""
+    """The events that refresh it live, space-separated (``kind`` or ``kind:RUN``); "":
+    a static page, sent without script."""
+    charts: bool = False
+    """It holds charts (the vendored charting library is loaded)."""
+
+    def main(self) -> Markup:
+        heading = [tag("h1", self.title)]
+        if self.subtitle:
+            heading.append(tag("p", self.subtitle, class_="subtitle"))
+        return join([tag("div", join(heading), class_="heading"), self.content])
+
+    def document(self) -> str:
+        nav = join(
+            link(href, label)
+            if href != self.current
+            else tag("a", label, href=href, aria_current="page")
+            for href, label in NAV
         )
-        + tag("main", join([tag("div", join(heading), class_="heading"), content]))
-        + "</body></html>\n"
-    )
+        top = [tag("a", "Pollen", href="/", class_="brand"), tag("nav", nav)]
+        if self.live_on:  # shown by the script once it listens
+            top.append(tag("span", "Live", id="live", class_="live", hidden="", role="status"))
+        body = {"data_live_on": self.live_on} if self.live_on else {}
+        return (
+            "<!doctype html>\n"
+            '<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{text(self.title)} · Pollen</title>"
+            + _head_assets(self)
+            + "</head>"
+            + tag(
+                "body",
+                join([tag("header", join(top), class_="top"), tag("main", self.main())]),
+                **body,
+            )
+            + "\n"
+        )
+
+
+def _head_assets(page: Page) -> Markup:
+    parts = ['<link rel="stylesheet" href="/static/dashboard.css">']
+    if page.charts:
+        parts.append(f'<link rel="stylesheet" href="{UPLOT}/uPlot.min.css">')
+        parts.append(f'<script src="{UPLOT}/uPlot.iife.min.js" defer></script>')
+    if page.live_on:
+        parts.append('<script src="/static/dashboard.js" defer></script>')
+    return Markup("".join(parts))
 
 
 def when(at: float | None) -> Markup:
@@ -155,6 +192,15 @@ def ago(at: float | None, now: float) -> Markup:
         return text(None)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
     return tag("time", f"{duration(max(0.0, now - at))} ago", title=stamp)
+
+
+def size(count: float) -> str:
+    """``0 B``, ``512 B``, ``3.2 kB``, ``41 MB``, ``1.5 GB`` (powers of 1000)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" or count >= 100 else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
 
 
 def duration(seconds: float) -> str:

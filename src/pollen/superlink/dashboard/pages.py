@@ -1,44 +1,56 @@
 """The dashboard's pages, rendered on the server from what the State holds.
 
 Each function takes rows already read (off the event loop, see `app`) and
-returns a whole HTML page; no JavaScript is needed to read any of them.
+returns a `Page`; no JavaScript is needed to read any of them. A live page fetches
+its own ``<main>`` again when an event concerns it, so this is the only rendering.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pollen.records.run_reports import NodeSummary, RunDetails, RunSummary
 from pollen.superlink.audit import source_of
+from pollen.superlink.dashboard import rounds as reported
 from pollen.superlink.dashboard.html import (
     Cell,
     Markup,
+    Page,
     ago,
     badge,
     duration,
     facts,
     join,
     link,
-    page,
     section,
+    size,
     stats,
     table,
     tag,
     text,
     when,
 )
+from pollen.superlink.dashboard.rounds import Round
 from pollen.superlink.state import AuditEvent
 
 REFUSALS = frozenset({"reject", "throttled"})
 """Audit events that are refused attempts (joins, dashboard tokens)."""
 
-MAX_METRIC_COLUMNS = 10
+MAX_NODE_ROWS = 200
+MAX_FAILURE_ROWS = 100
+MAX_NODE_METRICS = 4
 
 
-def federation(nodes: Sequence[NodeSummary], runs: Sequence[RunSummary], now: float) -> str:
+def federation(
+    nodes: Sequence[NodeSummary],
+    runs: Sequence[RunSummary],
+    now: float,
+    blob_bytes: tuple[float, float] = (0.0, 0.0),
+) -> Page:
+    """``blob_bytes``: bytes the SuperLink received and sent as blobs since it started."""
     online = sum(1 for n in nodes if n.status == "online")
     running = sum(1 for r in runs if r.status == "running")
     headline = stats(
@@ -46,6 +58,7 @@ def federation(nodes: Sequence[NodeSummary], runs: Sequence[RunSummary], now: fl
             ("Nodes online", f"{online} of {len(nodes)}"),
             ("Runs running", running),
             ("Runs in all", len(runs)),
+            ("Blobs in / out", f"{size(blob_bytes[0])} / {size(blob_bytes[1])}"),
         ]
     )
     node_rows = [
@@ -93,14 +106,20 @@ def federation(nodes: Sequence[NodeSummary], runs: Sequence[RunSummary], now: fl
             ),
         ]
     )
-    return page("Federation", "/", content, "Nodes and runs of this SuperLink")
+    return Page(
+        "Federation", content, "/", "Nodes and runs of this SuperLink", live_on="nodes task run"
+    )
 
 
-def run(details: RunDetails, now: float) -> str:
+def run(details: RunDetails, now: float) -> Page:
     summary = details.summary
+    rounds = reported.rounds_of(details)
     config_rows = [(key, _plain(value)) for key, value in sorted(details.run_config.items())]
     content = join(
         [
+            tag(
+                "p", phase(summary, rounds, now), class_=f"phase phase-{summary.status}", id="phase"
+            ),
             section(
                 "Run",
                 facts(
@@ -115,15 +134,94 @@ def run(details: RunDetails, now: float) -> str:
                         ("Outputs", details.output_dir or None),
                     ]
                 ),
+                id="facts",
             ),
-            section("Rounds", _rounds_table(details)),
+            _charts(summary.run_id, rounds),
+            section("Rounds", _rounds_table(rounds), id="rounds"),
+            _nodes_of_last_round(rounds),
+            section(
+                "Node failures",
+                _failures_table(rounds),
+                "Nodes whose fit or evaluation failed, newest round first.",
+                id="failures",
+            ),
             section(
                 "Run config",
                 table(["Key", "Value"], config_rows, "This run has no run config."),
+                id="config",
             ),
         ]
     )
-    return page(f"Run {summary.run_id}", "", content, summary.app)
+    return Page(
+        f"Run {summary.run_id}",
+        content,
+        subtitle=summary.app,
+        live_on=f"run:{summary.run_id}",
+        charts=True,
+    )
+
+
+def phase(summary: RunSummary, rounds: Sequence[Round], now: float) -> str:
+    """Where the run stands, in one sentence."""
+    done, planned = summary.rounds_done, summary.num_rounds
+    if summary.status == "running":
+        if planned and done >= planned:
+            return f"All {planned} rounds done; the ServerApp is finishing the run."
+        since = rounds[-1].reported_at if rounds else summary.created_at
+        of = f" of {planned}" if planned else ""
+        clock = time.strftime("%H:%M:%S", time.gmtime(since))
+        return f"Round {done + 1}{of} in progress since {clock} UTC ({duration(now - since)})."
+    ended = summary.finished_at if summary.finished_at is not None else now
+    took = duration(max(0.0, ended - summary.created_at))
+    if summary.status == "finished":
+        return f"Finished: {_plural(done, 'round')} in {took}."
+    if summary.status == "failed":
+        why = f": {summary.message}" if summary.message else "."
+        return f"Failed after {_plural(done, 'round')}{why}"
+    return f"{summary.status.capitalize()} after {_plural(done, 'round')}."
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def _charts(run_id: int, rounds: Sequence[Round]) -> Markup:
+    """Where the script draws a chart per metric (from ``/api/runs/ID/rounds``); without
+    script, or before a metric is reported, the sentence says so."""
+    names = reported.series(rounds)
+    empty = (
+        "No rounds reported yet: each metric is plotted here as its rounds complete."
+        if not rounds
+        else "The rounds reported so far carry no numeric metric."
+        if not names
+        else "The charts need JavaScript; the table below holds the same figures."
+    )
+    body = join(
+        [
+            tag("p", empty, class_="empty", id="charts-empty"),
+            tag("div", "", class_="charts", id="charts-grid"),
+        ]
+    )
+    return tag(
+        "section",
+        join([tag("h2", "Metrics per round"), body]),
+        class_="card",
+        id="charts",
+        data_rounds=f"/api/runs/{run_id}/rounds",
+        data_keep="",
+    )
+
+
+def chart_data(details: RunDetails) -> dict[str, Any]:
+    """What the run page's charts plot: the rounds, and each metric's value in each."""
+    rounds = reported.rounds_of(details)
+    return {
+        "run_id": details.summary.run_id,
+        "status": details.summary.status,
+        "num_rounds": details.summary.num_rounds,
+        "rounds": [r.number for r in rounds],
+        "series": [{"name": k, "values": v} for k, v in reported.series(rounds).items()],
+    }
 
 
 @dataclass
@@ -136,7 +234,7 @@ class _Refusals:
     last: float
 
 
-def security(events: Iterable[AuditEvent], now: float) -> str:
+def security(events: Iterable[AuditEvent], now: float) -> Page:
     refused: dict[tuple[str, str, str, str], _Refusals] = {}
     revoked = []
     for e in events:
@@ -180,15 +278,16 @@ def security(events: Iterable[AuditEvent], now: float) -> str:
             ),
         ]
     )
-    return page("Security", "/security", content, "Refused joins and revoked keys")
+    return Page(
+        "Security", content, "/security", "Refused joins and revoked keys", live_on="join-refused"
+    )
 
 
-def not_found(what: str) -> str:
-    content = section("Not found", tag("p", what))
-    return page("Not found", "", content)
+def not_found(what: str) -> Page:
+    return Page("Not found", section("Not found", tag("p", what)))
 
 
-def sign_in() -> str:
+def sign_in() -> Page:
     content = section(
         "A token is needed",
         join(
@@ -203,7 +302,7 @@ def sign_in() -> str:
             ]
         ),
     )
-    return page("Sign in", "", content)
+    return Page("Sign in", content)
 
 
 def _fingerprint(fingerprint: str) -> Cell:
@@ -225,60 +324,60 @@ def _plain(value: Any) -> str:
     return value.hex() if isinstance(value, bytes) else str(value)
 
 
-def _rounds_table(details: RunDetails) -> Markup:
-    records = []
-    for report in details.rounds:
-        try:
-            record = json.loads(report.record)
-        except ValueError:
-            record = {}
-        records.append((report.round, record if isinstance(record, dict) else {}))
-    metric_names = _metric_columns(record for _, record in records)
-    headers = ["Round", "Duration", "Fit ok", "Fit failed", "Loss", *metric_names]
+def _rounds_table(rounds: Sequence[Round]) -> Markup:
+    values = reported.series(rounds)
+    headers = ["Round", "Duration", "Fit ok", "Fit failed", *values]
     rows = [
         (
-            number,
-            duration(float(r.get("seconds", 0.0))),
-            _number(r.get("fit_results")),
-            len(r.get("fit_failures") or []),
-            _number(r.get("evaluate_loss", r.get("centralized_loss"))),
-            *(_number(_metric(r, name)) for name in metric_names),
+            r.number,
+            duration(r.seconds) if r.seconds is not None else None,
+            _count(r.record.get("fit_results")),
+            sum(1 for stage, _ in r.failures() if stage == "fit"),
+            *(_figure(v[i]) for v in values.values()),
         )
-        for number, r in records
+        for i, r in enumerate(rounds)
     ]
     numeric = range(1, len(headers))
-    return table(headers, rows, "No round has been reported yet.", numeric=numeric)
+    return table(headers, rows, "No rounds reported yet.", numeric=numeric)
 
 
-_METRIC_GROUPS = (
-    ("evaluate_metrics", ""),
-    ("fit_metrics", "fit "),
-    ("centralized_metrics", "server "),
-)
-
-
-def _metric_columns(records: Iterable[dict[str, Any]]) -> list[str]:
+def _nodes_of_last_round(rounds: Sequence[Round]) -> Markup:
+    last = rounds[-1] if rounds else None
+    nodes = reported.node_rows(last) if last is not None else []
     names: dict[str, None] = {}
-    for record in records:
-        for group, prefix in _METRIC_GROUPS:
-            values = record.get(group)
-            if isinstance(values, dict):
-                for key, value in values.items():
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        names.setdefault(prefix + str(key))
-    return list(names)[:MAX_METRIC_COLUMNS]
+    for _, _, metrics in nodes:
+        names.update(dict.fromkeys(metrics))
+    shown = list(names)[:MAX_NODE_METRICS]
+    rows = [
+        (node_id, examples, *(_figure(metrics.get(n)) for n in shown))
+        for node_id, examples, metrics in nodes[:MAX_NODE_ROWS]
+    ]
+    title = f"Nodes in round {last.number}" if last is not None else "Nodes"
+    return section(
+        title,
+        table(
+            ["Node", "Examples", *shown],
+            rows,
+            "No rounds reported yet." if last is None else "No node returned a fit result.",
+            numeric=range(1, 2 + len(shown)),
+        ),
+        "Each node's fit result in the last reported round.",
+        id="nodes",
+    )
 
 
-def _metric(record: dict[str, Any], column: str) -> Any:
-    for group, prefix in reversed(_METRIC_GROUPS):  # the prefixed ones first
-        if column.startswith(prefix):
-            values = record.get(group)
-            if isinstance(values, dict):
-                return values.get(column[len(prefix) :])
-    return None
+def _failures_table(rounds: Sequence[Round]) -> Markup:
+    rows = [(r.number, stage, reason) for r in reversed(rounds) for stage, reason in r.failures()][
+        :MAX_FAILURE_ROWS
+    ]
+    return table(["Round", "Stage", "Reason"], rows, "No node has failed in this run.")
 
 
-def _number(value: Any) -> Cell:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _count(value: Any) -> Cell:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _figure(value: float | None) -> Cell:
+    if value is None:
         return None
-    return value if isinstance(value, int) else f"{value:.4g}"
+    return int(value) if value.is_integer() and abs(value) < 1e15 else f"{value:.4g}"

@@ -1,0 +1,208 @@
+"""The dashboard's live side: ``/events`` (Server-Sent Events), the ``<main>`` a live
+page swaps in, a run's figures per round as JSON, and the bounds of it all.
+
+Real SuperLinks on 127.0.0.1:0; the event stream is read over a plain socket, as a
+browser's EventSource would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+from pollen.cli.local_federation import LocalFederation
+from pollen.server.run import run_server_app
+from pollen.superlink.dashboard.settings import DashboardConfig
+from pollen.superlink.events import QUEUE_SIZE, Events
+from pollen.superlink.server import open_superlink
+from tests.apps import numpy_apps
+from tests.conftest import LOOPBACK_ANY_PORT, federation, start_node, superlink_config, wait_until
+from tests.dashboard_helpers import ON_ANY_PORT, get
+from tests.test_integration import server_config
+
+
+class EventReader:
+    """An open ``/events`` stream: its status, then its messages one by one (HTTP/1.0:
+    the body is the stream itself, no chunks)."""
+
+    def __init__(self, port: int, headers: str = "") -> None:
+        self.port, self.headers = port, headers
+        self.status = 0
+        self._buffer = b""
+
+    async def __aenter__(self) -> EventReader:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(
+            f"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+            f"{self.headers}\r\n".encode()
+        )
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        self.status = int(head.split()[1])
+        self.head = head.decode().lower()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.writer.close()
+
+    async def message(self, timeout: float) -> str:
+        """The next block of the stream (``data: ...`` or a ``: comment``); "" at its end."""
+        while b"\n\n" not in self._buffer:
+            chunk = await asyncio.wait_for(self.reader.read(4096), timeout)
+            if not chunk:
+                return ""
+            self._buffer += chunk
+        block, _, self._buffer = self._buffer.partition(b"\n\n")
+        return block.decode()
+
+    async def event(self, kind: str, timeout: float = 1.0) -> dict[str, object]:
+        """The next event of ``kind`` (others are skipped), within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            block = await self.message(max(0.01, deadline - time.monotonic()))
+            assert block, "the stream ended"
+            for line in block.splitlines():
+                if line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if event["kind"] == kind:
+                        return dict(event)
+
+
+def test_events_tell_within_a_second_that_a_node_came_and_a_run_changed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path, dashboard=ON_ANY_PORT)) as link:
+            assert link.dashboard_port is not None
+            async with EventReader(link.dashboard_port) as stream:
+                assert stream.status == 200
+                assert "content-type: text/event-stream" in stream.head
+                assert "content-security-policy" in stream.head  # behind the same guard
+                first = await stream.message(1)
+                assert "retry: 1000" in first
+                nodes = [start_node(numpy_apps.app, link.fleet_port) for _ in range(2)]
+                assert (await stream.event("nodes"))["run"] == 0
+                await wait_until(lambda: len(link.dispatcher.online_nodes()) == 2)
+                run = asyncio.create_task(
+                    run_server_app(
+                        numpy_apps.make_server_app(num_rounds=1),
+                        server_config(tmp_path, link.driver_port),
+                    )
+                )
+                assert (await stream.event("run", timeout=5))["run"] == 1  # created
+                assert (await stream.event("task", timeout=5))["run"] == 0
+                await run
+                for node in nodes:
+                    node.stop.set()
+                await asyncio.gather(*(n.task for n in nodes), return_exceptions=True)
+                assert await stream.event("nodes")
+
+    asyncio.run(scenario())
+
+
+def test_a_live_page_gets_its_main_alone_and_a_run_its_figures_per_round(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"examples": 2}, {"examples": 4}]
+        async with federation(tmp_path, numpy_apps.app, configs, dashboard=ON_ANY_PORT) as (
+            link,
+            _,
+        ):
+            port = link.dashboard_port
+            await run_server_app(
+                numpy_apps.make_server_app(num_rounds=2),
+                server_config(tmp_path, link.driver_port),
+            )
+            part = await get(port, "/runs/1", {"X-Pollen-Part": "main"})
+            whole = await get(port, "/runs/1")
+            figures = await get(port, "/api/runs/1/rounds")
+            unknown = await get(port, "/api/runs/9/rounds")
+        assert part.status == 200 and "<html" not in part.body and "<main" not in part.body
+        assert part.body.startswith('<div class="heading">')
+        assert part.body in whole.body  # the same rendering, inside the whole page
+        assert "Finished: 2 rounds in" in part.body
+        assert "Nodes in round 2" in part.body
+        assert 'data-live-on="run:1"' in whole.body
+        assert 'src="/static/vendor/uplot/uPlot.iife.min.js"' in whole.body
+        data = json.loads(figures.body)
+        assert data["rounds"] == [1, 2] and data["status"] == "finished"
+        series = {s["name"]: s["values"] for s in data["series"]}
+        assert series["accuracy"] == [0.5, 0.5]
+        assert len(series["loss"]) == 2 and "fit train_loss" in series
+        assert unknown.status == 404
+
+    asyncio.run(scenario())
+
+
+def test_a_run_page_before_any_round_says_so(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with open_superlink(superlink_config(tmp_path, dashboard=ON_ANY_PORT)) as link:
+            link.dispatcher.state.create_run("app", {}, time.time())
+            page = await get(link.dashboard_port, "/runs/1")
+            figures = json.loads((await get(link.dashboard_port, "/api/runs/1/rounds")).body)
+        assert "No rounds reported yet" in page.body
+        assert "Round 1 in progress since" in page.body
+        assert figures["rounds"] == [] and figures["series"] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_watcher_loses_events_rather_than_holding_memory() -> None:
+    async def scenario() -> None:
+        events = Events(max_watchers=2)
+        slow, other = events.watch(), events.watch()
+        assert slow is not None and other is not None
+        assert events.watch() is None  # bounded number of watchers
+        for _ in range(10 * QUEUE_SIZE):
+            events.publish("task")
+        assert slow.queue.qsize() == QUEUE_SIZE
+        assert slow.dropped == 9 * QUEUE_SIZE
+        events.unwatch(other)
+        assert events.watch() is not None
+        events.close()
+        while (item := slow.queue.get_nowait()) is not None:
+            assert item.kind == "task"
+        assert events.watch() is None  # stopping: no new watcher
+
+    asyncio.run(scenario())
+
+
+def test_too_many_live_pages_are_refused_and_a_token_guards_the_stream(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        token = "s3cret-token-for-the-dashboard"
+        config = superlink_config(
+            tmp_path, dashboard=DashboardConfig(LOOPBACK_ANY_PORT, token=token)
+        )
+        async with open_superlink(config) as link:
+            port = link.dashboard_port
+            assert port is not None
+            link.dispatcher.telemetry.events.max_watchers = 1
+            async with EventReader(port) as refused:
+                assert refused.status == 401
+            auth = f"Authorization: Bearer {token}\r\n"
+            async with EventReader(port, auth) as first, EventReader(port, auth) as second:
+                assert first.status == 200
+                assert second.status == 503
+
+    asyncio.run(scenario())
+
+
+def test_sigterm_stops_the_superlink_promptly_with_a_stream_open(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path)
+    try:
+        superlink = fed.start_superlink()
+        with socket.create_connection(("127.0.0.1", fed.dashboard_port), timeout=10) as sock:
+            sock.sendall(b"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            assert b"200 OK" in sock.recv(4096)
+            started = time.monotonic()
+            superlink.terminate()
+            superlink.process.wait(10)
+            stopped = time.monotonic() - started
+            rest = b""
+            while chunk := sock.recv(4096):
+                rest += chunk
+    finally:
+        fed.stop()
+    assert superlink.process.returncode == 0, superlink.log()
+    assert stopped < 3, stopped
+    assert "Traceback" not in superlink.log()
+    assert b"retry: 1000" in rest or rest == b""  # then the stream ended: EOF
