@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,33 @@ def test_a_reply_keeps_its_own_bytes_and_one_that_hands_the_model_back_shares_it
     assert refs[2] != model and refs[2].size == model.size
     np.testing.assert_array_equal(downloads[1][0], np.arange(4) + 1)  # as replied, not as changed
     np.testing.assert_array_equal(again[0], np.arange(4))  # the stored model is unchanged
+
+
+def test_a_simulation_holds_a_bounded_share_of_a_rounds_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Results are released as they add up, not only at the end of the round: in memory
+    (an in-process Grid) a round of 40 distinct 1 MB results holds a few at a time."""
+    monkeypatch.setattr("pollen.server.round_loop.RELEASE_BATCH_BYTES", 4_000_000)
+    most = 0
+
+    class Watched(InProcessGrid):
+        def _keep(self, name: str, data: bytes, run_id: int) -> Any:
+            nonlocal most
+            ref = super()._keep(name, data, run_id)
+            most = max(most, sum(len(blob) for blob in self._blobs.values()))
+            return ref
+
+    class Training(PartitionClient):  # slow enough for the folding to keep up
+        def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, Metrics]:
+            time.sleep(0.01)
+            return super().fit(parameters, config)
+
+    grid = Watched(ClientApp(client_fn=Training), num_nodes=40, threads=1)
+    app = server_app(1, [np.zeros(250_000, np.float32)], min_available_clients=40,
+                     fraction_evaluate=0.0)  # fmt: skip
+
+    outcome = run(app, grid)
+
+    assert outcome.history.rounds[0].fit_results == 40
+    assert most <= 10_000_000  # the model, 4 MB of results and the ones in flight; not 40 MB

@@ -36,6 +36,12 @@ from pollen.server.strategy_calls import Instruction, StrategyCalls
 
 logger = logging.getLogger(__name__)
 
+RELEASE_BATCH_BYTES = 64 * 1024 * 1024
+"""Results already taken are released once they add up to this much, not only at the
+end of the round: a Grid that keeps blobs in memory (a simulation's) then holds about
+this much of a round's results, not all of them; a SuperLink gets one release call per
+64 MiB of results."""
+
 Sending = tuple[BlobRef, list[tuple[int, Config]], dict[int, BlobRef]]
 """A fit round's instructions: the global model's blob, each chosen node with its config,
 and the blobs of the nodes that start from a model of their own."""
@@ -215,8 +221,11 @@ class RoundLoop:
         told = counts_told(self.progress, fit_results, failures)
         replies = self.round.run(TRAIN, ref, chosen, failures, own, told)
         phase = Phase(server_round, self.app.config.num_rounds, "fit", len(chosen))
+        held = 0  # bytes of the results in ``results``
         async for reply in reporting(self.progress, phase, replies, fit_results, failures):
-            results.extend(reply.content.blobs())
+            blobs = [r for r in reply.content.blobs() if r != ref]
+            results.extend(blobs)
+            held += sum(r.size for r in blobs)
             try:
                 await self._take(reply, take, record)
             except ConnectionFailed:
@@ -224,6 +233,9 @@ class RoundLoop:
             except (PollenError, MemoryError, ValueError) as exc:
                 # one node's result never ends the run, whatever is wrong with it
                 failures.append(f"node {reply.node_id}: result rejected: {_reason(exc)}")
+            if held >= RELEASE_BATCH_BYTES:
+                await self.grid.release_blobs(self.run_id, results)
+                results, held = [], 0
         # Taken (folded, spilled or gathered) already: the SuperLink may delete them, whatever
         # the round's outcome. A result with the model's own bytes shares its blob: that stays
         # until the next checkpoint no longer names it.
