@@ -169,7 +169,10 @@ class Page:
 
 
 def _head_assets(page: Page) -> Markup:
-    parts = ['<link rel="stylesheet" href="/static/dashboard.css">']
+    parts = [
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">',
+        '<link rel="stylesheet" href="/static/dashboard.css">',
+    ]
     if page.charts:
         parts.append(f'<link rel="stylesheet" href="{UPLOT}/uPlot.min.css">')
         parts.append(f'<script src="{UPLOT}/uPlot.iife.min.js" defer></script>')
@@ -187,11 +190,12 @@ def when(at: float | None) -> Markup:
 
 
 def ago(at: float | None, now: float) -> Markup:
-    """How long ago ``at`` was ("12 s ago"), with the moment as a tooltip."""
+    """How long ago ``at`` was ("12 s ago", "just now"), with the moment as a tooltip."""
     if at is None:
         return text(None)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
-    return tag("time", f"{duration(max(0.0, now - at))} ago", title=stamp)
+    elapsed = now - at
+    return tag("time", f"{duration(elapsed)} ago" if elapsed >= 1 else "just now", title=stamp)
 
 
 def size(count: float) -> str:

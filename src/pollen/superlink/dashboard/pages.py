@@ -170,7 +170,7 @@ def phase(summary: RunSummary, rounds: Sequence[Round], now: float) -> str:
         since = rounds[-1].reported_at if rounds else summary.created_at
         of = f" of {planned}" if planned else ""
         clock = time.strftime("%H:%M:%S", time.gmtime(since))
-        return f"Round {done + 1}{of} in progress since {clock} UTC ({duration(now - since)})."
+        return f"Round {done + 1}{of} in progress since {clock} UTC."
     ended = summary.finished_at if summary.finished_at is not None else now
     took = duration(max(0.0, ended - summary.created_at))
     if summary.status == "finished":
