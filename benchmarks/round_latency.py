@@ -16,9 +16,12 @@ With ``--scrape`` the same workload runs on fresh federations in alternation
 federation page read every second from a thread (as Prometheus and an open
 dashboard would); both figures are printed, each over all its runs' rounds. Give
 it enough rounds to span many scrapes (``--rounds 300``: several seconds a run).
+``--browser`` adds, to the federations with scraping, a headless Chromium holding
+the live federation page and the run's page open (`dashboard_watch.BrowserWatch`:
+each refreshes on the SuperLink's events as an operator's browser would).
 
     .venv/bin/python benchmarks/round_latency.py [--rounds 20] [--nodes 2] [--warmup 2] [--secure]
-        [--scrape [--pairs 3]]
+        [--scrape [--browser] [--pairs 3]]
 """
 
 from __future__ import annotations
@@ -27,16 +30,16 @@ import argparse
 import contextlib
 import importlib
 import math
-import ssl
 import statistics
 import sys
 import tempfile
-import threading
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from dashboard_watch import SCRAPE_SECONDS, watched
 from federation_run import run_benchmark, run_in_process, wait_until_connected
+from process_stats import cpu_seconds
 
 from pollen.cli.local_federation import LocalFederation
 from pollen.errors import RunError
@@ -50,45 +53,8 @@ FLOWER_REFERENCE = (
 )
 PLAINTEXT = "plaintext"
 SECURE = "TLS + client authentication"
-SCRAPE_SECONDS = 1.0
-SCRAPED = ("/metrics", "/")
 SCRAPE_TARGET = 0.10
 """With scraping, the median round may be at most this much slower (issue 17)."""
-
-
-class Scraper:
-    """Reads `SCRAPED` from the dashboard every `SCRAPE_SECONDS` in a thread of its own."""
-
-    def __init__(self, port: int, ca: Path | None) -> None:
-        scheme = "https" if ca else "http"
-        self.urls = [f"{scheme}://127.0.0.1:{port}{path}" for path in SCRAPED]
-        self.context = ssl.create_default_context(cafile=str(ca)) if ca else None
-        self.scrapes = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for url in self.urls:
-                try:
-                    with urllib.request.urlopen(url, timeout=5, context=self.context) as page:
-                        page.read()
-                except OSError as exc:
-                    self.errors.append(f"{url}: {exc}")
-            self.scrapes += 1
-            self._stop.wait(SCRAPE_SECONDS)
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[Scraper]:
-        self._thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            self._thread.join()
-        if self.errors:
-            raise RunError(f"{len(self.errors)} scrapes failed, the first: {self.errors[0]}")
 
 
 def build_server_app(num_rounds: int, nodes: int) -> ServerApp:
@@ -100,6 +66,19 @@ def build_server_app(num_rounds: int, nodes: int) -> ServerApp:
     return app
 
 
+@dataclass
+class Watching:
+    """How the dashboard was watched during some runs, and what those runs cost."""
+
+    scrape: bool = False
+    browser: bool = False
+    scrapes: int = 0
+    refreshes: int = 0
+    superlink_cpu: float = 0.0
+    browser_cpu: float = 0.0
+    rounds: int = 0
+
+
 def measure(
     rounds: int,
     nodes: int,
@@ -107,12 +86,12 @@ def measure(
     timeout: float,
     workdir: Path,
     secure: bool = False,
-    scraped: list[int] | None = None,
+    watching: Watching | None = None,
 ) -> list[float]:
     """Run ``warmup + rounds`` rounds on a fresh federation; the measured rounds' seconds.
 
-    ``scraped``: read the dashboard every second meanwhile (`Scraper`), and append how
-    many times it was read."""
+    ``watching``: with its ``scrape``, read the dashboard every second meanwhile (and,
+    with its ``browser``, hold it open in Chromium); add the counts and CPU there."""
     federation = LocalFederation(workdir / "federation", clients=nodes if secure else 0)
     try:
         federation.start_superlink()
@@ -121,13 +100,20 @@ def measure(
         wait_until_connected(federation, timeout=30)
         app = build_server_app(warmup + rounds, nodes)
         runs = workdir / "runs"
-        if scraped is None:
+        assert federation.superlink is not None
+        superlink_cpu = cpu_seconds(federation.superlink.process.pid)
+        if watching is None or not watching.scrape:
             outcome = run_in_process(federation, app, "noop_server:app", runs, timeout)
         else:
             ca = federation.credentials / "certificates" / "ca.crt" if secure else None
-            with Scraper(federation.dashboard_port, ca).running() as scraper:
+            with watched(federation.dashboard_port, ca, watching.browser) as (scraper, browser):
                 outcome = run_in_process(federation, app, "noop_server:app", runs, timeout)
-            scraped.append(scraper.scrapes)
+            watching.scrapes += scraper.scrapes
+            watching.refreshes += browser.refreshes if browser else 0
+            watching.browser_cpu += browser.cpu_seconds if browser else 0.0
+        if watching is not None:
+            watching.superlink_cpu += cpu_seconds(federation.superlink.process.pid) - superlink_cpu
+            watching.rounds += warmup + rounds
     finally:
         federation.stop()
     records = outcome.history.rounds
@@ -176,26 +162,48 @@ def report(
 def scrape_report(
     without: Sequence[float],
     scraped: Sequence[float],
-    scrapes: int,
+    plain: Watching,
+    watching: Watching,
     nodes: int,
     mode: str,
     pairs: int,
 ) -> str:
-    plain, read = (statistics.median(s) * 1000 for s in (without, scraped))
-    slower = read / plain - 1
+    alone, read = (statistics.median(s) * 1000 for s in (without, scraped))
+    slower = read / alone - 1
     verdict = "met" if slower <= SCRAPE_TARGET else "NOT met"
     return "\n".join(
         [
             f"round latency ({nodes} nodes, tiny model, fit+evaluate, {mode}), same run, "
             f"{pairs} federations each, alternating, {len(without)} rounds each:",
-            f"  without scraping: median {plain:.2f} ms, p90 "
+            f"  without scraping: median {alone:.2f} ms, p90 "
             f"{percentile(without, 0.9) * 1000:.2f} ms",
             f"  with /metrics and the dashboard page read every {SCRAPE_SECONDS:g} s "
-            f"({scrapes} times): median {read:.2f} ms, p90 "
+            f"({watching.scrapes} times){_browser_words(watching)}: median {read:.2f} ms, p90 "
             f"{percentile(scraped, 0.9) * 1000:.2f} ms",
             f"  difference of the medians {slower:+.1%}; target within "
             f"{SCRAPE_TARGET:.0%}: {verdict}",
+            f"  SuperLink CPU per round: {_per_round(plain)} without, {_per_round(watching)} "
+            "with" + _browser_cpu(watching),
         ]
+    )
+
+
+def _per_round(watching: Watching) -> str:
+    return f"{watching.superlink_cpu / max(1, watching.rounds) * 1000:.2f} ms"
+
+
+def _browser_cpu(watching: Watching) -> str:
+    if not watching.browser:
+        return ""
+    return f"; Chromium used {watching.browser_cpu:.1f} CPU s meanwhile"
+
+
+def _browser_words(watching: Watching) -> str:
+    if not watching.browser:
+        return ""
+    return (
+        " and Chromium holding the live federation and run pages open "
+        f"({watching.refreshes} live refreshes)"
     )
 
 
@@ -242,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alternation; print both",
     )
     parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="with --scrape: a headless Chromium (/usr/bin/chromium) also holds the live "
+        "dashboard open during the runs with scraping",
+    )
+    parser.add_argument(
         "--pairs",
         type=int,
         default=3,
@@ -261,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--scrape compares Pollen with itself; leave out --peer")
     if args.pairs < 1:
         parser.error("--pairs must be >= 1")
+    if args.browser and not args.scrape:
+        parser.error("--browser goes with --scrape (the runs with and without alternate)")
     mode = SECURE if args.secure else PLAINTEXT
     if args.scrape:
         return _scrape_main(args, mode)
@@ -292,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _scrape_main(args: argparse.Namespace, mode: str) -> int:
-    scraped: list[int] = []
+    plain, watching = Watching(), Watching(scrape=True, browser=args.browser)
 
     def run() -> tuple[list[float], list[float]]:
         without: list[float] = []
@@ -304,14 +320,14 @@ def _scrape_main(args: argparse.Namespace, mode: str) -> int:
                 root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pollen-")))
             settings = (args.rounds, args.nodes, args.warmup, args.timeout)
             for pair in range(args.pairs):
-                without += measure(*settings, root / f"without-{pair}", args.secure)
-                read += measure(*settings, root / f"scraped-{pair}", args.secure, scraped)
+                without += measure(*settings, root / f"without-{pair}", args.secure, plain)
+                read += measure(*settings, root / f"scraped-{pair}", args.secure, watching)
         return without, read
 
     return run_benchmark(
         "round_latency",
         run,
-        lambda both: scrape_report(*both, sum(scraped), args.nodes, mode, args.pairs),
+        lambda both: scrape_report(*both, plain, watching, args.nodes, mode, args.pairs),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from pollen.cli.local_federation import LocalFederation
 from pollen.server.run import run_server_app
 from pollen.superlink.dashboard.settings import DashboardConfig
-from pollen.superlink.events import QUEUE_SIZE, Events
+from pollen.superlink.events import QUEUE_SIZE, Event, Events
 from pollen.superlink.server import open_superlink
 from tests.apps import numpy_apps
 from tests.conftest import LOOPBACK_ANY_PORT, federation, start_node, superlink_config, wait_until
@@ -146,22 +146,26 @@ def test_a_run_page_before_any_round_says_so(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_a_slow_watcher_loses_events_rather_than_holding_memory() -> None:
+def test_a_slow_watcher_keeps_each_event_once_and_loses_the_excess() -> None:
     async def scenario() -> None:
         events = Events(max_watchers=2)
         slow, other = events.watch(), events.watch()
         assert slow is not None and other is not None
         assert events.watch() is None  # bounded number of watchers
-        for _ in range(10 * QUEUE_SIZE):
-            events.publish("task")
-        assert slow.queue.qsize() == QUEUE_SIZE
-        assert slow.dropped == 9 * QUEUE_SIZE
+        for _ in range(1000):
+            events.publish("task")  # a round of a thousand nodes: one entry
+        for run_id in range(1, 10 * QUEUE_SIZE + 1):
+            events.publish("run", run_id)
+        assert len(slow.pending) == QUEUE_SIZE
+        assert slow.dropped == 10 * QUEUE_SIZE - (QUEUE_SIZE - 1)
+        taken = await slow.take()
+        assert taken[0] == Event("task") and taken[1] == Event("run", 1)
+        assert slow.pending == {}
         events.unwatch(other)
         assert events.watch() is not None
         events.close()
-        while (item := slow.queue.get_nowait()) is not None:
-            assert item.kind == "task"
-        assert events.watch() is None  # stopping: no new watcher
+        assert await slow.take() == []  # the SuperLink stops
+        assert events.watch() is None  # no new watcher then
 
     asyncio.run(scenario())
 

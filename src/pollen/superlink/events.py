@@ -1,10 +1,12 @@
 """What changed in the SuperLink, told to whoever watches (the dashboard's live pages).
 
 `Telemetry` publishes here from the places that count things (a node came or went, a
-task was answered, a join was refused, a run changed); each `Watcher` gets the events
-in a bounded queue of its own. A watcher that does not keep up loses events rather
-than holding memory: what it shows is read again from the State anyway, so one
-later event brings it up to date. Everything runs on the SuperLink's event loop.
+task was answered, a join was refused, a run changed); each `Watcher` keeps the
+events it has not taken yet, each distinct one once, so that a burst (a round of a
+thousand nodes) costs it one entry, and at most `QUEUE_SIZE` of them: a watcher that
+does not keep up loses events rather than holding memory (what it shows is read
+again from the State anyway, so a later event brings it up to date). Everything
+runs on the SuperLink's event loop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ finished, failed or resumed."""
 
 MAX_WATCHERS = 64
 QUEUE_SIZE = 256
+"""The most distinct events a watcher keeps untaken (kinds x runs)."""
 
 
 @dataclass(frozen=True)
@@ -31,21 +34,37 @@ class Event:
 
 @dataclass(eq=False)
 class Watcher:
-    """One watcher's events; ``None`` in the queue: the SuperLink stops."""
+    """One watcher's events not taken yet: each distinct event once, in arrival order
+    (a thousand answered tasks wait as one), at most `QUEUE_SIZE` of them."""
 
-    queue: asyncio.Queue[Event | None] = field(
-        default_factory=lambda: asyncio.Queue(QUEUE_SIZE + 1)  # + 1: room for the None
-    )
+    pending: dict[Event, None] = field(default_factory=dict)
     dropped: int = 0
+    ended: bool = False
+    """The SuperLink stops: no event will come any more."""
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, event: Event) -> None:
-        if self.queue.qsize() >= QUEUE_SIZE:
+        if event in self.pending:
+            return
+        if len(self.pending) >= QUEUE_SIZE:
             self.dropped += 1
-        else:
-            self.queue.put_nowait(event)
+            return
+        self.pending[event] = None
+        self._wake.set()
 
     def end(self) -> None:
-        self.queue.put_nowait(None)
+        self.ended = True
+        self._wake.set()
+
+    async def take(self) -> list[Event]:
+        """The events offered since the last take (waits for one); [] once ended."""
+        await self._wake.wait()
+        self._wake.clear()
+        if self.ended:
+            return []
+        events = list(self.pending)
+        self.pending.clear()
+        return events
 
 
 class Events:

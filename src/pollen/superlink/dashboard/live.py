@@ -2,9 +2,10 @@
 
 Each open stream is a `Watcher` of the SuperLink's `Events`: what arrived since the
 last write is sent at once, each distinct event once (a round of 1000 answered
-tasks is one ``task`` line, not 1000). A comment every `HEARTBEAT_SECONDS` keeps
-proxies from closing an idle stream; the stream ends when the browser leaves or the
-SuperLink stops (`Events.close`), so that a shutdown never waits for it.
+tasks is one ``task`` line, not 1000), at most one write every `PACE_SECONDS`. A
+comment every `HEARTBEAT_SECONDS` keeps proxies from closing an idle stream; the
+stream ends when the browser leaves or the SuperLink stops (`Events.close`), so that
+a shutdown never waits for it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pollen.superlink.dashboard.guard import Receive, Scope, Send
 from pollen.superlink.events import Event, Events, Watcher
 
 HEARTBEAT_SECONDS = 15.0
+PACE_SECONDS = 0.25
+"""The shortest time between two writes on one stream: a browser is told of a busy
+federation four times a second, not at every answered task."""
 RECONNECT_MS = 1000
 """How soon a browser reconnects after the stream broke (the SuperLink restarted)."""
 
@@ -66,24 +70,18 @@ class EventStream:
             self.events.unwatch(watcher)
 
     async def _relay(self, watcher: Watcher, send: Send) -> None:
-        """Write what the watcher gets until the SuperLink stops."""
+        """Write what the watcher gets until the SuperLink stops, at most one write a
+        `PACE_SECONDS` (what arrives meanwhile is written together)."""
         while True:
             try:
-                event = await asyncio.wait_for(watcher.queue.get(), self.heartbeat)
+                events = await asyncio.wait_for(watcher.take(), self.heartbeat)
             except TimeoutError:
                 await _chunk(send, ": heartbeat\n\n")
                 continue
-            batch: dict[Event, None] = {}
-            while event is not None:
-                batch[event] = None
-                try:
-                    event = watcher.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            if batch:
-                await _chunk(send, "".join(_message(e) for e in batch))
-            if event is None:
+            if not events:
                 return
+            await _chunk(send, "".join(_message(e) for e in events))
+            await asyncio.sleep(PACE_SECONDS)
 
 
 def _message(event: Event) -> str:

@@ -39,6 +39,7 @@ from pollen.superlink.state import AuditEvent
 REFUSALS = frozenset({"reject", "throttled"})
 """Audit events that are refused attempts (joins, dashboard tokens)."""
 
+MAX_ROUND_ROWS = 100
 MAX_NODE_ROWS = 200
 MAX_FAILURE_ROWS = 100
 MAX_NODE_METRICS = 4
@@ -137,7 +138,7 @@ def run(details: RunDetails, now: float) -> Page:
                 id="facts",
             ),
             _charts(summary.run_id, rounds),
-            section("Rounds", _rounds_table(rounds), id="rounds"),
+            section("Rounds", _rounds_table(rounds), _rounds_note(rounds), id="rounds"),
             _nodes_of_last_round(rounds),
             section(
                 "Node failures",
@@ -327,18 +328,28 @@ def _plain(value: Any) -> str:
 def _rounds_table(rounds: Sequence[Round]) -> Markup:
     values = reported.series(rounds)
     headers = ["Round", "Duration", "Fit ok", "Fit failed", *values]
+    shown = range(len(rounds) - 1, max(-1, len(rounds) - 1 - MAX_ROUND_ROWS), -1)
     rows = [
         (
-            r.number,
-            duration(r.seconds) if r.seconds is not None else None,
-            _count(r.record.get("fit_results")),
-            sum(1 for stage, _ in r.failures() if stage == "fit"),
+            rounds[i].number,
+            duration(seconds) if (seconds := rounds[i].seconds) is not None else None,
+            _count(rounds[i].record.get("fit_results")),
+            sum(1 for stage, _ in rounds[i].failures() if stage == "fit"),
             *(_figure(v[i]) for v in values.values()),
         )
-        for i, r in enumerate(rounds)
+        for i in shown  # newest first
     ]
     numeric = range(1, len(headers))
     return table(headers, rows, "No rounds reported yet.", numeric=numeric)
+
+
+def _rounds_note(rounds: Sequence[Round]) -> str:
+    if len(rounds) <= MAX_ROUND_ROWS:
+        return "Newest first."
+    return (
+        f"The last {MAX_ROUND_ROWS} of {len(rounds)} rounds, newest first (the charts and "
+        "pollen runs show RUN hold them all)."
+    )
 
 
 def _nodes_of_last_round(rounds: Sequence[Round]) -> Markup:

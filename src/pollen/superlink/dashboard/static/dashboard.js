@@ -6,7 +6,7 @@
 (function () {
   "use strict";
 
-  var MIN_GAP_MS = 400; // at most ~2 refreshes a second, however many events arrive
+  var MIN_GAP_MS = 700; // with the server's 250 ms pace: any event shown within 1 s
   var RETRY_MS = 5000; // after a refused stream (a token gone, too many live pages)
 
   var liveOn = (document.body.getAttribute("data-live-on") || "").split(/\s+/).filter(Boolean);
@@ -135,7 +135,7 @@
 
   function schedule() {
     pending = true;
-    if (inFlight || timer) { return; }
+    if (inFlight || timer || document.hidden) { return; } // a hidden tab catches up when shown
     var wait = Math.max(0, lastRefresh + MIN_GAP_MS - Date.now());
     timer = setTimeout(function () { timer = null; refresh(); }, wait);
   }
@@ -202,6 +202,10 @@
       }
     };
   }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && pending) { schedule(); }
+  });
 
   connect();
 })();
