@@ -19,8 +19,14 @@ Measured, and compared with issue 6's targets:
 4. with ``--soak SECONDS``, the SuperLink's RSS sampled every 10 s, target flat
    within +-5%.
 
+With ``--dashboard``, (2) is measured ``--pairs`` times more each way, alternating:
+without, then with the dashboard open in a headless Chromium (the live federation
+page, and the run's page once there is one) and ``/metrics`` and the federation page
+read every second (`dashboard_watch`); target: the SuperLink's CPU within +5
+percentage points (issue 17). The round (3) then runs again with them watching.
+
     .venv/bin/python benchmarks/load.py [--nodes 1000] [--workers 4]
-        [--heartbeat-interval 5] [--soak 0] [--workdir DIR]
+        [--heartbeat-interval 5] [--soak 0] [--dashboard [--pairs 2]] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from dashboard_watch import watched
 from federation_run import run_benchmark, run_in_process
 from process_stats import cpu_seconds, rss_mib
 
@@ -64,6 +71,7 @@ CPU_TARGET = 50.0  # percent of one core, with N nodes connected and heartbeatin
 ROUND_TARGET = 5.0  # seconds for one round on all N nodes
 RSS_TOLERANCE = 0.05  # soak: RSS within +-5% of its first sample
 RSS_SAMPLE_SECONDS = 10.0
+DASHBOARD_CPU_TARGET = 5.0  # percentage points more SuperLink CPU with the dashboard watched
 CONNECT_TIMEOUT = 300.0
 READY_TIMEOUT = 120.0
 JOIN_CONCURRENCY = 32  # joins in flight per worker process
@@ -308,6 +316,21 @@ class Figures:
     rss_connected: float = 0.0
     rss_samples: list[float] = field(default_factory=list)
     soak: float = 0.0
+    dashboard: Watched | None = None
+
+
+@dataclass
+class Watched:
+    """(2) and (3) again, alternating without and with the dashboard watched."""
+
+    cpu_without: list[float] = field(default_factory=list)
+    cpu_with: list[float] = field(default_factory=list)
+    scrapes: int = 0
+    refreshes: int = 0
+    browser_cpu: float = 0.0
+    round_seconds: float = 0.0
+    round_superlink_cpu: float = 0.0
+    """SuperLink CPU seconds of the watched round."""
 
 
 class Workers:
@@ -395,6 +418,53 @@ def _wait(deadline: float, workers: Workers, federation: LocalFederation, what: 
     time.sleep(0.1)
 
 
+def cpu_window(
+    args: argparse.Namespace, pid: int, workers: Workers, federation: LocalFederation
+) -> tuple[float, float]:
+    """The SuperLink's CPU, in percent of one core, over ``--cpu-seconds``; and the window."""
+    cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+    deadline = wall_before + args.cpu_seconds
+    while time.monotonic() < deadline:
+        _wait(deadline + 5, workers, federation, "the CPU window")
+    window = time.monotonic() - wall_before
+    return 100 * (cpu_seconds(pid) - cpu_before) / window, window
+
+
+def watch_dashboard(
+    args: argparse.Namespace, workdir: Path, federation: LocalFederation, workers: Workers
+) -> Watched:
+    """The CPU window without and with the dashboard watched, alternating, then the
+    round again, watched."""
+    assert federation.superlink is not None
+    pid = federation.superlink.process.pid
+    ca = workdir / "credentials" / "certificates" / "ca.crt"
+    figures = Watched()
+    for _ in range(args.pairs):
+        figures.cpu_without.append(cpu_window(args, pid, workers, federation)[0])
+        with watched(federation.dashboard_port, ca, browser=True) as (scraper, browser):
+            figures.cpu_with.append(cpu_window(args, pid, workers, federation)[0])
+            if len(figures.cpu_with) == args.pairs:  # the last window: a round, watched
+                before = cpu_seconds(pid)
+                outcome = run_in_process(
+                    federation,
+                    build_server_app(args.nodes),
+                    "load_benchmark",
+                    workdir / "runs",
+                    timeout=args.round_timeout,
+                )
+                figures.round_seconds = outcome.history.rounds[0].seconds
+                figures.round_superlink_cpu = cpu_seconds(pid) - before
+        figures.scrapes += scraper.scrapes
+        figures.refreshes += browser.refreshes if browser else 0
+        figures.browser_cpu += browser.cpu_seconds if browser else 0.0
+    print(
+        f"SuperLink CPU without / with the dashboard watched: {figures.cpu_without} / "
+        f"{figures.cpu_with} % of one core",
+        flush=True,
+    )
+    return figures
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> Figures:
     credentials = workdir / "credentials"
     figures = Figures(
@@ -451,12 +521,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
         # that the heartbeats (spread over one interval) are all running.
         time.sleep(min(args.heartbeat_interval, 10.0))
         figures.rss_connected = rss_mib(pid)
-        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
-        deadline = wall_before + args.cpu_seconds
-        while time.monotonic() < deadline:
-            _wait(deadline + 5, workers, federation, "the CPU window")
-        figures.cpu_window = time.monotonic() - wall_before
-        figures.cpu_percent = 100 * (cpu_seconds(pid) - cpu_before) / figures.cpu_window
+        figures.cpu_percent, figures.cpu_window = cpu_window(args, pid, workers, federation)
         figures.heartbeat_errors = workers.total(3)
         figures.disconnects = count_log(federation, _DISCONNECTED)
         print(
@@ -496,6 +561,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> Figures:
         figures.fit_results = record.fit_results
         figures.fit_failures = list(record.fit_failures)
         print(f"round on {args.nodes} nodes: {record.seconds:.2f} s", flush=True)
+
+        if args.dashboard:
+            figures.dashboard = watch_dashboard(args, workdir, federation, workers)
 
         # (4) soak: RSS every 10 s while the nodes stay connected and heartbeating
         if args.soak > 0:
@@ -574,6 +642,8 @@ def report(f: Figures) -> str:
         f"target round <= {ROUND_TARGET:g} s: "
         f"{_verdict(f.round_seconds <= ROUND_TARGET and f.fit_results == f.nodes)}",
     ]
+    if f.dashboard is not None:
+        lines += dashboard_lines(f, f.dashboard)
     if f.rss_samples:
         first, low, high = f.rss_samples[0], min(f.rss_samples), max(f.rss_samples)
         drift = max(abs(low - first), abs(high - first)) / first
@@ -586,6 +656,27 @@ def report(f: Figures) -> str:
             f"{_verdict(drift <= RSS_TOLERANCE)} (largest drift {drift:.1%})",
         ]
     return "\n".join(lines)
+
+
+def dashboard_lines(f: Figures, d: Watched) -> list[str]:
+    without, with_ = (sum(cpu) / len(cpu) for cpu in (d.cpu_without, d.cpu_with))
+    more = with_ - without
+    windows = ", ".join(
+        f"{a:.1f} / {b:.1f}" for a, b in zip(d.cpu_without, d.cpu_with, strict=True)
+    )
+    superlink_round = f.round_cpu.get("SuperLink", 0.0)
+    return [
+        f"(2') SuperLink CPU, {f.nodes} nodes heartbeating, without / with the dashboard "
+        f"open in Chromium and /metrics and the federation page read every second, "
+        f"{len(d.cpu_with)} windows of {f.cpu_window:.0f} s each way, alternating: "
+        f"{windows} % of one core; mean {without:.1f} / {with_:.1f} % ({more:+.1f} points; "
+        f"{d.scrapes} scrapes, {d.refreshes} live refreshes, Chromium {d.browser_cpu:.1f} CPU s)",
+        f"target SuperLink CPU within +{DASHBOARD_CPU_TARGET:g} points with the dashboard: "
+        f"{_verdict(more <= DASHBOARD_CPU_TARGET)}",
+        f"(3') the round again, watched: {d.round_seconds:.2f} s (unwatched "
+        f"{f.round_seconds:.2f} s); SuperLink CPU {d.round_superlink_cpu:.2f} s "
+        f"(unwatched {superlink_round:.2f} s)",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -630,7 +721,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="keep credentials (reused), state and logs here (default: a temporary folder)",
     )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="then measure the CPU again, alternating without and with the dashboard open "
+        "in a headless Chromium (/usr/bin/chromium) and scraped every second",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="with --dashboard: CPU windows each way (default 2)",
+    )
     args = parser.parse_args(argv)
+    if args.pairs < 1:
+        parser.error("--pairs must be >= 1")
     if args.nodes < 1 or args.workers < 1 or args.nodes_per_channel < 1:
         parser.error("--nodes, --workers and --nodes-per-channel must be >= 1")
     if args.heartbeat_interval < 0.1 or args.cpu_seconds <= 0 or args.soak < 0:

@@ -3,8 +3,9 @@
 A secure federation (TLS, client authentication) runs a few slow rounds while the
 browser watches; the rounds appear and the charts gain their points without a
 reload, an unlisted node's refused join appears on the security page as it happens,
-and the pages stay readable 400 px wide. Screenshots go to the test's folder and to
-/tmp/shots/ (to look at). Never `playwright install`: the machine has no network.
+and the pages stay readable 400 px wide and without JavaScript. Screenshots go to
+the test's folder and to /tmp/shots/ (to look at). Never `playwright install`: the
+machine has no network.
 """
 
 from __future__ import annotations
@@ -135,6 +136,15 @@ def test_a_run_watched_live_in_chromium(tmp_path: Path, browser: Browser) -> Non
             assert overflow <= 400, f"{path} is {overflow} px wide in a 400 px window"
             shots.take(page, name)
         context.close()
+
+        plain = browser.new_context(ignore_https_errors=True, java_script_enabled=False)
+        page = plain.new_page()  # a browser without JavaScript reads the same tables
+        page.goto(base + "/runs/1")
+        assert page.locator("#rounds tbody tr").count() == ROUNDS
+        assert "the table below holds the same figures" in page.inner_text("#charts")
+        assert not page.locator("#live").is_visible()
+        shots.take(page, "8-run-without-javascript")
+        plain.close()
     finally:
         for child in children:
             child.stop()
