@@ -280,7 +280,11 @@ def security(events: Iterable[AuditEvent], now: float) -> Page:
         ]
     )
     return Page(
-        "Security", content, "/security", "Refused joins and revoked keys", live_on="join-refused"
+        "Security",
+        content,
+        "/security",
+        "Refused joins and revoked keys",
+        live_on="join-refused nodes",
     )
 
 
