@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pollen.cli.local_federation import LocalFederation
 from pollen.server.run import run_server_app
+from pollen.superlink.dashboard.guard import Message
+from pollen.superlink.dashboard.live import EventStream
 from pollen.superlink.dashboard.settings import DashboardConfig
 from pollen.superlink.events import QUEUE_SIZE, Event, Events
 from pollen.superlink.server import open_superlink
@@ -166,6 +168,32 @@ def test_a_slow_watcher_keeps_each_event_once_and_loses_the_excess() -> None:
         events.close()
         assert await slow.take() == []  # the SuperLink stops
         assert events.watch() is None  # no new watcher then
+
+    asyncio.run(scenario())
+
+
+def test_an_idle_stream_gets_heartbeats_and_ends_when_the_superlink_stops() -> None:
+    async def scenario() -> None:
+        events = Events()
+        sent: list[Message] = []
+        browser_left = asyncio.Event()
+
+        async def receive() -> Message:
+            await browser_left.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        stream = EventStream(events, heartbeat=0.05)
+        task = asyncio.create_task(stream({"type": "http", "method": "GET"}, receive, send))
+        await asyncio.sleep(0.3)
+        events.close()
+        await asyncio.wait_for(task, 2)
+        body = b"".join(m["body"] for m in sent if "body" in m)
+        assert body.count(b": heartbeat\n\n") >= 3
+        assert sent[-1] == {"type": "http.response.body", "body": b""}  # the end
+        assert events.watching == 0
 
     asyncio.run(scenario())
 
