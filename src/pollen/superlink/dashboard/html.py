@@ -31,7 +31,9 @@ def text(value: Cell) -> Markup:
         return value
     if value is None:
         return Markup('<span class="muted">—</span>')
-    return Markup(html.escape(str(value), quote=True))
+    if isinstance(value, int | float):  # nothing to escape in a number
+        return Markup(value)
+    return Markup(html.escape(value, quote=True))
 
 
 def join(parts: Iterable[Markup]) -> Markup:
@@ -53,7 +55,7 @@ def link(href: str, content: Cell) -> Markup:
 
 def badge(status: str) -> Markup:
     """A coloured label for a status (online, running, failed...)."""
-    return tag("span", status, class_=f"badge badge-{_status_class(status)}")
+    return Markup(f'<span class="badge badge-{_status_class(status)}">{text(status)}</span>')
 
 
 def _status_class(status: str) -> str:
@@ -72,9 +74,10 @@ def table(
     """A table, or the ``empty`` sentence when there is no row. ``numeric``: the columns
     aligned right."""
     right = set(numeric)
+    # the hot path of a page of a thousand nodes: each cell written directly
     body = [
-        join(
-            tag("td", cell, class_="num") if i in right else tag("td", cell)
+        "".join(
+            f'<td class="num">{text(cell)}</td>' if i in right else f"<td>{text(cell)}</td>"
             for i, cell in enumerate(row)
         )
         for row in rows
@@ -85,7 +88,7 @@ def table(
         tag("th", h, scope="col", class_="num") if i in right else tag("th", h, scope="col")
         for i, h in enumerate(headers)
     )
-    rows_html = join(tag("tr", row) for row in body)
+    rows_html = Markup("".join(f"<tr>{row}</tr>" for row in body))
     return tag(
         "div",
         tag("table", join([tag("thead", tag("tr", head)), tag("tbody", rows_html)])),
