@@ -38,7 +38,8 @@ end of round 1 of the first workload (100 nodes, 10 per round). Its CNN ClientAp
 the example's task.py the way the example's client does, reporting its spans in its
 metrics; PyTorch and scikit-learn are borrowed from Pollen's venv (`borrowed_packages`).
 
-    .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool|ray] [--peer flower]
+    .venv/bin/python benchmarks/simulation.py [--backend in-process|process-pool|ray] \
+        [--peer flower]
 """
 
 from __future__ import annotations
