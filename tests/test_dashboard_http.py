@@ -46,6 +46,8 @@ def test_pages_show_the_nodes_and_runs_with_strict_headers(tmp_path: Path) -> No
         home = answers["/"].body
         for node_id in nodes:
             assert f"<td>{node_id}</td>" in home
+        # each node's address as the SuperLink saw its connection
+        assert len(re.findall(r"<td>127\.0\.0\.1:\d+</td>", home)) == len(nodes) == 2
         assert home.count("badge-good") >= 2  # both nodes online
         assert 'href="/runs/1"' in home
         assert "Run 1" in answers["/runs/1"].body
@@ -97,11 +99,18 @@ def test_strings_from_the_network_are_escaped(tmp_path: Path) -> None:
         async with open_superlink(superlink_config(tmp_path, dashboard=ON_ANY_PORT)) as link:
             hostile = '<script>alert("x")</script>'
             link.dispatcher.state.create_run(hostile, {"key": hostile}, 1.0)
+            for node_id in (5, 6):
+                link.dispatcher.state.add_node(node_id, 1.0, None)
+            link.dispatcher.subscribe(5, "ipv4:<img src=x onerror=alert(1)>:1")  # 6 never did
             pages = [await get(link.dashboard_port, p) for p in ("/", "/runs/1")]
         for page in pages:
             assert "alert" not in "".join(re.findall(r"<script\b[^>]*>", page.body))
             assert_no_inline_script(page.body)
             assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page.body
+        home = pages[0].body
+        assert "<td>&lt;img src=x onerror=alert(1)&gt;:1</td>" in home  # node 5's address
+        dash = '<span class="muted">—</span>'
+        assert f"<td>6</td><td>{dash}</td><td>{dash}</td>" in home  # no key, no address known
 
     asyncio.run(scenario())
 

@@ -53,14 +53,22 @@ class Dispatcher:
         self.closing = False
         self._subscriptions: dict[int, Subscription] = {}
         self._last_seen: dict[int, float] = {}
+        self._addresses: dict[int, str] = {}
+        """Each node's peer address on its current or last stream, as gRPC names it
+        (``ipv4:HOST:PORT``): in memory only, one entry per node."""
         self._listeners: dict[int, set[asyncio.Queue[Message | None]]] = {}
 
     # nodes
     def online_nodes(self) -> list[int]:
         return sorted(self._subscriptions)
 
-    def subscribe(self, node_id: int) -> Subscription:
-        """Open ``node_id``'s stream; a newer stream replaces an older one."""
+    def addresses(self) -> dict[int, str]:
+        """Each node's address on its current or last stream (a copy; none: unknown)."""
+        return dict(self._addresses)
+
+    def subscribe(self, node_id: int, peer: str = "") -> Subscription:
+        """Open ``node_id``'s stream from ``peer`` (gRPC's name of the address, "":
+        unknown); a newer stream replaces an older one."""
         # The state first: if the disk refuses, no half-open subscription stays behind.
         now = self.clock()
         # Instructions sent on a stream that broke unnoticed may not have arrived: send again.
@@ -73,6 +81,8 @@ class Dispatcher:
         subscription = Subscription(node_id)
         self._subscriptions[node_id] = subscription
         self._last_seen[node_id] = now
+        if peer:
+            self._addresses[node_id] = peer
         for message in pending:
             subscription.queue.put_nowait(message)
         self.telemetry.nodes_connected(len(self._subscriptions))

@@ -114,7 +114,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         self, request: fpb.SubscribeRequest, context: Context
     ) -> AsyncIterator[pb.Message]:
         await self._known_node(request.node_id, context)
-        subscription = self._dispatcher.subscribe(request.node_id)
+        subscription = self._dispatcher.subscribe(request.node_id, context.peer())
         try:
             while (message := await subscription.queue.get()) is not None:
                 if subscription.closed:

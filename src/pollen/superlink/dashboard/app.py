@@ -65,8 +65,9 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
     async def federation(request: Request) -> Response:
         nodes = await read(state.node_summaries)
         runs = await read(state.list_runs)
-        moved = telemetry.blob_bytes()
-        return _html(request, pages.federation(nodes, runs[-MAX_RUNS_SHOWN:], clock(), moved))
+        moved, addresses = telemetry.blob_bytes(), dispatcher.addresses()  # in memory, here
+        page = pages.federation(nodes, runs[-MAX_RUNS_SHOWN:], clock(), moved, addresses)
+        return _html(request, page)
 
     async def run_details(request: Request) -> RunDetails:
         run_id = request.path_params["run_id"]

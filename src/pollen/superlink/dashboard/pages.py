@@ -8,7 +8,7 @@ its own ``<main>`` again when an event concerns it, so this is the only renderin
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +50,11 @@ def federation(
     runs: Sequence[RunSummary],
     now: float,
     blob_bytes: tuple[float, float] = (0.0, 0.0),
+    addresses: Mapping[int, str] | None = None,
 ) -> Page:
-    """``blob_bytes``: bytes the SuperLink received and sent as blobs since it started."""
+    """``blob_bytes``: bytes the SuperLink received and sent as blobs since it started;
+    ``addresses``: each node's peer on its current or last stream, as gRPC names it."""
+    addresses = addresses or {}
     online = sum(1 for n in nodes if n.status == "online")
     running = sum(1 for r in runs if r.status == "running")
     headline = stats(
@@ -66,6 +69,7 @@ def federation(
         (
             n.node_id,
             _fingerprint(n.fingerprint),
+            _address(addresses.get(n.node_id)),
             badge(n.status),
             ago(n.last_seen, now),
             n.tasks_done,
@@ -90,11 +94,19 @@ def federation(
             section(
                 "Nodes",
                 table(
-                    ["Node", "Key fingerprint", "Status", "Last seen", "Tasks done", "Failed"],
+                    [
+                        "Node",
+                        "Key fingerprint",
+                        "Address",
+                        "Status",
+                        "Last seen",
+                        "Tasks done",
+                        "Failed",
+                    ],
                     node_rows,
                     "No nodes have joined yet. Start a SuperNode against this SuperLink's "
                     "Fleet API and it appears here.",
-                    numeric=(4, 5),
+                    numeric=(5, 6),
                 ),
             ),
             section(
@@ -312,6 +324,14 @@ def sign_in() -> Page:
 
 def _fingerprint(fingerprint: str) -> Cell:
     return tag("code", fingerprint) if fingerprint else None
+
+
+def _address(peer: str | None) -> str | None:
+    """``ipv4:127.0.0.1:53412`` -> ``127.0.0.1:53412`` (None: unknown, shown as a dash)."""
+    if not peer:
+        return None
+    kind, _, rest = peer.partition(":")
+    return rest if kind in ("ipv4", "ipv6") and rest else peer
 
 
 def _rounds(run: RunSummary) -> str:
