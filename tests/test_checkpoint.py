@@ -54,3 +54,24 @@ def test_runs_written_in_turn_and_a_resumed_history_keep_their_own_rounds(tmp_pa
     write_checkpoint(tmp_path / "a", 3, MODEL, resumed.history)
     assert _document(tmp_path / "a")["rounds"] == resumed.history.to_json()["rounds"]
     assert len(resumed.history.rounds) == 3
+
+
+def test_a_metrics_json_from_before_node_fit_times_loads_with_zero_seconds(
+    tmp_path: Path,
+) -> None:
+    history = History(7)
+    history.rounds.append(_round(1))
+    history.rounds[0].fit_nodes[0].seconds = 0.25
+    write_checkpoint(tmp_path, 1, MODEL, history)
+    document = _document(tmp_path)
+    nodes = document["rounds"][0]["fit_nodes"]  # type: ignore[index]
+    assert [node["seconds"] for node in nodes] == [0.25, 0.0]
+    for node in nodes:
+        del node["seconds"]  # as a run of an earlier Pollen wrote it
+    (tmp_path / "metrics.json").write_text(json.dumps(document))
+
+    [older] = read_checkpoints([tmp_path], 7)
+    assert [(n.node_id, n.seconds) for n in older.history.rounds[0].fit_nodes] == [
+        (1, 0.0),
+        (2, 0.0),
+    ]

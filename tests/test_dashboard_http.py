@@ -51,6 +51,12 @@ def test_pages_show_the_nodes_and_runs_with_strict_headers(tmp_path: Path) -> No
         assert home.count("badge-good") >= 2  # both nodes online
         assert 'href="/runs/1"' in home
         assert "Run 1" in answers["/runs/1"].body
+        # each node's fit time in the last round, from the round's report
+        nodes_card = answers["/runs/1"].body.split('id="nodes"', 1)[1].split("</section>", 1)[0]
+        assert "Fit time</th>" in nodes_card
+        for node_id in nodes:
+            fit = rf'<td>{node_id}</td><td class="num">\d+</td><td class="num">[\d.]+ m?s</td>'
+            assert re.search(fit, nodes_card), nodes_card
         assert "No join has been refused." in answers["/security"].body
         assert "text/css" in answers["/static/dashboard.css"].headers["content-type"]
         for path, answer in answers.items():

@@ -136,6 +136,9 @@ def test_a_whole_run_on_an_in_process_grid_writes_its_outputs_and_loads_no_grpc(
     np.testing.assert_allclose(final["layer_0"], [float(value)] * 3)
     metrics = json.loads((Path(directory) / "metrics.json").read_text())
     assert len(metrics["rounds"]) == 2 and metrics["finished"] is True
+    for record in metrics["rounds"]:  # each node's fit time, within its round's
+        times = [node["seconds"] for node in record["fit_nodes"]]
+        assert len(times) == 2 and all(0 < t <= record["seconds"] for t in times), record
 
 
 def test_a_round_that_keeps_its_model_still_lets_go_of_its_results() -> None:

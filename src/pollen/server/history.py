@@ -24,6 +24,11 @@ class NodeFit:
     node_id: int
     num_examples: int
     metrics: Metrics = field(default_factory=dict)
+    seconds: float = 0.0
+    """Seconds from the ServerApp sending the round's fit instructions to this node's
+    reply arriving, as the ServerApp sees it (its own clock, before it downloads the
+    result): the node's download, fit and upload, and any wait while the ServerApp
+    took an earlier reply. 0.0 in runs recorded before it was kept."""
 
 
 @dataclass

@@ -222,12 +222,14 @@ class RoundLoop:
         replies = self.round.run(TRAIN, ref, chosen, failures, own, told)
         phase = Phase(server_round, self.app.config.num_rounds, "fit", len(chosen))
         held = 0  # bytes of the results in ``results``
+        sent = time.perf_counter()  # the instructions go out as the first reply is awaited
         async for reply in reporting(self.progress, phase, replies, fit_results, failures):
+            arrived = time.perf_counter() - sent
             blobs = [r for r in reply.content.blobs() if r != ref]
             results.extend(blobs)
             held += sum(r.size for r in blobs)
             try:
-                await self._take(reply, take, record)
+                await self._take(reply, take, record, arrived)
             except ConnectionFailed:
                 raise  # the SuperLink is gone, not this node's result
             except (PollenError, MemoryError, ValueError) as exc:
@@ -249,16 +251,19 @@ class RoundLoop:
         reply: Message,
         take: Callable[[Message, FitRes], Awaitable[None]],
         record: RoundRecord,
+        seconds: float,
     ) -> None:
-        """Download one result and hand it to ``take``. Its arrays are this frame's only:
-        once ``take`` has folded them in, the next download may reuse their memory."""
+        """Download one result (its reply arrived ``seconds`` after the instructions went
+        out) and hand it to ``take``. Its arrays are this frame's only: once ``take`` has
+        folded them in, the next download may reuse their memory."""
         weights = fit_evaluate.model_of(reply.content)
         if weights is None:
             raise RunError("fit result carries no arrays")
         fit = fit_evaluate.fit_res(reply.content, await self.grid.download_arrays(weights))
         await take(reply, fit)
         record.fit_results += 1
-        record.fit_nodes.append(NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics)))
+        node = NodeFit(reply.node_id, fit.num_examples, dict(fit.metrics), seconds)
+        record.fit_nodes.append(node)
 
     def _aggregates(self, server_round: int, record: RoundRecord) -> bool:
         """Whether the round's results make a new model: False when the strategy refuses

@@ -380,23 +380,29 @@ def _nodes_of_last_round(rounds: Sequence[Round]) -> Markup:
     last = rounds[-1] if rounds else None
     nodes = reported.node_rows(last) if last is not None else []
     names: dict[str, None] = {}
-    for _, _, metrics in nodes:
-        names.update(dict.fromkeys(metrics))
+    for node in nodes:
+        names.update(dict.fromkeys(node.metrics))
     shown = list(names)[:MAX_NODE_METRICS]
     rows = [
-        (node_id, examples, *(_figure(metrics.get(n)) for n in shown))
-        for node_id, examples, metrics in nodes[:MAX_NODE_ROWS]
+        (
+            node.node_id,
+            node.examples,
+            duration(node.seconds) if node.seconds is not None else None,
+            *(_figure(node.metrics.get(n)) for n in shown),
+        )
+        for node in nodes[:MAX_NODE_ROWS]
     ]
     title = f"Nodes in round {last.number}" if last is not None else "Nodes"
     return section(
         title,
         table(
-            ["Node", "Examples", *shown],
+            ["Node", "Examples", "Fit time", *shown],
             rows,
             "No rounds reported yet." if last is None else "No node returned a fit result.",
-            numeric=range(1, 2 + len(shown)),
+            numeric=range(1, 3 + len(shown)),
         ),
-        "Each node's fit result in the last reported round.",
+        "Each node's fit result in the last reported round; its fit time runs from the "
+        "ServerApp sending the round's instructions to the node's reply arriving.",
         id="nodes",
     )
 

@@ -73,8 +73,20 @@ def _numbers(record: dict[str, Any]) -> dict[str, float]:
     return found
 
 
-def node_rows(round_: Round) -> list[tuple[int, int, dict[str, float]]]:
-    """(node, examples, numeric metrics) of each node's fit result in ``round_``."""
+@dataclass(frozen=True)
+class NodeRow:
+    """One node's fit result in a round."""
+
+    node_id: int
+    examples: int
+    seconds: float | None
+    """From the round's fit instructions to its reply (None: not recorded, as in runs
+    from before it was kept)."""
+    metrics: dict[str, float]
+
+
+def node_rows(round_: Round) -> list[NodeRow]:
+    """Each node's fit result in ``round_``, with its numeric metrics."""
     rows = []
     for node in _list(round_.record.get("fit_nodes")):
         entry = _object(node)
@@ -85,7 +97,8 @@ def node_rows(round_: Round) -> list[tuple[int, int, dict[str, float]]]:
                 for k, raw in _object(entry.get("metrics")).items()
                 if (v := number(raw)) is not None
             }
-            rows.append((node_id, examples, metrics))
+            seconds = number(entry.get("seconds"))
+            rows.append(NodeRow(node_id, examples, seconds if seconds else None, metrics))
     return rows
 
 
