@@ -201,13 +201,15 @@ def test_nodes_ls_shows_the_nodes_online_then_one_offline(tmp_path: Path) -> Non
             assert [n["status"] for n in listed] == ["online", "online"]
             # one fit and one evaluate each
             assert [(n["tasks_done"], n["tasks_failed"]) for n in listed] == [(2, 0), (2, 0)]
+            assert all(n["address"].startswith("127.0.0.1:") for n in listed)
 
             nodes[0].task.cancel()  # a SuperNode killed: no goodbye
             await wait_until(lambda: len(link.dispatcher.online_nodes()) == 1)
             code, text, _ = await pollen("nodes", "ls", *insecure(link))
             header, *rows = text.splitlines()
-            assert header.split()[:3] == ["NODE", "STATUS", "LAST"]
+            assert header.split()[:4] == ["NODE", "STATUS", "ADDRESS", "LAST"]
             assert sorted(row.split()[1] for row in rows) == ["offline", "online"]
+            assert all(row.split()[2].startswith("127.0.0.1:") for row in rows)  # the last one
 
     asyncio.run(scenario())
 

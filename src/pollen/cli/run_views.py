@@ -138,6 +138,11 @@ def print_line(line: RunLogLine, output_format: str) -> None:
         click.echo(f"{iso_time(line.at)}  {one_line(line.text)}")
 
 
+def _node_row(n: NodeSummary) -> list[object]:
+    address, seen = n.address or "-", utc_time(n.last_seen)
+    return [n.node_id, n.status, address, seen, n.tasks_done, n.tasks_failed, n.fingerprint]
+
+
 def print_nodes(nodes: Sequence[NodeSummary], output_format: str) -> None:
     if output_format == "json":
         echo_json([{**asdict(n), "last_seen": iso_time(n.last_seen)} for n in nodes])
@@ -145,9 +150,7 @@ def print_nodes(nodes: Sequence[NodeSummary], output_format: str) -> None:
     if not nodes:
         click.echo("no nodes have joined (start one with `pollen supernode`)")
         return
-    headers = ["NODE", "STATUS", "LAST SEEN (UTC)", "TASKS DONE", "FAILED", "KEY FINGERPRINT"]
-    rows = [
-        [n.node_id, n.status, utc_time(n.last_seen), n.tasks_done, n.tasks_failed, n.fingerprint]
-        for n in nodes
-    ]
+    headers = ["NODE", "STATUS", "ADDRESS", "LAST SEEN (UTC)", "TASKS DONE", "FAILED"]
+    headers.append("KEY FINGERPRINT")
+    rows = [_node_row(n) for n in nodes]
     click.echo(table(headers, rows))

@@ -230,20 +230,22 @@ class RunLogLine(_message.Message):
     def __init__(self, at: _Optional[float] = ..., text: _Optional[str] = ...) -> None: ...
 
 class NodeSummary(_message.Message):
-    __slots__ = ("node_id", "fingerprint", "status", "last_seen", "tasks_done", "tasks_failed")
+    __slots__ = ("node_id", "fingerprint", "status", "last_seen", "tasks_done", "tasks_failed", "address")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
     TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     fingerprint: str
     status: str
     last_seen: float
     tasks_done: int
     tasks_failed: int
-    def __init__(self, node_id: _Optional[int] = ..., fingerprint: _Optional[str] = ..., status: _Optional[str] = ..., last_seen: _Optional[float] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ...) -> None: ...
+    address: str
+    def __init__(self, node_id: _Optional[int] = ..., fingerprint: _Optional[str] = ..., status: _Optional[str] = ..., last_seen: _Optional[float] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

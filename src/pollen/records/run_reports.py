@@ -65,3 +65,5 @@ class NodeSummary:
     last_seen: float
     tasks_done: int
     tasks_failed: int
+    address: str = ""
+    """Of its current or last connection, as the SuperLink saw it ("": unknown)."""

@@ -36,6 +36,13 @@ MAX_OPEN_ROWS = 10_000
 """Rows still counting at most; beyond, the oldest is closed early."""
 
 
+def peer_address(peer: str) -> str:
+    """A gRPC peer as people read it: ``ipv4:127.0.0.1:53412`` -> ``127.0.0.1:53412``
+    ("" stays "": unknown)."""
+    kind, _, rest = peer.partition(":")
+    return rest if kind in ("ipv4", "ipv6") and rest else peer
+
+
 def source_of(peer: str) -> str:
     """The address that failures are counted against, from a gRPC peer.
 

@@ -16,6 +16,7 @@ from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
 from pollen.records.messages import Message
 from pollen.records.run_reports import RoundReport
+from pollen.superlink.audit import peer_address
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
@@ -330,9 +331,11 @@ class DriverService(driver_pb2_grpc.DriverServicer):
     ) -> dpb.ListNodesReply:
         """Every node of the federation, for any operator key: nodes are not a run's."""
         online = set(self._dispatcher.online_nodes())
+        addresses = self._dispatcher.addresses()
         now = self._dispatcher.clock()
         nodes = []
         for node in self._state.node_summaries():
+            node = replace(node, address=peer_address(addresses.get(node.node_id, "")))
             if node.node_id in online:  # connected now, its stream kept alive by heartbeats
                 node = replace(node, status="online", last_seen=now)
             elif node.status == "online":  # the state's word, from before a restart

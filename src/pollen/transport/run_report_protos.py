@@ -53,6 +53,7 @@ def node_to_proto(node: NodeSummary) -> dpb.NodeSummary:
         last_seen=node.last_seen,
         tasks_done=node.tasks_done,
         tasks_failed=node.tasks_failed,
+        address=node.address,
     )
 
 
@@ -91,4 +92,5 @@ def node_from_proto(proto: dpb.NodeSummary) -> NodeSummary:
         last_seen=proto.last_seen,
         tasks_done=proto.tasks_done,
         tasks_failed=proto.tasks_failed,
+        address=proto.address,
     )

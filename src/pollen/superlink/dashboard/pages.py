@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pollen.records.run_reports import NodeSummary, RunDetails, RunSummary
-from pollen.superlink.audit import source_of
+from pollen.superlink.audit import peer_address, source_of
 from pollen.superlink.dashboard import rounds as reported
 from pollen.superlink.dashboard.html import (
     Cell,
@@ -327,11 +327,8 @@ def _fingerprint(fingerprint: str) -> Cell:
 
 
 def _address(peer: str | None) -> str | None:
-    """``ipv4:127.0.0.1:53412`` -> ``127.0.0.1:53412`` (None: unknown, shown as a dash)."""
-    if not peer:
-        return None
-    kind, _, rest = peer.partition(":")
-    return rest if kind in ("ipv4", "ipv6") and rest else peer
+    """`peer_address` (None: unknown, shown as a dash)."""
+    return peer_address(peer) if peer else None
 
 
 def _rounds(run: RunSummary) -> str:
