@@ -16,10 +16,12 @@ from pathlib import Path
 from pollen.cli.local_federation import LocalFederation
 from pollen.server.run import run_server_app
 from pollen.superlink.dashboard.guard import Message
+from pollen.superlink.dashboard.html import size
 from pollen.superlink.dashboard.live import EventStream
 from pollen.superlink.dashboard.settings import DashboardConfig
 from pollen.superlink.events import QUEUE_SIZE, Event, Events
 from pollen.superlink.server import open_superlink
+from pollen.superlink.telemetry import Telemetry
 from tests.apps import numpy_apps
 from tests.conftest import LOOPBACK_ANY_PORT, federation, start_node, superlink_config, wait_until
 from tests.dashboard_helpers import ON_ANY_PORT, get
@@ -133,6 +135,55 @@ def test_a_live_page_gets_its_main_alone_and_a_run_its_figures_per_round(tmp_pat
         assert unknown.status == 404
 
     asyncio.run(scenario())
+
+
+def test_a_run_page_shows_the_blob_bytes_that_run_moved_and_no_other_runs(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        configs: list[dict[str, object]] = [{"examples": 2}, {"examples": 4}]
+        async with federation(tmp_path, numpy_apps.app, configs, dashboard=ON_ANY_PORT) as (
+            link,
+            _,
+        ):
+            port, telemetry = link.dashboard_port, link.dispatcher.telemetry
+            for rounds in (1, 2):
+                await run_server_app(
+                    numpy_apps.make_server_app(num_rounds=rounds),
+                    server_config(tmp_path, link.driver_port),
+                )
+                if rounds == 1:
+                    first = telemetry.run_bytes.of(1)
+            second = telemetry.run_bytes.of(2)
+            pages = [(await get(port, f"/runs/{run}")).body for run in (1, 2)]
+            everything = telemetry.blob_bytes()
+        assert all(first) and all(second)  # uploads and downloads of each run
+        assert telemetry.run_bytes.of(1) == first  # the second run added nothing to the first
+        assert (first[0] + second[0], first[1] + second[1]) == everything  # each byte: one run
+        for page, (received, sent) in zip(pages, (first, second), strict=True):
+            assert f"<dd>{size(received)} in / {size(sent)} out</dd>" in page
+        assert "<dt>Bytes moved</dt>" in pages[0]
+
+    asyncio.run(scenario())
+
+
+def test_bytes_per_run_are_bounded_and_each_stream_end_tells_its_run_page() -> None:
+    telemetry = Telemetry()
+    telemetry.run_bytes.max_runs, telemetry.run_bytes.max_digests = 2, 2
+    watcher = telemetry.events.watch()
+    assert watcher is not None
+    telemetry.blob_received(1, 100, "model-1")  # the ServerApp's upload for run 1
+    telemetry.blobs_of_run(2, ["model-1"])  # run 2 sends the same blob: its downloads now
+    telemetry.blob_sent("model-1", 40)
+    telemetry.blob_sent("unknown", 7)  # a blob no run is known to use: counted for none
+    assert telemetry.run_bytes.of(1) == (100, 0) and telemetry.run_bytes.of(2) == (0, 40)
+    assert list(watcher.pending) == [Event("run", 1), Event("run", 2)]
+    telemetry.blob_received(3, 5, "reply-3")
+    telemetry.blob_received(3, 5, "reply-3b")
+    assert telemetry.run_bytes.of(1) == (0, 0)  # the oldest run is forgotten first
+    assert telemetry.run_bytes.of(3) == (10, 0)
+    assert telemetry.run_bytes.run_of("model-1") == 0  # and the least recent blob
+    assert telemetry.run_bytes.run_of("reply-3b") == 3
 
 
 def test_a_run_page_before_any_round_says_so(tmp_path: Path) -> None:

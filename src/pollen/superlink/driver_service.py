@@ -210,6 +210,7 @@ class DriverService(driver_pb2_grpc.DriverServicer):
             messages.append(message)
         held = {ref.digest for m in messages for ref in m.content.blobs()}
         self._state.hold_blobs(request.run_id, held)
+        self._dispatcher.telemetry.blobs_of_run(request.run_id, held)  # downloads count for it
         self._dispatcher.push_messages(messages, again)
         return dpb.PushMessagesReply(message_ids=[m.message_id for m in request.messages])
 

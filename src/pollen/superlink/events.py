@@ -1,12 +1,13 @@
 """What changed in the SuperLink, told to whoever watches (the dashboard's live pages).
 
 `Telemetry` publishes here from the places that count things (a node came or went, a
-task was answered, a join was refused, a run changed); each `Watcher` keeps the
-events it has not taken yet, each distinct one once, so that a burst (a round of a
-thousand nodes) costs it one entry, and at most `QUEUE_SIZE` of them: a watcher that
-does not keep up loses events rather than holding memory (what it shows is read
-again from the State anyway, so a later event brings it up to date). Everything
-runs on the SuperLink's event loop.
+task was answered, a join was refused, a run changed or moved blob bytes, a key was
+revoked or a dashboard token refused); each `Watcher` keeps the events it has not
+taken yet, each distinct one once, so that a burst (a round of a thousand nodes)
+costs it one entry, and at most `QUEUE_SIZE` of them: a watcher that does not keep
+up loses events rather than holding memory (what it shows is read again from the
+State anyway, so a later event brings it up to date). Everything runs on the
+SuperLink's event loop.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Literal
 
-EventKind = Literal["nodes", "task", "join-refused", "run"]
+EventKind = Literal["nodes", "task", "join-refused", "run", "security"]
 """``nodes``: a node connected or left; ``task``: an instruction was answered;
 ``join-refused``: a join was refused; ``run``: a run was created, reported a round,
-finished, failed or resumed."""
+finished, failed or resumed, or a blob stream of it ended; ``security``: keys were
+revoked or a dashboard request was refused."""
 
 MAX_WATCHERS = 64
 QUEUE_SIZE = 256

@@ -6,13 +6,14 @@ things happen call it: the Dispatcher (nodes connected, replies), the Auth
 service (refused joins), the gRPC handlers as registered (`measured`: call
 durations and blob bytes of both APIs), the Driver service (rounds reported, runs
 changed). ``/metrics`` on the dashboard's address serves `Telemetry.exposition`.
-The same calls tell the dashboard's live pages what changed (`Telemetry.events`).
+The same calls tell the dashboard's live pages what changed (`Telemetry.events`),
+and blob streams count their bytes per run as well (`Telemetry.run_bytes`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -27,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pollen.records.messages import MESSAGE_TYPES
 from pollen.superlink.events import Events
+from pollen.superlink.run_bytes import RunBytes
 from pollen.transport.chunk_codec import Chunk
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: half the text for a timestamp nobody reads
@@ -51,6 +53,8 @@ class Telemetry:
     def __init__(self, events: Events | None = None) -> None:
         self.events = events or Events()
         """Where each change is published as well (see `pollen.superlink.events`)."""
+        self.run_bytes = RunBytes()
+        """Blob bytes in and out of each run (in memory only, see `pollen.superlink.run_bytes`)."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._nodes = Gauge(
@@ -121,6 +125,31 @@ class Telemetry:
         (no metric: the dashboard's live pages only)."""
         self.events.publish("run", run_id)
 
+    def security_changed(self) -> None:
+        """Keys were revoked or a dashboard request was refused: the audit trail grew
+        (no metric: the dashboard's security page only)."""
+        self.events.publish("security")
+
+    def blobs_of_run(self, run_id: int, digests: Iterable[str]) -> None:
+        """``run_id`` sent these blobs in instructions: their downloads count for it."""
+        self.run_bytes.uses(run_id, digests)
+
+    def blob_received(self, run_id: int, count: int, digest: str) -> None:
+        """An upload for ``run_id`` (0: none) ended after ``count`` bytes (``digest``: the
+        blob stored, "" when it was not)."""
+        if digest:
+            self.run_bytes.uses(run_id, (digest,))
+        self._run_moved(run_id, count, 0)
+
+    def blob_sent(self, digest: str, count: int) -> None:
+        """A download of ``digest`` ended after sending ``count`` bytes."""
+        self._run_moved(self.run_bytes.run_of(digest), 0, count)
+
+    def _run_moved(self, run_id: int, received: int, sent: int) -> None:
+        if run_id and (received or sent):
+            self.run_bytes.add(run_id, received, sent)
+            self.events.publish("run", run_id)
+
     def blob_bytes(self) -> tuple[float, float]:
         """Blob bytes moved so far: (in, out)."""
         sample = self.registry.get_sample_value
@@ -181,36 +210,75 @@ def _timed(handler: Any, method: str, telemetry: Telemetry) -> Any:
 
         return handler._replace(unary_unary=unary_unary)
     if handler.unary_stream is not None:
+        if method.endswith(".DownloadBlob"):
+            return handler._replace(
+                unary_stream=_download(handler.unary_stream, observe, telemetry)
+            )
         streaming: Any = handler.unary_stream
-        sent = telemetry.blob_counter("out") if method.endswith(".DownloadBlob") else None
 
         async def unary_stream(request: object, context: Any) -> AsyncIterator[Any]:
             started = time.perf_counter()
             try:
                 async for reply in streaming(request, context):
-                    if sent is not None:
-                        sent(len(reply))
                     yield reply
             finally:
                 observe(time.perf_counter() - started)
 
         return handler._replace(unary_stream=unary_stream)
     if handler.stream_unary is not None:
-        receiving: Any = handler.stream_unary
-        received = telemetry.blob_counter("in")
-
-        async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
-            async def counted() -> AsyncIterator[Any]:
-                async for request in requests:
-                    if isinstance(request, Chunk):
-                        received(len(request.data))
-                    yield request
-
-            started = time.perf_counter()
-            try:
-                return await receiving(counted(), context)
-            finally:
-                observe(time.perf_counter() - started)
-
-        return handler._replace(stream_unary=stream_unary)
+        return handler._replace(stream_unary=_upload(handler.stream_unary, observe, telemetry))
     return handler
+
+
+def _download(
+    streaming: Any, observe: Callable[[float], None], telemetry: Telemetry
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A download handler that counts its bytes: each chunk SuperLink-wide, the whole
+    stream for its blob's run at its end."""
+    sent = telemetry.blob_counter("out")
+
+    async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        started = time.perf_counter()
+        moved = 0
+        try:
+            async for reply in streaming(request, context):
+                sent(len(reply))
+                moved += len(reply)
+                yield reply
+        finally:
+            observe(time.perf_counter() - started)
+            telemetry.blob_sent(request.digest, moved)
+
+    return unary_stream
+
+
+def _upload(
+    receiving: Any, observe: Callable[[float], None], telemetry: Telemetry
+) -> Callable[[AsyncIterator[Any], Any], Awaitable[Any]]:
+    """An upload handler that counts its bytes: each chunk SuperLink-wide, the whole
+    stream for the run its first chunk names at its end."""
+    received = telemetry.blob_counter("in")
+
+    async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+        run_id = moved = 0
+
+        async def counted() -> AsyncIterator[Any]:
+            nonlocal run_id, moved
+            async for request in requests:
+                if isinstance(request, Chunk):
+                    received(len(request.data))
+                    moved += len(request.data)
+                    run_id = run_id or request.run_id
+                yield request
+
+        started = time.perf_counter()
+        digest = ""
+        try:
+            reply = await receiving(counted(), context)
+            digest = getattr(reply, "digest", "")
+            return reply
+        finally:
+            observe(time.perf_counter() - started)
+            telemetry.blob_received(run_id, moved, digest)
+
+    return stream_unary

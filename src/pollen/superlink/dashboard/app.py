@@ -77,7 +77,9 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
         return details
 
     async def run(request: Request) -> Response:
-        return _html(request, pages.run(await run_details(request), clock()))
+        details = await run_details(request)
+        moved = telemetry.run_bytes.of(details.summary.run_id)  # in memory, here
+        return _html(request, pages.run(details, clock(), moved))
 
     async def run_rounds(request: Request) -> Response:
         return JSONResponse(pages.chart_data(await run_details(request)))

@@ -124,7 +124,8 @@ def federation(
     )
 
 
-def run(details: RunDetails, now: float) -> Page:
+def run(details: RunDetails, now: float, moved: tuple[int, int] = (0, 0)) -> Page:
+    """``moved``: the run's blob bytes in and out since the SuperLink started."""
     summary = details.summary
     rounds = reported.rounds_of(details)
     config_rows = [(key, _plain(value)) for key, value in sorted(details.run_config.items())]
@@ -143,6 +144,7 @@ def run(details: RunDetails, now: float) -> Page:
                         ("Started", when(summary.created_at)),
                         ("Finished", when(summary.finished_at)),
                         ("Duration", _run_duration(summary, now)),
+                        ("Bytes moved", f"{size(moved[0])} in / {size(moved[1])} out"),
                         ("Message", summary.message or None),
                         ("Outputs", details.output_dir or None),
                     ]
