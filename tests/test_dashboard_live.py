@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
 import time
 from pathlib import Path
 
+import pytest
+
 from pollen.cli.local_federation import LocalFederation
 from pollen.server.run import run_server_app
+from pollen.superlink import security
 from pollen.superlink.dashboard.guard import Message
 from pollen.superlink.dashboard.html import size
 from pollen.superlink.dashboard.live import EventStream
@@ -23,6 +27,7 @@ from pollen.superlink.events import QUEUE_SIZE, Event, Events
 from pollen.superlink.server import open_superlink
 from pollen.superlink.telemetry import Telemetry
 from tests.apps import numpy_apps
+from tests.auth_helpers import Seed, allowlist_file, secure_config
 from tests.conftest import LOOPBACK_ANY_PORT, federation, start_node, superlink_config, wait_until
 from tests.dashboard_helpers import ON_ANY_PORT, get
 from tests.test_integration import server_config
@@ -32,13 +37,16 @@ class EventReader:
     """An open ``/events`` stream: its status, then its messages one by one (HTTP/1.0:
     the body is the stream itself, no chunks)."""
 
-    def __init__(self, port: int, headers: str = "") -> None:
+    def __init__(self, port: int, headers: str = "", ca: Path | None = None) -> None:
         self.port, self.headers = port, headers
+        self.tls = ssl.create_default_context(cafile=str(ca)) if ca else None
         self.status = 0
         self._buffer = b""
 
     async def __aenter__(self) -> EventReader:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.tls
+        )
         self.writer.write(
             f"GET /events HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
             f"{self.headers}\r\n".encode()
@@ -100,6 +108,43 @@ def test_events_tell_within_a_second_that_a_node_came_and_a_run_changed(tmp_path
                     node.stop.set()
                 await asyncio.gather(*(n.task for n in nodes), return_exceptions=True)
                 assert await stream.event("nodes")
+
+    asyncio.run(scenario())
+
+
+def test_a_revoked_key_and_a_wrong_dashboard_token_reach_an_open_stream_within_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(security, "RELOAD_SECONDS", 0.05)  # the watcher's own delay, shortened
+    seed = Seed.create(tmp_path / "seed", clients=2, unlisted=0)
+    revoked, kept = seed.identity(1), seed.identity(2)
+    allowed = allowlist_file(tmp_path / "allowed.csv", revoked, kept)
+    token = "s3cret-token-for-the-dashboard"
+    config = secure_config(tmp_path, seed, client_keys=allowed)
+    config.dashboard = DashboardConfig(LOOPBACK_ANY_PORT, token=token)
+
+    async def scenario() -> None:
+        async with open_superlink(config) as link:
+            assert link.dashboard_port is not None
+            auth = f"Authorization: Bearer {token}\r\n"
+            async with EventReader(link.dashboard_port, auth, seed.ca_cert) as stream:
+                assert stream.status == 200
+                await stream.message(1)  # connected
+                allowlist_file(allowed, kept)
+                assert await stream.event("security", timeout=1.0) == {"kind": "security", "run": 0}
+                refused = await get(
+                    link.dashboard_port, "/", {"Authorization": "Bearer wrong"}, ca=seed.ca_cert
+                )
+                assert refused.status == 401
+                assert await stream.event("security", timeout=1.0)
+            security_page = await get(
+                link.dashboard_port,
+                "/security",
+                {"Authorization": f"Bearer {token}"},
+                ca=seed.ca_cert,
+            )
+        assert revoked.fingerprint in security_page.body
+        assert 'data-live-on="join-refused security nodes"' in security_page.body
 
     asyncio.run(scenario())
 

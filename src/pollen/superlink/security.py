@@ -90,6 +90,8 @@ class ApiGuard:
             on_revoked(sessions[-1] if sessions else None, fingerprint)
             peers = ", ".join(s.peer for s in sessions) or "-"
             self._record("revoke", fingerprint, peers, reason)
+        if changes.removed:
+            self.settings.telemetry.security_changed()  # an open security page shows them
         for fingerprint in sorted(changes.added):
             self._record("key-added", fingerprint, "allow-list")
 

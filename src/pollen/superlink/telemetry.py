@@ -7,7 +7,8 @@ service (refused joins), the gRPC handlers as registered (`measured`: call
 durations and blob bytes of both APIs), the Driver service (rounds reported, runs
 changed). ``/metrics`` on the dashboard's address serves `Telemetry.exposition`.
 The same calls tell the dashboard's live pages what changed (`Telemetry.events`),
-and blob streams count their bytes per run as well (`Telemetry.run_bytes`).
+as do the allow-list reload and the dashboard's guard (keys revoked, tokens
+refused); blob streams count their bytes per run as well (`Telemetry.run_bytes`).
 """
 
 from __future__ import annotations

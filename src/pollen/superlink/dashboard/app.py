@@ -108,7 +108,7 @@ def dashboard_app(dispatcher: Dispatcher, read: Readings, check: TokenCheck | No
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, exception_handlers={404: not_found})
-    return Guard(app, check)
+    return Guard(app, check, telemetry.security_changed)
 
 
 def _html(request: Request, page: Page, status: int = 200) -> Response:

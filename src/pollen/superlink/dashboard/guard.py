@@ -78,9 +78,13 @@ class TokenCheck:
 class Guard:
     """An ASGI app that lets through to ``app`` only what the rules above allow."""
 
-    def __init__(self, app: App, check: TokenCheck | None) -> None:
+    def __init__(
+        self, app: App, check: TokenCheck | None, on_refused: Callable[[], None] = lambda: None
+    ) -> None:
         self.app = app
         self.check = check
+        self.on_refused = on_refused
+        """Told of each refusal written to the audit trail (the live security page)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,6 +151,7 @@ class Guard:
             self.check.audit.record(API, event, "-", peer, reason)
         except StorageError as exc:  # the refusal stands; the disk is the operator's to fix
             logger.error("audit of a refused dashboard request not stored: %s", exc)
+        self.on_refused()
 
     def _cookie_redirect(self, scope: Scope) -> Response:
         """The browser keeps the cookie and goes to the same page without ``?token=``."""

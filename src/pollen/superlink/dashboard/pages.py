@@ -298,7 +298,7 @@ def security(events: Iterable[AuditEvent], now: float) -> Page:
         content,
         "/security",
         "Refused joins and revoked keys",
-        live_on="join-refused nodes",
+        live_on="join-refused security nodes",
     )
 
 
