@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import re
 import sqlite3
 import subprocess
@@ -141,7 +142,8 @@ def test_a_database_on_a_read_only_file_system_is_refused_in_one_line(tmp_path: 
     assert_one_line_error(output, "cannot write there", "Read-only file system", "writable")
 
 
-def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [0, 2])  # 0: quick_check finds it; 2: it cannot finish
+def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path, seed: int) -> None:
     database = tmp_path / "superlink.db"
     state = SqliteState(database)
     run_id = state.create_run("app:x", {}, 1.0)
@@ -151,7 +153,7 @@ def test_a_damaged_database_is_refused_at_start_in_one_line(tmp_path: Path) -> N
     page = database.read_bytes().find(b"x" * 1000) // 4096  # a page of the messages' rows
     with database.open("r+b") as db:  # scribble over the middle of the messages table
         db.seek(4096 * page + 200)
-        db.write(os.urandom(3000))
+        db.write(random.Random(seed).randbytes(3000))
     code, output = run_superlink(database)
     assert code == 2
     assert_one_line_error(output, f"--database {database}", "move it aside")

@@ -95,6 +95,13 @@ def _refused_at_start(path: Path, fault: StorageError) -> ConfigurationError:
     return refusal(path, detail)
 
 
+def _damaged(path: Path, detail: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"--database {path} is damaged ({detail}); restore it from a backup, "
+        "or move it aside and start with a new file"
+    )
+
+
 def _lock_exclusively(path: Path) -> IO[str]:
     """One SuperLink per database: a second one would hand out the same messages twice."""
     lock = path.with_name(path.name + ".lock").open("a+")
@@ -137,6 +144,8 @@ class SqliteState(SqliteRunReports):
             self._db = self._open(path)
         except sqlite3.DatabaseError as exc:
             self._close_after_failed_start()
+            if "malformed" in str(exc):  # a database, damaged
+                raise _damaged(path, str(exc)) from None
             raise ConfigurationError(
                 f"--database {path}: not a usable SQLite database ({exc}); "
                 "point --database at a new file or a Pollen state file"
@@ -165,11 +174,7 @@ class SqliteState(SqliteRunReports):
         (verdict,) = db.execute("PRAGMA quick_check").fetchone()
         if verdict != "ok":
             first = [line for line in str(verdict).splitlines() if not line.startswith("***")]
-            raise ConfigurationError(
-                f"--database {path} is damaged ({first[0] if first else 'quick_check failed'}); "
-                "restore it from a backup, "
-                "or move it aside and start with a new file"
-            )
+            raise _damaged(path, first[0] if first else "quick_check failed")
         self._check_version(path)
         create_or_migrate(db, path)
         # Made once with the database: run ids are unique only within one database.
