@@ -62,6 +62,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE / "apps"))
 
+from peers.model_arrays import build_model  # noqa: E402
 from peers.process_tree import PeakRssSampler  # noqa: E402
 
 if TYPE_CHECKING:
@@ -140,18 +141,6 @@ WORKLOADS = [
         "cnn",
     ),
 ]
-
-
-def build_model(model_bytes: int, layers: int = 4) -> list[object]:
-    import numpy as np
-
-    if model_bytes == 0:
-        return [np.zeros((4, 2), dtype=np.float32), np.zeros(2, dtype=np.float32)]
-    count = model_bytes // 4
-    sizes = [count // layers] * layers
-    sizes[-1] += count - sum(sizes)
-    rng = np.random.default_rng(0)
-    return [rng.random(size, dtype=np.float32) for size in sizes]
 
 
 Span = tuple[float, float]

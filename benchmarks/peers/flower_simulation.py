@@ -42,18 +42,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.simulation import run_simulation
-
-
-def build_model(model_bytes: int, layers: int = 4) -> list[np.ndarray]:
-    """The tiny model (4x2 and 2 float32) when ``model_bytes`` is 0, else ``layers`` random
-    float32 arrays of ``model_bytes`` bytes in all (as ``benchmarks/simulation.py``)."""
-    if model_bytes == 0:
-        return [np.zeros((4, 2), dtype=np.float32), np.zeros(2, dtype=np.float32)]
-    count = model_bytes // 4
-    sizes = [count // layers] * layers
-    sizes[-1] += count - sum(sizes)
-    rng = np.random.default_rng(0)
-    return [rng.random(size, dtype=np.float32) for size in sizes]
+from model_arrays import build_model  # beside this script
 
 
 def initial_model(app: str, model_bytes: int) -> list[np.ndarray]:
