@@ -15,7 +15,6 @@ replaced; `close` ends every worker.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -25,7 +24,6 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -233,16 +231,15 @@ class ProcessPoolGrid(SharedBlobGrid[Path]):
         workers: int | None = None,
         resources: ClientResources | None = None,
     ) -> None:
-        super().__init__(app, num_nodes, node_config)
-        self._shm_dir = Path(
-            tempfile.mkdtemp(prefix="pollen-sim-", dir=_SHM if _SHM.is_dir() else None)
-        )
         resources = resources or ClientResources()
         gpus = visible_gpus()
         size = workers or resources.concurrency(available_cpus(), len(gpus), num_nodes)
+        # one of the grid's threads per worker waits on its task: as many in flight as workers
+        super().__init__(app, num_nodes, node_config, threads=size)
+        self._shm_dir = Path(
+            tempfile.mkdtemp(prefix="pollen-sim-", dir=_SHM if _SHM.is_dir() else None)
+        )
         self.pool = WorkerPool(app, size, gpu_slots(size, resources.num_gpus, gpus))
-        # one thread per worker waits on its task: as many in flight as there are workers
-        self._threads = ThreadPoolExecutor(self.pool.size, thread_name_prefix="pollen-pool")
 
     def _publish(self, digest: str, blob: bytes) -> Path:
         path = self._shm_dir / digest
@@ -251,10 +248,6 @@ class ProcessPoolGrid(SharedBlobGrid[Path]):
 
     def _withdraw(self, handle: Path) -> None:
         handle.unlink(missing_ok=True)
-
-    async def _execute_off_loop(self, node: _Node, run: _Run, message: Message) -> Message:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, self._execute, node, run, message)
 
     def _execute(self, node: _Node, run: _Run, message: Message) -> Message:
         context = self._context(node, run, message.run_id)
@@ -283,7 +276,6 @@ class ProcessPoolGrid(SharedBlobGrid[Path]):
     def close(self) -> None:
         """End the workers and remove every blob from shared memory."""
         self.pool.close()
-        self._threads.shutdown(wait=False, cancel_futures=True)
         super().close()
         self._withdraw_all()
         for path in self.shared_files():

@@ -31,9 +31,13 @@ class SharedBlobGrid(InProcessGrid, Generic[Handle]):
     """Bookkeeping of published blobs by the open instructions that name them."""
 
     def __init__(
-        self, app: ClientApp, num_nodes: int, node_config: NodeConfigFn = partition_config
+        self,
+        app: ClientApp,
+        num_nodes: int,
+        node_config: NodeConfigFn = partition_config,
+        threads: int | None = None,
     ) -> None:
-        super().__init__(app, num_nodes, node_config)
+        super().__init__(app, num_nodes, node_config, threads)
         self._shared: dict[str, Handle] = {}
         self._named: dict[str, list[str]] = {}  # open instruction -> digests it names
         self._naming: dict[str, int] = {}  # digest -> open instructions naming it
