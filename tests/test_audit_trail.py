@@ -8,14 +8,19 @@ of an older version (no ``count`` column) is given one at start.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from pollen.superlink import audit as audit_module
-from pollen.superlink.audit import Audit, source_of
+from pollen.superlink.audit import Audit
+from pollen.superlink.peers import peer_address, source_of
 from pollen.superlink.sqlite_state import SqliteState
 from tests.auth_helpers import Clock
 
@@ -121,6 +126,9 @@ def test_an_audit_table_of_an_older_version_gets_its_count_column(tmp_path: Path
         ("ipv6:[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:5555", "2001:db8:1:2::/64"),
         ("ipv6:[2001:db8:1:2::1]:6666", "2001:db8:1:2::/64"),
         ("ipv6:[::ffff:192.0.2.7]:5555", "192.0.2.7"),
+        # what gRPC sends: the peer is a URI, its brackets percent-encoded
+        ("ipv6:%5B2001:db8:1:2::1%5D:6666", "2001:db8:1:2::/64"),
+        ("ipv6:%5B::ffff:192.0.2.7%5D:5555", "192.0.2.7"),
         ("unix:/tmp/socket", "unix:/tmp/socket"),
     ],
 )
@@ -128,3 +136,38 @@ def test_failures_count_per_ipv4_address_and_per_ipv6_network(peer: str, source:
     """One host usually holds a whole IPv6 /64: counting per address there would give
     it 2^64 fresh addresses to fail from."""
     assert source_of(peer) == source
+
+
+def test_a_peer_as_grpc_names_it_over_ipv6_counts_by_its_network() -> None:
+    """Real gRPC names an IPv6 peer with percent-encoded brackets; it used to count by that
+    whole string, every address of a /64 apart."""
+    with socket.socket(socket.AF_INET6) as probe:
+        try:
+            probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("this machine has no IPv6 loopback")
+
+    async def peer_of_a_call() -> str:
+        peers: list[str] = []
+
+        async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            peers.append(context.peer())
+            return request
+
+        server = grpc.aio.server()
+        method = grpc.unary_unary_rpc_method_handler(handler)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("t.T", {"M": method}),)
+        )
+        port = server.add_insecure_port("[::1]:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"[::1]:{port}") as channel:
+                await channel.unary_unary("/t.T/M")(b"x")
+        finally:
+            await server.stop(None)
+        return peers[0]
+
+    peer = asyncio.run(peer_of_a_call())
+    assert source_of(peer) == "::/64"
+    assert peer_address(peer).startswith("[::1]:")

@@ -11,11 +11,11 @@ count written at most once a second, so that a flood costs no write per attempt.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from dataclasses import dataclass
 
 from pollen.superlink.dispatch import Clock
+from pollen.superlink.peers import source_of
 from pollen.superlink.state import AuditEvent, State
 
 logger = logging.getLogger(__name__)
@@ -34,35 +34,6 @@ DEFERRED = frozenset({"throttled"})
 
 MAX_OPEN_ROWS = 10_000
 """Rows still counting at most; beyond, the oldest is closed early."""
-
-
-def peer_address(peer: str) -> str:
-    """A gRPC peer as people read it: ``ipv4:127.0.0.1:53412`` -> ``127.0.0.1:53412``
-    ("" stays "": unknown)."""
-    kind, _, rest = peer.partition(":")
-    return rest if kind in ("ipv4", "ipv6") and rest else peer
-
-
-def source_of(peer: str) -> str:
-    """The address that failures are counted against, from a gRPC peer.
-
-    ``ipv4:192.0.2.7:5555`` -> ``192.0.2.7``. An IPv6 peer counts by its /64
-    network, which one host typically holds whole (``2001:db8:1:2::/64``); an
-    IPv4-mapped one by its IPv4 address.
-    """
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return peer
-    host = rest.rsplit(":", 1)[0].strip("[]")
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from pollen.errors import ChallengeRefused, ConfigurationError
 from pollen.proto import auth_pb2 as apb
 from pollen.proto import auth_pb2_grpc
 from pollen.superlink.allowlist import AllowList
-from pollen.superlink.audit import Audit, source_of
+from pollen.superlink.audit import Audit
+from pollen.superlink.peers import source_of
 from pollen.superlink.rate_limit import FailureLimiter, proven, unproven
 from pollen.superlink.sessions import SessionStore
 from pollen.superlink.telemetry import JoinRefusal, Telemetry

@@ -16,11 +16,11 @@ from pollen.proto import driver_pb2 as dpb
 from pollen.proto import driver_pb2_grpc
 from pollen.records.messages import Message
 from pollen.records.run_reports import RoundReport
-from pollen.superlink.audit import peer_address
 from pollen.superlink.blob_gc import BlobCollector
 from pollen.superlink.blob_transfer import receive_upload, send_download
 from pollen.superlink.blobstore import BlobStore
 from pollen.superlink.dispatch import Dispatcher
+from pollen.superlink.peers import peer_address
 from pollen.superlink.request_verification import current_session
 from pollen.superlink.run_access import RunAccess
 from pollen.superlink.run_reports import RunLogFeed, report_problem, round_line, round_seconds

@@ -23,8 +23,9 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from pollen.errors import StorageError
-from pollen.superlink.audit import Audit, source_of
+from pollen.superlink.audit import Audit
 from pollen.superlink.dashboard import pages
+from pollen.superlink.peers import source_of
 from pollen.superlink.rate_limit import FailureLimiter, unproven
 
 logger = logging.getLogger(__name__)

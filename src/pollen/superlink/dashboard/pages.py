@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pollen.records.run_reports import NodeSummary, RunDetails, RunSummary
-from pollen.superlink.audit import peer_address, source_of
 from pollen.superlink.dashboard import rounds as reported
 from pollen.superlink.dashboard.html import (
     Cell,
@@ -34,6 +33,7 @@ from pollen.superlink.dashboard.html import (
     when,
 )
 from pollen.superlink.dashboard.rounds import Round
+from pollen.superlink.peers import peer_address, source_of
 from pollen.superlink.state import AuditEvent
 
 REFUSALS = frozenset({"reject", "throttled"})
