@@ -10,6 +10,7 @@ import click
 from pollen.cli.lifecycle import run_until_signalled
 from pollen.cli.security_options import server_security
 from pollen.errors import ConfigurationError
+from pollen.superlink.connection_cap import DEFAULT_CONNECTIONS_PER_ADDRESS
 from pollen.superlink.dashboard.settings import (
     DEFAULT_DASHBOARD_ADDRESS,
     DashboardConfig,
@@ -138,6 +139,15 @@ PATH = click.Path(path_type=Path)
     help="Seconds a blob upload or download may move no chunk (1 MiB) before it is cut.",
 )
 @click.option(
+    "--max-connections-per-address",
+    type=click.IntRange(min=0),
+    default=DEFAULT_CONNECTIONS_PER_ADDRESS,
+    show_default=True,
+    help="Connections one source address (an IPv4 address, an IPv6 /64) may hold open "
+    "before they make a call (TLS handshake, first request); its newest beyond are "
+    "closed. Connections in use never count. 0: no cap.",
+)
+@click.option(
     "--dashboard-address",
     default=str(DEFAULT_DASHBOARD_ADDRESS),
     show_default=True,
@@ -179,6 +189,7 @@ def superlink(
     max_transfers_per_node: int,
     max_transfers_per_operator: int,
     transfer_idle_timeout: float,
+    max_connections_per_address: int,
     dashboard_address: str,
     no_dashboard: bool,
     dashboard_token: str | None,
@@ -213,6 +224,7 @@ def superlink(
         max_transfers_per_node=max_transfers_per_node,
         max_transfers_per_operator=max_transfers_per_operator,
         transfer_idle_timeout=transfer_idle_timeout,
+        max_connections_per_address=max_connections_per_address,
         dashboard=_dashboard(
             dashboard_address, no_dashboard, dashboard_token, dashboard_token_file
         ),

@@ -13,8 +13,8 @@ then no node could join. Three bounds hold instead:
   channel reconnects by itself on its next call, and a SuperNode always has its
   task stream open.
 
-gRPC offers no hook between accept and handshake, so connections are not
-capped per source address here: a firewall does that (see docs/security.md).
+Connections one source address holds before they make a call are capped
+beside these, by `connection_cap`.
 """
 
 from __future__ import annotations

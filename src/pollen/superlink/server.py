@@ -19,6 +19,11 @@ from pollen.proto import driver_pb2_grpc, fleet_pb2_grpc
 from pollen.superlink.audit import Audit
 from pollen.superlink.blob_gc import BlobCollector, sweep_step
 from pollen.superlink.blobstore import BlobStore
+from pollen.superlink.connection_cap import (
+    DEFAULT_CONNECTIONS_PER_ADDRESS,
+    ConnectionCap,
+    cap_step,
+)
 from pollen.superlink.connection_limits import (
     HANDSHAKE_SECONDS,
     IDLE_SECONDS,
@@ -38,6 +43,7 @@ from pollen.superlink.request_verification import RequestVerifier
 from pollen.superlink.run_access import AdminKeys, RunAccess, load_admin_keys
 from pollen.superlink.security import ApiGuard, SecurityConfig, allowlist_step, make_guard
 from pollen.superlink.sessions import Session
+from pollen.superlink.socket_table import SocketTable
 from pollen.superlink.sqlite_state import SqliteState
 from pollen.superlink.stream_limits import (
     DEFAULT_IDLE_TIMEOUT,
@@ -88,6 +94,9 @@ class SuperLinkConfig:
     """The same for one operator key on the Driver API (with operator keys)."""
     transfer_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     """Seconds a blob upload or download may move no chunk before it is cut."""
+    max_connections_per_address: int = DEFAULT_CONNECTIONS_PER_ADDRESS
+    """Connections one source address may hold open that have made no call yet (see
+    `connection_cap`); 0: no cap."""
     dashboard: DashboardConfig | None = None
     """The dashboard and ``/metrics`` (None: not served; `pollen superlink` serves it on
     127.0.0.1:9093 unless told otherwise)."""
@@ -114,6 +123,8 @@ class SuperLink:
     `supervisor`); whoever runs it awaits this beside its own stop signal."""
     dashboard_port: int | None = None
     """Where the dashboard and ``/metrics`` listen (None: not served)."""
+    connection_cap: ConnectionCap | None = None
+    """The cap on connections per address that made no call (None: off)."""
 
     async def until_failed(self) -> SuperLinkFailed:
         """The failure that stops this SuperLink (waits until there is one)."""
@@ -203,6 +214,25 @@ def _dashboard_url(config: SuperLinkConfig, port: int) -> str:
     return f"{scheme}://{Address(config.dashboard.address.host, port)}"
 
 
+def _connection_cap(config: SuperLinkConfig) -> tuple[ConnectionCap, SocketTable] | None:
+    """The cap on connections per address, and the socket table it reads; None if it is
+    off, or cannot work here (said once, with what still holds)."""
+    if config.max_connections_per_address == 0:
+        return None
+    try:
+        table = SocketTable()
+    except OSError as exc:
+        logger.warning(
+            "connections are not capped per address: the kernel's socket table cannot be "
+            "read (%s); connections that finish no handshake still close after %g s, and a "
+            "firewall can cap them (docs/security.md)",
+            exc,
+            config.handshake_timeout,
+        )
+        return None
+    return ConnectionCap(config.max_connections_per_address), table
+
+
 def _credentials(config: SuperLinkConfig, address: Address) -> grpc.ServerCredentials | None:
     tls = config.security.tls
     return tls.credentials([address.host]) if tls is not None else None
@@ -237,6 +267,11 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
     limits = connection_options(config.handshake_timeout, config.idle_connection_timeout)
     fleet = new_server(limits)
     driver = new_server(limits)
+    capped = _connection_cap(config)
+    cap = capped[0] if capped else None
+    # every call marks its connection as in use, before anything else checks it
+    fleet_registrar = cap.registrar(fleet) if cap else fleet
+    driver_registrar = cap.registrar(driver) if cap else driver
     started = False
     http: HttpServer | None = None
     fleet_transfers = BlobStreams(
@@ -264,9 +299,9 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             ),
             ids_checked(
                 measured(
-                    fleet_guard.verified(fleet)
+                    fleet_guard.verified(fleet_registrar)
                     if fleet_guard
-                    else RequestVerifier(None).registrar(fleet),
+                    else RequestVerifier(None).registrar(fleet_registrar),
                     telemetry,
                 )
             ),
@@ -283,18 +318,18 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             driver_service,
             ids_checked(
                 measured(
-                    driver_guard.verified(driver)
+                    driver_guard.verified(driver_registrar)
                     if driver_guard
-                    else RequestVerifier(None).registrar(driver),
+                    else RequestVerifier(None).registrar(driver_registrar),
                     telemetry,
                 )
             ),
         )
         revoke = _cut_off(dispatcher, fleet_transfers)
         if fleet_guard is not None:
-            fleet_guard.add_service(fleet, _displace(dispatcher, fleet_transfers))
+            fleet_guard.add_service(fleet_registrar, _displace(dispatcher, fleet_transfers))
         if driver_guard is not None:
-            driver_guard.add_service(driver)
+            driver_guard.add_service(driver_registrar)
         fleet_port = bind(fleet, config.fleet_address, "--fleet-api-address", fleet_credentials)
         driver_port = bind(
             driver, config.driver_address, "--driver-api-address", driver_credentials
@@ -324,7 +359,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 (driver_guard, lambda _, fingerprint: driver_service.revoke(fingerprint))
             )
         supervisor = Supervisor()
-        steps = {
+        steps: dict[str, Step | None] = {
             "the heartbeat and task TTL check": _heartbeat_step(
                 dispatcher, config.heartbeat_interval, config.task_ttl
             ),
@@ -333,6 +368,11 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
             "the administrator keys watcher": access.reload_step(),
             "the idle transfer cut-off": idle_cut_step(
                 (fleet_transfers, driver_transfers), min(1.0, config.transfer_idle_timeout / 4)
+            ),
+            "the connection cap per address": (
+                cap_step(*capped, {fleet_port: "fleet", driver_port: "driver"}, audit)
+                if capped
+                else None
             ),
         }
         for name, step in steps.items():
@@ -350,6 +390,7 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
                 driver_transfers=driver_transfers,
                 failure=supervisor.failure,
                 dashboard_port=dashboard_port,
+                connection_cap=cap,
             )
         finally:
             await supervisor.close()
@@ -363,6 +404,8 @@ async def open_superlink(config: SuperLinkConfig) -> AsyncIterator[SuperLink]:
         read.close()
         await asyncio.gather(fleet.stop(grace=1.0), driver.stop(grace=1.0))
         blobs.spares.drop()
+        if capped:
+            capped[1].close()
         if started:
             with contextlib.suppress(StorageError):  # a full disk: those counts are lost
                 audit.flush()  # the counts of refusals not written yet
