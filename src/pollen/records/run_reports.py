@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 from pollen.records.typing import UserConfig
 
+MAX_RECORD_BYTES = 64 * 1024
+"""The most a ServerApp may report of one round (its record, as JSON): the SuperLink
+refuses more, the ServerApp trims a bigger record to fit."""
+
 
 @dataclass(frozen=True)
 class RunSummary:

@@ -16,11 +16,18 @@ from pollen.proto import driver_pb2 as dpb
 from pollen.proto.driver_pb2_grpc import DriverStub
 from pollen.records.arrays import ArrayBytes, buffer_in_use, decode_arrays
 from pollen.records.messages import BlobRef, Message
-from pollen.records.run_reports import NodeSummary, RunDetails, RunLogLine, RunSummary
+from pollen.records.run_reports import (
+    MAX_RECORD_BYTES,
+    NodeSummary,
+    RunDetails,
+    RunLogLine,
+    RunSummary,
+)
 from pollen.records.typing import NDArrays, UserConfig
 from pollen.server.grid import Grid, RunReport
 from pollen.server.history import History
 from pollen.server.reconnect import Reconnector, reach_driver
+from pollen.server.round_report_fit import fitted
 from pollen.transport.addresses import Address
 from pollen.transport.blob_stream import (
     download_blob,
@@ -124,8 +131,11 @@ class DriverClient(Grid):
         request = dpb.ReportRoundRequest(
             run_id=run_id,
             round=record.round if record is not None else 0,
-            # the round as metrics.json holds it (one rule: History.to_json)
-            record_json=json.dumps(History(run_id, [record]).to_json()["rounds"][0])
+            # the round as metrics.json holds it (one rule: History.to_json), trimmed of
+            # per-node entries to what the SuperLink takes
+            record_json=json.dumps(
+                fitted(History(run_id, [record]).to_json()["rounds"][0], MAX_RECORD_BYTES)
+            )
             if record is not None
             else "",
             num_rounds=report.num_rounds,

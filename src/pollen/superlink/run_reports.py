@@ -8,9 +8,8 @@ import json
 from typing import Any
 
 from pollen.proto import driver_pb2 as dpb
+from pollen.records.run_reports import MAX_RECORD_BYTES
 
-MAX_RECORD_BYTES = 64 * 1024
-"""The most a ServerApp may report of one round (its metrics, as JSON)."""
 MAX_SUMMARY_CHARS = 1000
 MAX_OUTPUT_DIR_CHARS = 4096
 MAX_ROUNDS = 1_000_000

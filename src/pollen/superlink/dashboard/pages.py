@@ -357,7 +357,8 @@ def _rounds_table(rounds: Sequence[Round]) -> Markup:
             rounds[i].number,
             duration(seconds) if (seconds := rounds[i].seconds) is not None else None,
             _count(rounds[i].record.get("fit_results")),
-            sum(1 for stage, _ in rounds[i].failures() if stage == "fit"),
+            sum(1 for stage, _ in rounds[i].failures() if stage == "fit")
+            + rounds[i].omitted("fit_failures"),
             *(_figure(v[i]) for v in values.values()),
         )
         for i in shown  # newest first
@@ -392,6 +393,8 @@ def _nodes_of_last_round(rounds: Sequence[Round]) -> Markup:
         for node in nodes[:MAX_NODE_ROWS]
     ]
     title = f"Nodes in round {last.number}" if last is not None else "Nodes"
+    hidden = max(0, len(nodes) - MAX_NODE_ROWS) + (last.omitted("fit_nodes") if last else 0)
+    more = f" {hidden} more nodes not shown (the run's metrics.json lists them)." if hidden else ""
     return section(
         title,
         table(
@@ -401,7 +404,7 @@ def _nodes_of_last_round(rounds: Sequence[Round]) -> Markup:
             numeric=range(1, 3 + len(shown)),
         ),
         "Each node's fit result in the last reported round; its fit time runs from the "
-        "ServerApp sending the round's instructions to the node's reply arriving.",
+        "ServerApp sending the round's instructions to the node's reply arriving." + more,
         id="nodes",
     )
 

@@ -35,6 +35,12 @@ class Round:
     def seconds(self) -> float | None:
         return number(self.record.get("seconds"))
 
+    def omitted(self, key: str) -> int:
+        """How many entries of its list ``key`` (``fit_nodes``, ``fit_failures``…) the
+        ServerApp left out of the report to fit it (``metrics.json`` holds them)."""
+        count = self.record.get(f"{key}_omitted")
+        return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
     def failures(self) -> list[tuple[str, str]]:
         """(stage, reason) of each node that failed in this round."""
         return [
