@@ -238,9 +238,9 @@ def still_open(link: SuperLink, source: bytes) -> int:
 def test_one_address_holds_no_more_connections_that_made_no_call_than_the_cap(
     tmp_path: Path, seed: Seed
 ) -> None:
-    """250 idle connections from 127.0.0.2 (both APIs): within a second and a half the
-    SuperLink holds 16 of them, not 250 until the handshake timeout; a node from
-    127.0.0.1 trains meanwhile; the audit trail counts the closed ones."""
+    """250 idle connections from 127.0.0.2 (both APIs): within 3 s the SuperLink holds 16
+    of them, not 250 until the handshake timeout (5 s); a node from 127.0.0.1 trains
+    meanwhile; the audit trail counts the closed ones."""
     config = capped_at(16, tmp_path, seed)
     attacker = bytes([127, 0, 0, 2])
 
@@ -251,7 +251,7 @@ def test_one_address_holds_no_more_connections_that_made_no_call_than_the_cap(
                 connections(link.fleet_port, 200, source="127.0.0.2"),
                 connections(link.driver_port, 50, STALLED_HELLO, source="127.0.0.2"),
             ):
-                await wait_until(lambda: still_open(link, attacker) <= 16, 1.5)
+                await wait_until(lambda: still_open(link, attacker) <= 16, 3.0)
                 assert time.monotonic() - flood_started < HANDSHAKE_SECONDS
                 model = await train_one_round(link, seed, tmp_path)
                 assert still_open(link, attacker) <= 16
@@ -287,7 +287,7 @@ def test_connections_that_made_calls_are_not_counted_against_their_address(
                 await wait_until(lambda n=n: len(link.dispatcher.online_nodes()) == n, 10)
             try:
                 async with connections(link.fleet_port, 30):
-                    await wait_until(lambda: still_open(link, bytes([127, 0, 0, 1])) <= 2 + 1, 2)
+                    await wait_until(lambda: still_open(link, bytes([127, 0, 0, 1])) <= 2 + 1, 3)
                 async with driver_client(seed, link.driver_port) as driver:
                     run_id, _ = await driver.create_run("after the flood", {})
                     assert len(await driver.get_nodes(run_id)) == 2
@@ -308,7 +308,7 @@ def test_pollen_superlink_takes_the_cap_from_its_option_and_logs_the_flood(
 
     async def flood() -> None:
         async with connections(fed.fleet_port, 20, source="127.0.0.2") as idle:
-            await asyncio.sleep(1.5)  # less than the handshake timeout
+            await asyncio.sleep(3.0)  # less than the handshake timeout
             closed = await asyncio.gather(*(closed_within(reader, 0.1) for reader in idle))
             assert closed.count(False) <= 3
 

@@ -11,12 +11,15 @@ source address (`peers.source_of`: an IPv4 address, an IPv6 /64), and an address
 over the cap has its newest such connections shut down, the oldest `limit` kept. A
 connection that has made a call is never counted: many SuperNodes behind one
 gateway hold any number of working connections; only connections that are still
-opening, or that never call, are.
+opening, or that never call, are. Nor is one whose bytes the SuperLink has not
+read yet: when a thousand nodes behind one gateway start at once, their hellos
+queue at the SuperLink, which is not their doing.
 
-One address therefore holds at most ``limit`` connections that made no call,
-plus what it opens within one scan (a second, once, when a flood starts; then
-`SCAN_SECONDS`). Where the socket table cannot be read (not
-Linux), the cap is off, and says so once at start.
+A connection counts once it has waited `GRACE_SECONDS`, and a scan that finds the
+SuperLink busy closes nothing (`LAG_SECONDS`): a call may have arrived whose handler
+has not marked it yet. One address therefore holds at most ``limit`` waiting
+connections, plus what it opens within the grace and one scan. Where the socket
+table cannot be read (not Linux), the cap is off, and says so once at start.
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ SCAN_SECONDS = 0.2
 """How often the socket table is read and the cap applied while many connections (over
 half the cap) have made no call."""
 
+GRACE_SECONDS = 0.5
+"""How long a connection may wait on its peer before it counts against its address."""
+
+LAG_SECONDS = 0.1
+"""A scan that starts this late finds the SuperLink busy: calls may have arrived whose
+handlers have not run yet, so it shuts nothing down."""
+
 CALM_SECONDS = 1.0
 """How often otherwise: reading the table costs the kernel a walk over all its
 connections (1.5-3 ms here), so a calm SuperLink reads it once a second."""
@@ -53,17 +63,20 @@ _Endpoint = tuple[bytes, int]  # a remote address, packed as in `Connection`, an
 
 
 class ConnectionCap:
-    """Which connections to shut down: those of an address over ``limit`` that have made
-    no call, newest first."""
+    """Which connections to shut down: those of an address over ``limit`` that have waited
+    on their peer for `GRACE_SECONDS`, newest first. A connection waits on its peer when
+    it has made no call and the SuperLink has read all it sent: one with bytes not read
+    yet (a TLS hello in the queue of a busy SuperLink) waits on the SuperLink. The grace
+    covers a call that arrived but whose handler has not run yet (and so not marked it)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, grace: float = GRACE_SECONDS) -> None:
         self.limit = limit
+        self.grace = grace
         self._marked: set[str] = set()  # peers of calls since the last scan, as gRPC names them
         self._called: set[_Endpoint] = set()
-        self._first_seen: dict[int, int] = {}  # inode -> the scan that first listed it
-        self._scans = 0
+        self._first_seen: dict[int, float] = {}  # inode -> when a scan first listed it
         self.waiting = 0
-        """Connections that had made no call at the last scan."""
+        """Connections that waited on their peer at the last scan, however briefly."""
         self.shut = 0
         """Connections shut down so far."""
 
@@ -77,16 +90,20 @@ class ConnectionCap:
         marked, self._marked = self._marked, set()
         return marked
 
-    def over(self, marks: Iterable[str], connections: Sequence[Connection]) -> list[Connection]:
-        """The connections to shut down, of these established ones, given the peers that
-        made calls (`take_marks`) before the table was read."""
-        self._scans += 1
+    def over(
+        self, marks: Iterable[str], connections: Sequence[Connection], now: float
+    ) -> list[Connection]:
+        """The connections to shut down, of these established ones listed at ``now``
+        (seconds, monotonic), given the peers that made calls (`take_marks`) before."""
         live = {(c.address, c.port) for c in connections}
         self._called = {e for e in self._called | _endpoints(marks) if e in live}
-        seen = {c.inode: self._first_seen.get(c.inode, self._scans) for c in connections}
+        seen = {c.inode: self._first_seen.get(c.inode, now) for c in connections}
         self._first_seen = seen
-        waiting = [c for c in connections if (c.address, c.port) not in self._called]
+        waiting = [
+            c for c in connections if not c.unread and (c.address, c.port) not in self._called
+        ]
         self.waiting = len(waiting)
+        waiting = [c for c in waiting if now - seen[c.inode] >= self.grace]
         if len(waiting) <= self.limit:
             return []
         by_source: defaultdict[str, list[Connection]] = defaultdict(list)
@@ -133,20 +150,22 @@ def cap_step(
     audit: Audit,
 ) -> Step:
     """Apply ``cap`` to the connections to the ports of ``apis`` (port -> "fleet" or
-    "driver"), over and over (run by the SuperLink's
-    supervisor): every `SCAN_SECONDS` while over half the cap of connections have made
-    no call, else every `CALM_SECONDS`. Each connection shut down is audited as
-    "throttled", so a flood leaves a row per API and source with its count, and a log
-    line when it starts and when it ends."""
+    "driver"), over and over (run by the SuperLink's supervisor): every `SCAN_SECONDS`
+    while over half the cap of connections wait on their peer, else every
+    `CALM_SECONDS`; not while the SuperLink is busy (`LAG_SECONDS`). Each connection
+    shut down is audited as "throttled", so a flood leaves a row per API and source
+    with its count, and a log line when it starts and when it ends."""
     reason = f"over --max-connections-per-address {cap.limit} (connections that made no call)"
     families = table.listening(apis.keys())
 
     async def apply() -> None:
-        busy = cap.waiting > cap.limit // 2
-        await asyncio.sleep(SCAN_SECONDS if busy else CALM_SECONDS)
-        marks = cap.take_marks()
-        excess = cap.over(marks, table.established(apis.keys(), families))
-        if not excess:
+        loop = asyncio.get_running_loop()
+        interval = SCAN_SECONDS if cap.waiting > cap.limit // 2 else CALM_SECONDS
+        woke = loop.time() + interval
+        await asyncio.sleep(interval)
+        now = loop.time()
+        excess = cap.over(cap.take_marks(), table.established(apis.keys(), families), now)
+        if not excess or now - woke > LAG_SECONDS:
             return
         shut = socket_table.shut_down({c.inode for c in excess})
         cap.shut += len(shut)

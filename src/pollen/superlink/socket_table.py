@@ -52,6 +52,8 @@ class Connection(NamedTuple):
     """The remote port."""
     local_port: int
     """The port of this machine it was made to."""
+    unread: int = 0
+    """Bytes it has received that the process holding it has not read yet."""
 
 
 class SocketTable:
@@ -149,15 +151,16 @@ def _dump(
 
 def _connection(data: bytes, at: int) -> Connection:
     """An ``inet_diag_msg`` at ``at``: family at 0, local and remote port at 4, remote
-    address at 24, inode at 68."""
+    address at 24, bytes in the receive queue at 56, inode at 68."""
     remote = data[at + 24 : at + 40]
     if data[at] == socket.AF_INET:
         remote = remote[:4]
     elif remote[:12] == _V4_MAPPED:
         remote = remote[12:]
     local_port, port = struct.unpack_from("!HH", data, at + 4)
+    (unread,) = struct.unpack_from("=I", data, at + 56)
     (inode,) = struct.unpack_from("=I", data, at + 68)
-    return Connection(inode, remote, port, local_port)
+    return Connection(inode, remote, port, local_port, unread)
 
 
 def shut_down(inodes: Collection[int]) -> set[int]:
