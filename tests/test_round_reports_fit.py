@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from pollen.records.run_reports import MAX_RECORD_BYTES
+from pollen.cli.run_views import print_details
+from pollen.records.run_reports import MAX_RECORD_BYTES, RoundReport, RunDetails, RunSummary
 from pollen.server.driver import DriverClient
 from pollen.server.grid import RunReport
 from pollen.server.history import History, NodeEvaluate, NodeFit, RoundRecord
@@ -141,3 +142,14 @@ def test_fitted_leaves_a_record_it_cannot_fit_as_it_is() -> None:
     assert fitted(full, MAX_RECORD_BYTES) is full  # the SuperLink refuses it, as before
     small = as_sent(big_round(fits=3, evaluations=2, failures=1))
     assert fitted(small, MAX_RECORD_BYTES) is small
+
+
+def test_pollen_runs_show_counts_the_failures_a_report_left_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    record = {"round": 1, "fit_results": 900, "fit_failures": ["node 7 went offline"]}
+    record["fit_failures_omitted"] = 99
+    summary = RunSummary(1, "app", "finished", "", 0.0, 1.0, 1, 1)
+    details = RunDetails(summary, {}, "", [RoundReport(1, json.dumps(record), 1.0)])
+    print_details(details, "table")
+    assert "900 ok, 100 failed" in capsys.readouterr().out

@@ -11,7 +11,13 @@ import click
 
 from pollen.cli.log_lines import one_line
 from pollen.cli.tables import echo_json, iso_time, table, utc_time
-from pollen.records.run_reports import NodeSummary, RunDetails, RunLogLine, RunSummary
+from pollen.records.run_reports import (
+    NodeSummary,
+    RunDetails,
+    RunLogLine,
+    RunSummary,
+    omitted,
+)
 
 
 def _round_of(run: RunSummary) -> str:
@@ -76,11 +82,15 @@ def _loss(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
+def _failed(record: Mapping[str, Any], key: str) -> int:
+    """The failures a reported round lists, and those its report left out."""
+    return len(record.get(key) or []) + omitted(record, key)
+
+
 def _round_row(record: Mapping[str, Any]) -> list[object]:
-    fit = f"{record.get('fit_results', 0)} ok, {len(record.get('fit_failures') or [])} failed"
+    fit = f"{record.get('fit_results', 0)} ok, {_failed(record, 'fit_failures')} failed"
     evaluate = (
-        f"{record.get('evaluate_results', 0)} ok, "
-        f"{len(record.get('evaluate_failures') or [])} failed"
+        f"{record.get('evaluate_results', 0)} ok, {_failed(record, 'evaluate_failures')} failed"
     )
     seconds = record.get("seconds")
     return [

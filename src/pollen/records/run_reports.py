@@ -3,13 +3,23 @@ and ``pollen nodes``, as the state keeps them and the Driver API hands them over
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pollen.records.typing import UserConfig
 
 MAX_RECORD_BYTES = 64 * 1024
 """The most a ServerApp may report of one round (its record, as JSON): the SuperLink
 refuses more, the ServerApp trims a bigger record to fit."""
+
+
+def omitted(record: Mapping[str, Any], key: str) -> int:
+    """How many entries of a reported round's list ``key`` (``fit_nodes``,
+    ``fit_failures``...) its ServerApp left out to fit the report (``metrics.json``
+    holds them): its ``KEY_omitted`` count, 0 when absent."""
+    count = record.get(f"{key}_omitted")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pollen.records.run_reports import RunDetails
+from pollen.records.run_reports import RunDetails, omitted
 
 MAX_SERIES = 12
 """The most metrics a run page shows (a ServerApp may report hundreds)."""
@@ -38,8 +38,7 @@ class Round:
     def omitted(self, key: str) -> int:
         """How many entries of its list ``key`` (``fit_nodes``, ``fit_failures``…) the
         ServerApp left out of the report to fit it (``metrics.json`` holds them)."""
-        count = self.record.get(f"{key}_omitted")
-        return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+        return omitted(self.record, key)
 
     def failures(self) -> list[tuple[str, str]]:
         """(stage, reason) of each node that failed in this round."""
