@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -38,8 +37,6 @@ from pollen.superlink.audit import Audit
 from pollen.superlink.peers import endpoint_of, source_of_address
 from pollen.superlink.socket_table import Connection, SocketTable
 from pollen.superlink.supervisor import Step
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_CONNECTIONS_PER_ADDRESS = 64
 """Connections one source address may hold that have made no call yet."""
@@ -57,7 +54,8 @@ handlers have not run yet, so it shuts nothing down."""
 
 CALM_SECONDS = 1.0
 """How often otherwise: reading the table costs the kernel a walk over all its
-connections (1.5-3 ms here), so a calm SuperLink reads it once a second."""
+connections (1.2 ms here with 10 connections, 3.6 ms with 1000), so a calm SuperLink
+reads it once a second."""
 
 _Endpoint = tuple[bytes, int]  # a remote address, packed as in `Connection`, and port
 
