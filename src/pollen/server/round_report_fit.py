@@ -9,33 +9,20 @@ many of each it left out (``metrics.json`` keeps them all).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 Entry = Any
 """One per-node entry of a record: a node's result (an object) or a failure (a string)."""
 
 
-def _by_seconds(entry: Entry) -> float:
-    return _float(entry.get("seconds")) if isinstance(entry, dict) else 0.0
-
-
-def _by_loss(entry: Entry) -> float:
-    return _float(entry.get("loss")) if isinstance(entry, dict) else 0.0
-
-
-def _float(value: Any) -> float:
-    number = value if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
-    return float(number) if number == number else 0.0  # NaN sorts as 0
-
-
-TRIMMED: dict[str, Callable[[Entry], float] | None] = {
-    "fit_nodes": _by_seconds,  # the slowest fits first
-    "evaluate_nodes": _by_loss,  # the highest losses first
+TRIMMED: dict[str, str | None] = {
+    "fit_nodes": "seconds",  # the slowest fits first
+    "evaluate_nodes": "loss",  # the highest losses first
     "fit_failures": None,  # in the order they happened
     "evaluate_failures": None,
 }
-"""The lists a record may be trimmed of, and which of their entries are kept first."""
+"""The lists a record may be trimmed of, and the number in their entries by which the
+largest are kept first (None: in their order)."""
 
 
 def fitted(record: dict[str, Any], max_bytes: int) -> dict[str, Any]:
@@ -64,9 +51,19 @@ def fitted(record: dict[str, Any], max_bytes: int) -> dict[str, Any]:
     return trimmed
 
 
-def _ordered(value: Any, order: Callable[[Entry], float] | None) -> list[Entry]:
+def _ordered(value: Any, field: str | None) -> list[Entry]:
     entries = value if isinstance(value, list) else []
-    return sorted(entries, key=order, reverse=True) if order is not None else entries
+    if field is None:
+        return entries
+    return sorted(entries, key=lambda entry: _number(entry, field), reverse=True)
+
+
+def _number(entry: Entry, field: str) -> float:
+    """``entry[field]`` if it is a number (not a bool, not NaN), else 0."""
+    value = entry.get(field) if isinstance(entry, dict) else None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+        return 0.0
+    return float(value)
 
 
 def _kept_in_turn(lists: dict[str, list[Entry]], room: int) -> dict[str, int]:
