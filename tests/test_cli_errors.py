@@ -20,8 +20,9 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def run_superlink(database: Path) -> tuple[int, str]:
-    """``pollen superlink`` on OS-chosen loopback ports with state in ``database``."""
+def run_superlink(database: Path, *options: str) -> tuple[int, str]:
+    """``pollen superlink --insecure`` on OS-chosen loopback ports with state in
+    ``database``, and ``options``."""
     return run(
         "superlink",
         "--insecure",
@@ -31,6 +32,7 @@ def run_superlink(database: Path) -> tuple[int, str]:
         "127.0.0.1:0",
         "--database",
         str(database),
+        *options,
     )
 
 

@@ -11,10 +11,7 @@ import re
 import socket
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from pollen.cli.local_federation import LocalFederation
-from pollen.cli.main import cli
 from pollen.server.run import run_server_app
 from pollen.superlink.dashboard.guard import COOKIE, WRONG_TOKEN
 from pollen.superlink.dashboard.settings import DashboardConfig
@@ -23,7 +20,7 @@ from pollen.superlink.server import open_superlink
 from tests.apps import numpy_apps
 from tests.conftest import LOOPBACK_ANY_PORT, federation, superlink_config
 from tests.dashboard_helpers import ON_ANY_PORT, get
-from tests.test_cli_errors import assert_one_line_error
+from tests.test_cli_errors import assert_one_line_error, run_superlink
 from tests.test_integration import server_config
 
 TOKEN = "s3cret-token-for-the-dashboard"
@@ -163,26 +160,8 @@ def test_with_a_token_a_wrong_one_is_refused_audited_and_rate_limited(tmp_path: 
     asyncio.run(scenario())
 
 
-def run_superlink(tmp_path: Path, *options: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "superlink",
-            "--insecure",
-            "--fleet-api-address",
-            "127.0.0.1:0",
-            "--driver-api-address",
-            "127.0.0.1:0",
-            "--database",
-            str(tmp_path / "superlink.db"),
-            *options,
-        ],
-    )
-    return result.exit_code, result.output
-
-
 def test_a_dashboard_reachable_from_other_machines_needs_a_token(tmp_path: Path) -> None:
-    code, output = run_superlink(tmp_path, "--dashboard-address", "0.0.0.0:0")
+    code, output = run_superlink(tmp_path / "superlink.db", "--dashboard-address", "0.0.0.0:0")
     assert code == 2
     assert_one_line_error(output, "--dashboard-address 0.0.0.0:0", "--dashboard-token-file")
     assert not (tmp_path / "superlink.db").exists()
@@ -193,14 +172,16 @@ def test_a_dashboard_port_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code, output = run_superlink(tmp_path, "--dashboard-address", f"127.0.0.1:{port}")
+        code, output = run_superlink(
+            tmp_path / "superlink.db", "--dashboard-address", f"127.0.0.1:{port}"
+        )
     assert code == 2
     assert_one_line_error(output, f"--dashboard-address 127.0.0.1:{port}: port in use")
     assert not (tmp_path / "superlink.db").exists()  # a refused start leaves nothing
 
 
 def test_a_weak_token_is_refused(tmp_path: Path) -> None:
-    code, output = run_superlink(tmp_path, "--dashboard-token", "short")
+    code, output = run_superlink(tmp_path / "superlink.db", "--dashboard-token", "short")
     assert code == 2
     assert_one_line_error(output, "--dashboard-token", "at least 16")
 

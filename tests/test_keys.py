@@ -12,12 +12,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from pollen.cli.main import cli
 from pollen.errors import ConfigurationError
 from pollen.superlink.allowlist import AllowList, parse_allowlist
 from pollen.transport import keys
@@ -25,6 +23,7 @@ from pollen.transport.keygen import generate, tls_files
 from pollen.transport.tls import ServerTls, channel_credentials, covers, load_certificate
 from tests.auth_helpers import Seed, write_key_pair
 from tests.conftest import APPS_DIR
+from tests.test_cli_errors import run, run_superlink
 
 PEM = serialization.Encoding.PEM
 SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -510,11 +509,6 @@ def test_generated_keys_match_their_pairs_and_the_csv(tmp_path: Path) -> None:
 # the command line
 
 
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.output
-
-
 def one_error_line(output: str) -> str:
     lines = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, output
@@ -536,19 +530,12 @@ def test_keys_generate_on_the_command_line(tmp_path: Path) -> None:
 def test_superlink_with_authentication_but_no_tls_exits_with_one_line(
     tmp_path: Path, seed: Seed
 ) -> None:
-    code, output = run(
-        "superlink",
+    code, output = run_superlink(
+        tmp_path / "state.db",
         "--require-client-authentication",
         str(seed.csv),
         str(seed.server_credentials),
         str(seed.server_credentials.with_suffix(".pub")),
-        "--insecure",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--driver-api-address",
-        "127.0.0.1:0",
-        "--database",
-        str(tmp_path / "state.db"),
     )
     assert code == 2
     assert "TLS" in one_error_line(output)

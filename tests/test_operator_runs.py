@@ -32,7 +32,7 @@ from tests.auth_helpers import (
     stop_nodes,
 )
 from tests.conftest import superlink_config, wait_until
-from tests.test_cli_errors import assert_one_line_error, run
+from tests.test_cli_errors import assert_one_line_error, run_superlink
 
 OWN = grpc.StatusCode.OK
 REFUSED = grpc.StatusCode.PERMISSION_DENIED
@@ -244,18 +244,7 @@ def test_the_admin_keys_option_refuses_a_superlink_without_operator_keys(
     tmp_path: Path, seed: Seed
 ) -> None:
     admins = allowlist_file(tmp_path / "admins.csv", seed.stranger(3))
-    code, output = run(
-        "superlink",
-        "--insecure",
-        "--fleet-api-address",
-        "127.0.0.1:0",
-        "--driver-api-address",
-        "127.0.0.1:0",
-        "--database",
-        str(tmp_path / "superlink.db"),
-        "--admin-keys",
-        str(admins),
-    )
+    code, output = run_superlink(tmp_path / "superlink.db", "--admin-keys", str(admins))
     assert code == 2
     assert_one_line_error(output, "--admin-keys needs --operator-keys")
 
